@@ -1,0 +1,231 @@
+"""DisCo: distilled contrastive learning (Gao et al., ECCV 2022; shared/methods.md section 3).
+
+The student runs MoCo-v2 on two views and its embedding of each view is pulled towards the
+teacher's (official code: ``NetWithLossCell`` in the MindSpore port, ``moco/builder.py``):
+
+    q1 = n(g_S f_S(x1)), q2 = n(g_S f_S(x2))                    student queries (two forwards)
+    k  = n(g_K f_K(x2))                                          momentum key encoder (0.999)
+    t1 = n(g_T f_T(x1)), t2 = n(g_T f_T(x2))                     teacher with its SSL head
+    contrast = CE([q1 . k, q1 . Q] / tau, 0)                     MoCo InfoNCE, tau = 0.2,
+                                                                 Q = queue of past k (65,536)
+    mse1 = sum ||q1 - t1||^2,  mse2 = sum ||q2 - t2||^2          summed over batch and dims
+    L = 1 * contrast + 1 * mse1 + 1 * mse2                       (code: MSELoss(reduction='sum'))
+
+Student head ``g_S``: ``Linear(d, 2048) -> ReLU -> Linear(2048, D)`` where D is the teacher
+embedding dim. The official code has D = 128 on both sides and uses the *same* normalised
+query for InfoNCE and MSE; we keep that single head and set its output dim to the teacher's
+embedding dim (128 for a MoCo-v2 head, the raw feature dim for a teacher without SSL head), so
+contrastive learning happens in the space being distilled; the queue is ``queue_size x D``.
+
+The key encoder is a deep copy of the student backbone + head, made on the first
+:meth:`DisCo.compute` (the student only arrives with the step); the momentum update and the
+enqueue of ``k`` happen in :meth:`DisCo.after_step` (equivalent to MoCo's update at the start of
+the next forward). The queue is a shared :class:`~losses.queue.FeatureQueue` filled with random
+unit vectors at the start, as in MoCo. The copy, the queue and its pointer are in
+``state_dict()``; a key-encoder state loaded before the first step is kept aside and applied
+when the copy is made.
+Single device: no shuffled BN for the keys (the official code shuffles across GPUs).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from losses.base import (
+    LossTerms,
+    Objective,
+    ObjectiveContext,
+    ObjectiveRequirements,
+    StepInputs,
+    register_objective,
+)
+from losses.queue import FeatureQueue
+from models.base import Backbone
+from models.heads import mlp_head
+
+
+def random_key_queue(size: int, dim: int) -> FeatureQueue:
+    """A full :class:`~losses.queue.FeatureQueue` of random unit vectors: MoCo (and the DisCo /
+    BINGO code built on it) start from random negatives, not from an empty memory."""
+    queue = FeatureQueue(size, dim)
+    with torch.no_grad():
+        queue.data.copy_(F.normalize(torch.randn(size, dim), dim=1))
+        queue.filled.fill_(size)
+    return queue
+
+
+def moco_infonce(query: Tensor, key: Tensor, queue: Tensor, temperature: float) -> Tensor:
+    """``mean_i CE([q_i . k_i, q_i . Q_1, ..., q_i . Q_K] / tau, 0)`` (inputs normalised;
+    float32 even under autocast)."""
+    query = query.float()
+    pos = (query * key.float()).sum(dim=1, keepdim=True)
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        neg = query @ queue.float().T
+    logits = torch.cat([pos, neg], dim=1) / temperature
+    target = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)
+    return F.cross_entropy(logits, target)
+
+
+def sum_mse(student: Tensor, teacher: Tensor) -> Tensor:
+    """``sum_i sum_d (s_id - t_id)^2`` (``nn.MSELoss(reduction='sum')``)."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"shapes differ: {tuple(student.shape)} vs {tuple(teacher.shape)}")
+    return (student.float() - teacher.detach().float()).pow(2).sum()
+
+
+class MomentumEncoder(nn.Module):
+    """Backbone + head copy updated as ``theta_k <- m theta_k + (1 - m) theta_q``."""
+
+    backbone: Backbone
+    head: nn.Module
+
+    def __init__(self, backbone: Backbone, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = copy.deepcopy(backbone)
+        self.head = copy.deepcopy(head)
+        for p in self.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = F.normalize(self.head(self.backbone.forward_features(x)), dim=1)
+        return out
+
+    @torch.no_grad()
+    def update(self, backbone: nn.Module, head: nn.Module, momentum: float) -> None:
+        pairs = [
+            *zip(self.backbone.parameters(), backbone.parameters(), strict=True),
+            *zip(self.head.parameters(), head.parameters(), strict=True),
+        ]
+        for p_k, p_q in pairs:
+            p_k.mul_(momentum).add_(p_q.detach().to(p_k.dtype), alpha=1.0 - momentum)
+
+
+@dataclass(frozen=True)
+class DisCoParams:
+    contrast_weight: float = 1.0
+    mse1_weight: float = 1.0  # view 1 (the MoCo query view)
+    mse2_weight: float = 1.0  # view 2 (the key view)
+    temperature: float = 0.2
+    momentum: float = 0.999
+    queue_size: int = 65536
+    hidden_dim: int = 2048
+
+    def __post_init__(self) -> None:
+        for name in ("contrast_weight", "mse1_weight", "mse2_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
+        if self.queue_size <= 0:
+            raise ValueError(f"queue_size must be > 0, got {self.queue_size}")
+        if self.hidden_dim <= 0:
+            raise ValueError(f"hidden_dim must be > 0, got {self.hidden_dim}")
+
+
+@register_objective
+class DisCo(Objective):
+    """MoCo-v2 on the student + sum-MSE to the teacher's normalised embedding on both views."""
+
+    name: ClassVar[str] = "disco"
+    Params: ClassVar[type[DisCoParams]] = DisCoParams
+    summary: ClassVar[str] = "student MoCo-v2 + sum-MSE to teacher embeddings, two views (DisCo)"
+    params: DisCoParams
+    key_encoder: MomentumEncoder | None
+
+    def __init__(self, params: DisCoParams, ctx: ObjectiveContext) -> None:
+        super().__init__(params, ctx)
+        dim = ctx.teacher_embedding_dim
+        self.head = mlp_head(ctx.student_dim, params.hidden_dim, dim)
+        self.queue = random_key_queue(params.queue_size, dim)
+        # Registered as an empty slot so that its checkpoint keys are accepted before it exists.
+        self.register_module("key_encoder", None)
+        self._stashed_key_state: dict[str, Tensor] | None = None
+        self._pending_keys: Tensor | None = None
+
+    @classmethod
+    def requirements(cls, params: DisCoParams) -> ObjectiveRequirements:
+        return ObjectiveRequirements(num_views=2)
+
+    def _encoder(self, student: Backbone) -> MomentumEncoder:
+        if self.key_encoder is None:
+            encoder = MomentumEncoder(student, self.head)
+            if self._stashed_key_state is not None:
+                encoder.load_state_dict(self._stashed_key_state)
+                self._stashed_key_state = None
+            encoder.train(self.training)
+            self.key_encoder = encoder
+        return self.key_encoder
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Any,
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        if self.key_encoder is None:
+            sub = prefix + "key_encoder."
+            stash = {
+                k[len(sub) :]: v.detach().clone()
+                for k, v in state_dict.items()
+                if k.startswith(sub)
+            }
+            self._stashed_key_state = stash or None
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def embed(self, student: Backbone, x: Tensor) -> Tensor:
+        """Normalised student query ``n(g_S f_S(x))``."""
+        return F.normalize(self.head(student.forward_features(x)), dim=1)
+
+    def compute(self, step: StepInputs) -> LossTerms:
+        if len(step.views) < 2:
+            raise ValueError(f"disco needs 2 views, got {len(step.views)}")
+        p = self.params
+        x1, x2 = step.views[0], step.views[1]
+        q1 = self.embed(step.student, x1)
+        q2 = self.embed(step.student, x2)
+        encoder = self._encoder(step.student)
+        with torch.no_grad():
+            k = encoder(x2).float()
+            t1 = F.normalize(step.teacher.embedding(step.teacher.features(x1)).float(), dim=1)
+            t2 = F.normalize(step.teacher.embedding(step.teacher.features(x2)).float(), dim=1)
+        if t1.shape[1] != q1.shape[1]:
+            raise ValueError(
+                f"teacher embedding dim {t1.shape[1]} differs from the context's "
+                f"teacher_embedding_dim {q1.shape[1]}"
+            )
+        terms = {
+            "contrast": moco_infonce(q1, k, self.queue.valid(), p.temperature),
+            "mse1": sum_mse(q1, t1),
+            "mse2": sum_mse(q2, t2),
+        }
+        weights = {
+            "contrast": p.contrast_weight,
+            "mse1": p.mse1_weight,
+            "mse2": p.mse2_weight,
+        }
+        self._pending_keys = k.detach()
+        return LossTerms(terms, weights)
+
+    @torch.no_grad()
+    def after_step(self, step: StepInputs) -> None:
+        """Momentum update of the key encoder, then enqueue this step's keys."""
+        if self.key_encoder is not None:
+            self.key_encoder.update(step.student, self.head, self.params.momentum)
+        if self._pending_keys is not None:
+            self.queue.enqueue(self._pending_keys)
+            self._pending_keys = None

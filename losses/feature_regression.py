@@ -1,0 +1,125 @@
+"""Plain feature regression baselines: ``mse`` and ``cosine``.
+
+The student's pooled features go through the CoSS-style head
+``Linear(D_s, hidden) -> ReLU -> Linear(hidden, D_t)`` when D_s != D_t (no head when the dims
+match; ``models.heads.coss_projection``), and are regressed onto the teacher's raw pooled
+features t_i (no teacher SSL head):
+
+    mse:     L = (1/(B D_t)) sum_{i,d} (s_i[d] - t_i[d])^2          ``normalise = False``
+             with ``normalise = True`` both sides are L2-normalised per sample first, which
+             equals (2/D_t) * (1 - mean_i cos(s_i, t_i))
+    cosine:  L = -(1/B) sum_i cos(s_i, t_i)
+
+``mse`` defaults to raw features: FitNets-style hint regression (RepDistiller's
+``HintLoss`` is ``nn.MSELoss()``: a mean over all elements). On normalised features it would
+only be a rescaled ``cosine``. ``cosine`` is CoS (L_co of CoSS) without neighbour batches and
+without the 1/(tau_t tau_s) scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from losses.base import (
+    LossTerms,
+    Objective,
+    ObjectiveContext,
+    StepInputs,
+    register_objective,
+)
+from losses.coss import cosine_rows_loss
+from models.heads import coss_projection
+
+
+def mse_loss(student: Tensor, teacher: Tensor, normalise: bool = False) -> Tensor:
+    """Mean squared error over all B x D elements (optionally of L2-normalised rows)."""
+    if student.shape != teacher.shape or student.dim() != 2:
+        raise ValueError(
+            f"student and teacher features must both be B x D, got {tuple(student.shape)} "
+            f"and {tuple(teacher.shape)}"
+        )
+    with torch.autocast(student.device.type, enabled=False):
+        s, t = student.float(), teacher.float()
+        if normalise:
+            s, t = F.normalize(s, dim=1), F.normalize(t, dim=1)
+        return F.mse_loss(s, t)
+
+
+def _check_hidden(hidden_dim: int) -> None:
+    if hidden_dim <= 0:
+        raise ValueError(f"hidden_dim must be > 0, got {hidden_dim}")
+
+
+@dataclass(frozen=True)
+class MSEParams:
+    weight: float = 1.0
+    normalise: bool = False
+    hidden_dim: int = 2048
+
+    def __post_init__(self) -> None:
+        if not self.weight > 0:
+            raise ValueError(f"weight must be > 0, got {self.weight}")
+        if not isinstance(self.normalise, bool):
+            raise ValueError(f"normalise must be true or false, got {self.normalise!r}")
+        _check_hidden(self.hidden_dim)
+
+
+@dataclass(frozen=True)
+class CosineParams:
+    weight: float = 1.0
+    hidden_dim: int = 2048
+
+    def __post_init__(self) -> None:
+        if not self.weight > 0:
+            raise ValueError(f"weight must be > 0, got {self.weight}")
+        _check_hidden(self.hidden_dim)
+
+
+class _Regression(Objective):
+    """Shared part: head (only when dims differ), teacher raw features, one view."""
+
+    def __init__(self, params: MSEParams | CosineParams, ctx: ObjectiveContext) -> None:
+        super().__init__(params, ctx)
+        self.head = coss_projection(ctx.student_dim, ctx.teacher_dim, params.hidden_dim)
+
+    def _pair(self, step: StepInputs) -> tuple[Tensor, Tensor]:
+        images = step.views[0]
+        with torch.no_grad():
+            target = step.teacher.features(images)
+        return self.head(step.student.forward_features(images)), target
+
+
+@register_objective
+class MSE(_Regression):
+    """Mean squared error between projected student and raw teacher features."""
+
+    name: ClassVar[str] = "mse"
+    Params: ClassVar[type[MSEParams]] = MSEParams
+    summary: ClassVar[str] = "MSE feature regression (raw by default) onto teacher features"
+    params: MSEParams
+
+    def compute(self, step: StepInputs) -> LossTerms:
+        student, teacher = self._pair(step)
+        loss = mse_loss(student, teacher, self.params.normalise)
+        return LossTerms({"mse": loss}, {"mse": self.params.weight})
+
+
+@register_objective
+class Cosine(_Regression):
+    """Negative mean cosine between projected student and raw teacher features."""
+
+    name: ClassVar[str] = "cosine"
+    Params: ClassVar[type[CosineParams]] = CosineParams
+    summary: ClassVar[str] = "-cos feature regression onto teacher features (no neighbours)"
+    params: CosineParams
+
+    def compute(self, step: StepInputs) -> LossTerms:
+        student, teacher = self._pair(step)
+        with torch.autocast(student.device.type, enabled=False):
+            loss = cosine_rows_loss(student.float(), teacher.float())
+        return LossTerms({"cos": loss}, {"cos": self.params.weight})

@@ -1,0 +1,139 @@
+"""SMD: Liu et al., "Improving Self-supervised Lightweight Model Learning via Hard-aware Metric
+Distillation" (ECCV 2022); shared/methods.md section 3.
+
+Teacher: raw pooled features (its SSL head is replaced by identity). Student: pooled backbone
+features through ``Linear(D_s, D_t)`` (always, as in the official code). Both are
+L2-normalised: t_i, s_i. Then
+
+    D_T[i, j] = ||t_i - t_j||              D[i, j] = ||t_i - s_j||
+    N_i = {j != i : D_T[i, j] > D[i, i]}   negatives; positives P_i = the rest (i included)
+    n   = argmin_{j in N_i} D[i, j]        hardest negative
+    p   = argmax_{j in P_i} D[i, j]        hardest positive
+    w_n = max(D_T[i, n] - D[i, n], 0)      w_p = max(D[i, p] - D_T[i, p], 0)   (no gradient)
+    L_i = softplus((w_p D[i, p] - w_n D[i, n]) / tau),   L = (1/B) sum_i L_i,   tau = 0.04
+
+A row without negatives contributes softplus(w_p D[i, p] / tau) (its negative logit is 0, as
+in the official code, where the masked 1e5 distance gets weight 0). Distances use the
+official clamp: sqrt(max(squared distance, 1e-12)).
+
+Checked against the official code (liuhao-lh/SMD, main_distill.py ``SMD``: cross-entropy over
+the logits [w_n D_in / tau, w_p D_ip / tau] with label 0, which is the softplus above).
+Differences from that script, all optional: it uses two views and averages the loss over
+them (``views``, default 1 here), adds -cos(t_i, s_i) with weight 1 during the first 2 epochs
+(``cos_warmup_epochs``, default 0 here; compared with ``StepInputs.epoch``), and uses
+tau = 0.004 for MobileNetV3 / EfficientNet students. Here i is never its own negative (the
+official code relies on D_T[i, i] ~ 1e-6 being below D[i, i]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from losses.base import (
+    LossTerms,
+    Objective,
+    ObjectiveContext,
+    ObjectiveRequirements,
+    StepInputs,
+    register_objective,
+)
+from losses.coss import cosine_rows_loss
+
+
+def _cross_distances(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
+    """[i, j] = ||a_i - b_j||, squared distance clamped at ``eps`` before the square root."""
+    sq = a.pow(2).sum(dim=1, keepdim=True) + b.pow(2).sum(dim=1).unsqueeze(0) - 2.0 * a @ b.t()
+    return sq.clamp(min=eps).sqrt()
+
+
+def smd_loss(student: Tensor, teacher: Tensor, tau: float = 0.04) -> Tensor:
+    """Hard-aware metric distillation loss (both inputs are L2-normalised here)."""
+    if student.shape != teacher.shape or student.dim() != 2:
+        raise ValueError(
+            f"student and teacher features must both be B x D, got {tuple(student.shape)} "
+            f"and {tuple(teacher.shape)}"
+        )
+    if student.shape[0] < 2:
+        raise ValueError(f"smd needs a batch of at least 2, got {student.shape[0]}")
+    with torch.autocast(student.device.type, enabled=False):
+        s = F.normalize(student.float(), dim=1)
+        t = F.normalize(teacher.float(), dim=1)
+        with torch.no_grad():
+            d_t = _cross_distances(t, t)
+        d = _cross_distances(t, s)
+        b = s.shape[0]
+        eye = torch.eye(b, dtype=torch.bool, device=s.device)
+        negative = (d_t > d.diagonal().detach().unsqueeze(1)) & ~eye
+        has_negative = negative.any(dim=1)
+
+        d_n, n = d.masked_fill(~negative, float("inf")).min(dim=1)
+        d_p, p = d.masked_fill(negative, float("-inf")).max(dim=1)
+        d_n = torch.where(has_negative, d_n, torch.zeros_like(d_n))
+
+        with torch.no_grad():
+            t_n = d_t.gather(1, n.unsqueeze(1)).squeeze(1)
+            t_p = d_t.gather(1, p.unsqueeze(1)).squeeze(1)
+            w_n = torch.where(has_negative, (t_n - d_n).clamp(min=0.0), torch.zeros_like(t_n))
+            w_p = (d_p - t_p).clamp(min=0.0)
+        return F.softplus((w_p * d_p - w_n * d_n) / tau).mean()
+
+
+@dataclass(frozen=True)
+class SMDParams:
+    tau: float = 0.04
+    weight: float = 1.0
+    views: int = 1
+    cos_warmup_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.tau > 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+        if not self.weight > 0:
+            raise ValueError(f"weight must be > 0, got {self.weight}")
+        if self.views < 1:
+            raise ValueError(f"views must be >= 1, got {self.views}")
+        if self.cos_warmup_epochs < 0:
+            raise ValueError(f"cos_warmup_epochs must be >= 0, got {self.cos_warmup_epochs}")
+
+
+@register_objective
+class SMD(Objective):
+    """Hard-aware metric distillation: teacher raw features, student + Linear(D_s, D_t)."""
+
+    name: ClassVar[str] = "smd"
+    Params: ClassVar[type[SMDParams]] = SMDParams
+    summary: ClassVar[str] = "SMD: weighted hardest positive / negative metric distillation"
+    params: SMDParams
+
+    def __init__(self, params: SMDParams, ctx: ObjectiveContext) -> None:
+        super().__init__(params, ctx)
+        self.head = nn.Linear(ctx.student_dim, ctx.teacher_dim)
+
+    @classmethod
+    def requirements(cls, params: SMDParams) -> ObjectiveRequirements:
+        return ObjectiveRequirements(num_views=params.views, min_batch_size=2)
+
+    def compute(self, step: StepInputs) -> LossTerms:
+        views = step.views[: self.params.views]
+        if len(views) < self.params.views:
+            raise ValueError(f"smd expects {self.params.views} views, got {len(step.views)}")
+        smd_terms, cos_terms = [], []
+        for images in views:
+            with torch.no_grad():
+                target = step.teacher.features(images)
+            projected = self.head(step.student.forward_features(images))
+            smd_terms.append(smd_loss(projected, target, self.params.tau))
+            if self.params.cos_warmup_epochs > 0:
+                with torch.autocast(projected.device.type, enabled=False):
+                    cos_terms.append(cosine_rows_loss(projected.float(), target.float()))
+        terms = {"smd": torch.stack(smd_terms).mean()}
+        weights = {"smd": self.params.weight}
+        if cos_terms:
+            terms["cos"] = torch.stack(cos_terms).mean()
+            weights["cos"] = 1.0 if step.epoch < self.params.cos_warmup_epochs else 0.0
+        return LossTerms(terms, weights)

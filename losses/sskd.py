@@ -1,0 +1,305 @@
+"""SSKD: knowledge distillation meets self-supervision (Xu et al., ECCV 2020; seed 001;
+shared/methods.md section 2). Supervised: needs labels and classifier teacher and student.
+
+Every image of ``step.views[0]`` (already flipped + cropped) becomes 4 copies rotated by 0, 90,
+180 and 270 degrees (``torch.rot90`` on H x W), laid out image-major like the official code
+(row ``4i + k`` is image ``i`` rotated ``k`` times). Copy 0 is "normal", copies 1-3
+"transformed" (row ``3i + k - 1`` of the transformed block). With ``h`` the SS head
+``Linear(d, d) -> ReLU -> Linear(d, d)`` on pooled features, the similarity matrix is
+
+    A[i, j] = cos(h(x~_i), h(x_j))        A in R^{3B x B}; the right column of row i is i // 3
+
+and the loss (tau1 = tau2 = 4, tau3 = 0.5, weights 0.1 / 0.9 / 2.7 / 10 by default) is
+
+    ce    = CE(z_S(x), y)                                                   normal copies
+    kd    = tau1^2 KL(softmax(z_T(x)/tau1) || softmax(z_S(x)/tau1))         normal copies
+    tf_kd = tau2^2 KL_sel(softmax(z_T(x~)/tau2) || softmax(z_S(x~)/tau2))   3B rotated copies
+    ss    = tau3^2 KL_sel(softmax(A_T/tau3) || softmax(A_S/tau3))
+
+KL is "batchmean" over the kept rows. KL_sel keeps rows by selective transfer
+(:mod:`losses.selective`): ground truth = label (ratio 1.0) for ``tf_kd``, source image
+(ratio 0.75) for ``ss``. With no row kept a term is 0 (the official code would give NaN).
+
+The teacher SS head is trained once in :meth:`SSKD.prepare` (teacher backbone frozen, BN in
+eval, CE(A_T, source index), temperature 1; code: 60 epochs, SGD lr 0.05 momentum 0.9
+wd 5e-4, x0.1 at epochs 30 and 45, 64 images (x4 copies) a batch) and frozen afterwards. The
+student SS head trains with the student. Both heads belong to the objective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from losses.base import (
+    LossTerms,
+    Objective,
+    ObjectiveContext,
+    ObjectiveRequirements,
+    StepInputs,
+    register_objective,
+)
+from losses.selective import selective_keep_indices
+from models.heads import mlp_head
+from models.teacher import FrozenTeacher
+
+
+def rotate_batch(x: Tensor) -> Tensor:
+    """``B x C x H x W`` -> ``4B x C x H x W``: row ``4i + k`` is image ``i`` rotated by
+    ``k * 90`` degrees (``torch.rot90`` over H, W). Needs square images."""
+    if x.dim() != 4:
+        raise ValueError(f"need a B x C x H x W batch, got shape {tuple(x.shape)}")
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"rotations need square images, got {x.shape[-2]} x {x.shape[-1]}")
+    copies = [torch.rot90(x, k, dims=(2, 3)) for k in range(4)]
+    return torch.stack(copies, dim=1).flatten(0, 1)
+
+
+def split_copies(t: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows of an image-major ``4B x ...`` tensor -> (normal ``B x ...``, transformed
+    ``3B x ...``); transformed row ``3i + k - 1`` is image ``i``'s rotation ``k``."""
+    if t.shape[0] % 4 != 0:
+        raise ValueError(f"need 4 copies per image, got {t.shape[0]} rows")
+    grouped = t.reshape(t.shape[0] // 4, 4, *t.shape[1:])
+    return grouped[:, 0], grouped[:, 1:].flatten(0, 1)
+
+
+def similarity_matrix(transformed: Tensor, normal: Tensor) -> Tensor:
+    """``A[i, j] = cos(transformed[i], normal[j])`` (``3B x B``), in float32 even under
+    autocast (it is small, and the selective-transfer ranks are read from it)."""
+    with torch.autocast(device_type=normal.device.type, enabled=False):
+        return F.normalize(transformed.float(), dim=1) @ F.normalize(normal.float(), dim=1).T
+
+
+def source_targets(batch: int, device: torch.device) -> Tensor:
+    """Column of each transformed row's source image: ``[0, 0, 0, 1, 1, 1, ...]``."""
+    return torch.arange(batch, device=device).repeat_interleave(3)
+
+
+def kl_batchmean(
+    student: Tensor, teacher: Tensor, temperature: float, rows: Tensor | None = None
+) -> Tensor:
+    """``tau^2 * (1/n) sum_i KL(softmax(teacher_i/tau) || softmax(student_i/tau))`` over
+    ``rows`` (all rows when ``None``); 0 (still attached to the graph) when no row is kept."""
+    if rows is not None:
+        student = student[rows]
+        teacher = teacher[rows]
+    if student.shape[0] == 0:
+        return student.float().sum() * 0.0
+    log_p_s = F.log_softmax(student.float() / temperature, dim=1)
+    p_t = F.softmax(teacher.detach().float() / temperature, dim=1)
+    kl = F.kl_div(log_p_s, p_t, reduction="batchmean")
+    return kl * temperature**2
+
+
+@dataclass(frozen=True)
+class SSKDParams:
+    ce_weight: float = 0.1
+    kd_weight: float = 0.9
+    tf_kd_weight: float = 2.7
+    ss_weight: float = 10.0
+    kd_temperature: float = 4.0  # tau1, normal copies
+    tf_temperature: float = 4.0  # tau2, rotated copies
+    ss_temperature: float = 0.5  # tau3, similarity matrix
+    tf_ratio: float = 1.0  # share of wrong rows kept by selective transfer (transformed KD)
+    ss_ratio: float = 0.75  # same for the SS term
+    teacher_head_epochs: int = 60  # stage 2; 0 keeps the randomly initialised head
+    teacher_head_lr: float = 0.05
+    teacher_head_milestones: tuple[int, ...] = (30, 45)
+    teacher_head_gamma: float = 0.1
+    teacher_head_batch_size: int = 64  # images per batch (x4 rotated copies)
+    teacher_head_momentum: float = 0.9
+    teacher_head_weight_decay: float = 5e-4
+
+    def __post_init__(self) -> None:
+        for name in ("ce_weight", "kd_weight", "tf_kd_weight", "ss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("kd_temperature", "tf_temperature", "ss_temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("tf_ratio", "ss_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.teacher_head_epochs < 0:
+            raise ValueError(f"teacher_head_epochs must be >= 0, got {self.teacher_head_epochs}")
+        if self.teacher_head_lr <= 0:
+            raise ValueError(f"teacher_head_lr must be > 0, got {self.teacher_head_lr}")
+        if isinstance(self.teacher_head_milestones, int | float | str):
+            raise ValueError(
+                f"teacher_head_milestones must be a list of epochs, got "
+                f"{self.teacher_head_milestones!r}"
+            )
+        milestones = tuple(int(m) for m in self.teacher_head_milestones)
+        if any(m < 0 for m in milestones) or list(milestones) != sorted(milestones):
+            raise ValueError(
+                f"teacher_head_milestones must be increasing epochs >= 0, got {milestones}"
+            )
+        object.__setattr__(self, "teacher_head_milestones", milestones)  # YAML gives a list
+        if not 0 < self.teacher_head_gamma <= 1:
+            raise ValueError(f"teacher_head_gamma must be in (0, 1], got {self.teacher_head_gamma}")
+        if self.teacher_head_batch_size < 2:
+            raise ValueError(
+                f"teacher_head_batch_size must be >= 2, got {self.teacher_head_batch_size}"
+            )
+        if not 0 <= self.teacher_head_momentum < 1:
+            raise ValueError(
+                f"teacher_head_momentum must be in [0, 1), got {self.teacher_head_momentum}"
+            )
+        if self.teacher_head_weight_decay < 0:
+            raise ValueError(
+                f"teacher_head_weight_decay must be >= 0, got {self.teacher_head_weight_decay}"
+            )
+
+
+@register_objective
+class SSKD(Objective):
+    """CE + KD on normal copies + selective KD on rotated copies + selective SS similarity KD."""
+
+    name: ClassVar[str] = "sskd"
+    Params: ClassVar[type[SSKDParams]] = SSKDParams
+    summary: ClassVar[str] = (
+        "KD + rotation self-supervision with selective transfer (SSKD; labels, classifiers)"
+    )
+    params: SSKDParams
+    teacher_head_ready: Tensor
+
+    def __init__(self, params: SSKDParams, ctx: ObjectiveContext) -> None:
+        super().__init__(params, ctx)
+        self.student_head = mlp_head(ctx.student_dim, ctx.student_dim, ctx.student_dim)
+        self.teacher_head = mlp_head(ctx.teacher_dim, ctx.teacher_dim, ctx.teacher_dim)
+        self.teacher_head.requires_grad_(False)  # trained only inside prepare()
+        # Saved with the objective so that a resumed trial does not retrain the teacher head.
+        self.register_buffer("teacher_head_ready", torch.zeros((), dtype=torch.bool))
+        self.prepare_log: list[dict[str, float]] = []
+
+    @classmethod
+    def requirements(cls, params: SSKDParams) -> ObjectiveRequirements:
+        return ObjectiveRequirements(
+            labels=True, teacher_classifier=True, student_classifier=True, min_batch_size=2
+        )
+
+    # ---- stage 2: the teacher SS head ------------------------------------------------------
+
+    def prepare(
+        self,
+        teacher: FrozenTeacher,
+        train_images: Tensor,
+        train_labels: Tensor | None,
+        augment: Callable[[Tensor], Tensor],
+        device: torch.device,
+    ) -> None:
+        """Train the teacher SS head with CE(A_T, source index) on the frozen teacher.
+
+        ``augment`` maps a batch of stored training images (``train_images[idx]``) to the
+        normalised, flipped + cropped float batch the student also sees. Skipped when the
+        head is already trained (e.g. restored from a checkpoint).
+        """
+        if bool(self.teacher_head_ready):
+            return
+        p = self.params
+        head = self.teacher_head.to(device)
+        head.train()
+        head.requires_grad_(True)
+        optimiser = torch.optim.SGD(
+            head.parameters(),
+            lr=p.teacher_head_lr,
+            momentum=p.teacher_head_momentum,
+            weight_decay=p.teacher_head_weight_decay,
+        )
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimiser, milestones=list(p.teacher_head_milestones), gamma=p.teacher_head_gamma
+        )
+        n = int(train_images.shape[0])
+        self.prepare_log = []
+        try:
+            with torch.enable_grad():
+                for epoch in range(p.teacher_head_epochs):
+                    order = torch.randperm(n).to(train_images.device)
+                    loss_sum, correct, rows = 0.0, 0, 0
+                    for start in range(0, n, p.teacher_head_batch_size):
+                        idx = order[start : start + p.teacher_head_batch_size]
+                        if idx.numel() < 2:
+                            continue  # one image has no other column to contrast with
+                        x = augment(train_images[idx]).to(device)
+                        feats = teacher.features(rotate_batch(x)).float()
+                        normal, transformed = split_copies(head(feats))
+                        sim = similarity_matrix(transformed, normal)
+                        target = source_targets(normal.shape[0], sim.device)
+                        loss = F.cross_entropy(sim, target)
+                        optimiser.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimiser.step()
+                        loss_sum += float(loss.detach()) * target.numel()
+                        correct += int((sim.detach().argmax(1) == target).sum())
+                        rows += target.numel()
+                    scheduler.step()
+                    self.prepare_log.append(
+                        {
+                            "epoch": float(epoch + 1),
+                            "loss": loss_sum / max(rows, 1),
+                            "acc": 100.0 * correct / max(rows, 1),
+                        }
+                    )
+        finally:
+            head.requires_grad_(False)
+        self.teacher_head_ready.fill_(True)
+
+    # ---- stage 3: the student --------------------------------------------------------------
+
+    def compute(self, step: StepInputs) -> LossTerms:
+        if step.labels is None:
+            raise ValueError("sskd needs class labels (step.labels is None)")
+        if not bool(self.teacher_head_ready):
+            raise RuntimeError(
+                "sskd: the teacher SS head is untrained; call prepare() before training "
+                "(teacher_head_epochs: 0 to skip the stage on purpose)"
+            )
+        x = step.views[0]
+        batch = x.shape[0]
+        if batch < 2:
+            raise ValueError(f"sskd needs a batch of at least 2 images, got {batch}")
+        p = self.params
+        labels = step.labels.to(x.device).long()
+        x4 = rotate_batch(x)
+
+        s_feat = step.student.forward_features(x4)
+        s_logits = step.student.forward_logits(s_feat)
+        s_rep = self.student_head(s_feat)
+        with torch.no_grad():
+            t_feat = step.teacher.features(x4)
+            t_logits = step.teacher.logits(t_feat).float()
+            t_rep = self.teacher_head(t_feat)
+
+        s_nor_logits, s_tf_logits = split_copies(s_logits)
+        t_nor_logits, t_tf_logits = split_copies(t_logits)
+        s_nor_rep, s_tf_rep = split_copies(s_rep)
+        s_sim = similarity_matrix(s_tf_rep, s_nor_rep)
+        with torch.no_grad():
+            t_nor_rep, t_tf_rep = split_copies(t_rep)
+            t_sim = similarity_matrix(t_tf_rep, t_nor_rep)
+
+        tf_rows = selective_keep_indices(t_tf_logits, labels.repeat_interleave(3), p.tf_ratio)
+        ss_rows = selective_keep_indices(t_sim, source_targets(batch, x.device), p.ss_ratio)
+
+        terms = {
+            "ce": F.cross_entropy(s_nor_logits.float(), labels),
+            "kd": kl_batchmean(s_nor_logits, t_nor_logits, p.kd_temperature),
+            "tf_kd": kl_batchmean(s_tf_logits, t_tf_logits, p.tf_temperature, tf_rows),
+            "ss": kl_batchmean(s_sim, t_sim, p.ss_temperature, ss_rows),
+        }
+        weights = {
+            "ce": p.ce_weight,
+            "kd": p.kd_weight,
+            "tf_kd": p.tf_kd_weight,
+            "ss": p.ss_weight,
+        }
+        return LossTerms(terms, weights)
+
+    def extra_repr(self) -> str:
+        return f"params={self.params}"

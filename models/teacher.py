@@ -1,0 +1,57 @@
+"""A frozen teacher: backbone (+ optional SSL projection head, + optional classifier).
+
+The teacher never trains during distillation: parameters have ``requires_grad=False`` and
+the module stays in eval mode (BatchNorm statistics frozen) whatever ``train()`` is called with.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from models.base import Backbone
+
+
+class FrozenTeacher(nn.Module):
+    def __init__(self, backbone: Backbone, ssl_head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.ssl_head = ssl_head
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        # Distillation loops call model.train(); the teacher must stay in eval mode.
+        return super().train(False)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.feature_dim
+
+    @property
+    def has_classifier(self) -> bool:
+        return self.backbone.has_classifier
+
+    @property
+    def embedding_dim(self) -> int:
+        """Dim of :meth:`embedding` (SSL head output, or raw features without a head)."""
+        if self.ssl_head is None:
+            return self.feature_dim
+        with torch.no_grad():
+            dev = next(self.backbone.parameters()).device
+            return int(self.ssl_head(torch.zeros(2, self.feature_dim, device=dev)).shape[1])
+
+    @torch.no_grad()
+    def features(self, x: Tensor) -> Tensor:
+        """Raw pooled backbone features (CoSS uses these: the SSL head is not used)."""
+        return self.backbone.forward_features(x)
+
+    @torch.no_grad()
+    def embedding(self, features: Tensor) -> Tensor:
+        """SSL-head output for methods that keep the teacher's head (SEED, DisCo)."""
+        return features if self.ssl_head is None else self.ssl_head(features)
+
+    @torch.no_grad()
+    def logits(self, features: Tensor) -> Tensor:
+        return self.backbone.forward_logits(features)

@@ -1,0 +1,1 @@
+"""Sweep orchestration: CLI, spec and grid, stages, Ray Tune trials, MLflow tracking."""

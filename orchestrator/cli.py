@@ -1,0 +1,190 @@
+"""`ukd`: sweep, report, and the registries (losses, models).
+
+Bad input (spec file, YAML key, value, missing data or checkpoint, unwritable output) prints
+one line naming the problem and exits with code 2 before anything starts or is written.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.errors import UserInputError
+
+if TYPE_CHECKING:
+    from orchestrator.grid import TrialConfig
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Unsupervised knowledge distillation sweeps: YAML grid -> Ray Tune -> "
+                       "MLflow -> tables.")
+# Wide enough for the trial tables when output goes to a file or CI log.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def sweep(
+    spec_file: Annotated[Path, typer.Argument(help="Sweep spec (YAML).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the stages and trials; "
+                                          "run nothing.")] = False,
+    output: Annotated[Path | None, typer.Option(help="Output directory (default: the spec's "
+                                                "output_dir, else runs/<name>).")] = None,
+    address: Annotated[str | None, typer.Option(help="Attach to a Ray cluster (else "
+                                                "RAY_ADDRESS, else local Ray).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: "
+                                                     "SQLite in the output directory).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted sweep "
+                                         "(also what a plain re-run does).")] = False,
+) -> None:
+    """Run a sweep: stages (teacher pretraining, neighbour graphs), then one Ray Tune trial
+    per grid point, each logged to MLflow. Re-running continues an interrupted sweep."""
+    from orchestrator.grid import expand
+    from orchestrator.spec import load_spec
+    from orchestrator.sweep import preflight, run_sweep
+
+    try:
+        spec = load_spec(spec_file, output)
+        trials = expand(spec)
+        if dry_run:
+            _print_plan(trials)
+            return
+        if resume and not (spec.output_dir / "sweep.json").is_file():
+            _fail(f"--resume: {spec.output_dir} holds no sweep to resume")
+        preflight(spec, trials)
+    except UserInputError as exc:
+        _fail(str(exc))
+    outcome = run_sweep(spec, trials, tracking_uri=tracking_uri, address=address)
+    out.print(f"\n[bold]{outcome.total} trials[/bold]: {len(outcome.finished)} finished now, "
+              f"{outcome.skipped} already finished, {len(outcome.failed)} failed "
+              f"in {outcome.wall_s:.0f}s; output {outcome.output_dir} "
+              f"({outcome.disk_bytes / 2**20:.1f} MiB on disk)")
+    for label, reason in outcome.failed.items():
+        out.print(f"  [red]failed[/red] {label}: {reason}", highlight=False)
+    out.print(f"MLflow: {outcome.tracking_uri} (parent run {outcome.parent_run_id})")
+    if outcome.tracking_uri.startswith("sqlite:///"):
+        out.print(f"Open the UI: mlflow ui --backend-store-uri '{outcome.tracking_uri}' "
+                  "--host 127.0.0.1 --port 5000", highlight=False, soft_wrap=True)
+    out.print(f"Report: ukd report {outcome.output_dir}", highlight=False, soft_wrap=True)
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+def _print_plan(trials: list[TrialConfig]) -> None:
+    from orchestrator.grid import flat_params, varying_axes
+    from orchestrator.sweep import neighbour_pools
+
+    pools = neighbour_pools(trials)
+    stages = Table(title="stages (before the trials)", show_lines=False)
+    for col in ("teacher", "arch", "source", "what", "cache key"):
+        stages.add_column(col)
+    seen: set[str] = set()
+    for t in trials:
+        key = t.teacher["key"]
+        if key in seen:
+            continue
+        seen.add(key)
+        work = {"pretrain": f"pretrain {t.teacher.get('pretrain', {}).get('recipe', 'simclr')}",
+                "checkpoint": f"load {t.teacher.get('checkpoint')}",
+                "torchvision": f"weights {t.teacher.get('weights')}"}[t.teacher["source"]]
+        work += ", teacher kNN"
+        if pools.get(key):
+            work += ", neighbour graph top-" + "/".join(map(str, sorted(pools[key])))
+        stages.add_row(t.teacher["label"], t.teacher["arch"], t.teacher["source"], work, key)
+    out.print(stages)
+    axes = varying_axes(trials)
+    loss_axes = [a.removeprefix("loss.") for a in axes if a.startswith("loss.") and
+                 a != "loss.name"]
+    other_axes = [a for a in axes if a not in ("teacher", "student") and
+                  not a.startswith("loss.")]
+    table = Table(title=f"{len(trials)} trials (axes: {', '.join(axes) or 'none'})")
+    for col in ("#", "trial id", "teacher", "student", "loss", *other_axes):
+        table.add_column(col)
+    for t in trials:
+        shown = ", ".join(f"{k}={t.loss[k]}" for k in loss_axes if k in t.loss)
+        flat = flat_params(t)
+        table.add_row(str(t.index), t.trial_id, t.teacher["label"], t.student,
+                      t.loss["name"] + (f" ({shown})" if shown else ""),
+                      *(flat.get(a, "-") for a in other_axes))
+    out.print(table)
+    first = trials[0]
+    out.print(f"fixed: dataset {first.dataset['name']}, train "
+              + ", ".join(f"{k}={v}" for k, v in first.train.items()
+                          if k not in other_axes), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def report(
+    sweep_ref: Annotated[str, typer.Argument(metavar="SWEEP", help="Sweep output directory, "
+                                             "or a parent run id / experiment name with "
+                                             "--tracking-uri.")],
+    metric: Annotated[str, typer.Option(help="Metric of the table cells.")] = "knn/top1_k10",
+    axis: Annotated[list[str] | None, typer.Option(help="Ablation axis (repeatable); default "
+                                                   "every axis that varies.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write (default "
+                                                 "SWEEP/report).")] = None,
+) -> None:
+    """Comparison table and ablation reports from the sweep's MLflow runs."""
+    from reports import ReportError, build_report
+
+    try:
+        result = build_report(sweep_ref, out_dir=out_dir, tracking_uri=tracking_uri,
+                              metric=metric, axes=axis)
+    except (ReportError, UserInputError) as exc:
+        _fail(str(exc))
+    out.print(result.markdown, highlight=False, soft_wrap=True)
+    out.print(f"\nwritten to {result.out_dir}:", highlight=False)
+    for path in result.paths:
+        out.print(f"  {path}", highlight=False, soft_wrap=True)
+
+
+@app.command("losses")
+def list_losses() -> None:
+    """The registered objectives, their parameters and defaults."""
+    from losses import OBJECTIVES, param_fields
+
+    table = Table()
+    for col in ("objective", "parameters (defaults)", "needs", "what"):
+        table.add_column(col)
+    for name in sorted(OBJECTIVES):
+        cls = OBJECTIVES[name]
+        defaults = param_fields(name)
+        req = cls.requirements(cls.Params())
+        needs = [k for k in ("labels", "teacher_classifier", "neighbour_batches",
+                             "neighbour_graph") if getattr(req, k)]
+        if req.num_views > 1:
+            needs.append(f"{req.num_views} views")
+        table.add_row(name, ", ".join(f"{k}={v}" for k, v in defaults.items()),
+                      ", ".join(needs) or "-", cls.summary)
+    out.print(table)
+
+
+@app.command("models")
+def list_models() -> None:
+    """The registered backbones with their feature dimension."""
+    from models import MODELS
+
+    table = Table()
+    for col in ("model", "family", "feature dim", "what"):
+        table.add_column(col)
+    for name in sorted(MODELS, key=str.lower):
+        spec = MODELS[name]
+        table.add_row(name, spec.family, str(spec.feature_dim), spec.description)
+    out.print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,134 @@
+"""MLflow -> comparison tables, ablation plots and an HTML report (see docs/CONTRACTS.md).
+
+Entry point: :func:`build_report`, wired to ``ukd report SWEEP``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reports._io import write_text_atomic
+from reports.ablation import (
+    Ablation,
+    AblationFiles,
+    ablation_axes,
+    build_ablation,
+    plot_ablation,
+    write_ablation,
+)
+from reports.html import build_index_html
+from reports.render import comparison_frame, to_csv, to_html, to_html_table, to_latex, to_markdown
+from reports.source import ReportError, SweepData, SweepRef, load_sweep, resolve_sweep
+from reports.stats import ALPHA, WelchResult, welch_test
+from reports.tables import CellStats, ComparisonTable, build_comparison
+
+DEFAULT_METRIC = "knn/top1_k10"
+REPORT_DIR = "report"
+
+__all__ = [
+    "ALPHA",
+    "DEFAULT_METRIC",
+    "Ablation",
+    "AblationFiles",
+    "CellStats",
+    "ComparisonTable",
+    "ReportError",
+    "ReportResult",
+    "SweepData",
+    "SweepRef",
+    "WelchResult",
+    "ablation_axes",
+    "build_ablation",
+    "build_comparison",
+    "build_report",
+    "comparison_frame",
+    "load_sweep",
+    "plot_ablation",
+    "resolve_sweep",
+    "to_csv",
+    "to_html",
+    "to_html_table",
+    "to_latex",
+    "to_markdown",
+    "welch_test",
+    "write_ablation",
+]
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What :func:`build_report` wrote."""
+
+    out_dir: Path
+    comparison_markdown: str
+    """The comparison table as Markdown (also written to ``comparison.md``)."""
+    comparison: dict[str, Path]
+    """``{"md", "csv", "tex", "html"}`` -> path."""
+    ablations: dict[str, AblationFiles]
+    """Axis -> its ``ablation_<axis>.png/.svg/.csv/.md`` files."""
+    index_html: Path
+    paths: list[Path] = field(default_factory=list)
+    """Every file written, in writing order."""
+
+
+def build_report(
+    sweep: str,
+    out_dir: Path | None = None,
+    tracking_uri: str | None = None,
+    metric: str = DEFAULT_METRIC,
+    axes: list[str] | None = None,
+) -> ReportResult:
+    """Write the report of a sweep and return what was written.
+
+    ``sweep``: a sweep output directory (with ``sweep.json``), or with ``tracking_uri`` a parent
+    run id or an experiment name. ``out_dir`` defaults to ``<sweep output dir>/report``.
+    ``axes``: the ablation axes; None plots every swept axis that varies, ``[]`` none.
+    Raises :class:`ReportError` (a ``ValueError``) with a readable message on bad input.
+    """
+    ref = resolve_sweep(sweep, tracking_uri)
+    if out_dir is None:
+        if ref.output_dir is None:
+            raise ReportError(
+                "the sweep's output directory is unknown (no ukd.output_dir tag): pass out_dir"
+            )
+        out_dir = ref.output_dir / REPORT_DIR
+    out_dir = Path(out_dir)
+    data = load_sweep(ref)
+    if data.runs.empty:
+        raise ReportError(f"parent run {ref.parent_run_id} has no trial runs")
+
+    table = build_comparison(data, metric)
+    # Validate every requested axis before writing anything.
+    ablations = [build_ablation(data, axis, metric) for axis in _axes(data, axes)]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = to_markdown(table)
+    comparison = {
+        "md": write_text_atomic(out_dir / "comparison.md", markdown),
+        "csv": write_text_atomic(out_dir / "comparison.csv", to_csv(table)),
+        "tex": write_text_atomic(out_dir / "comparison.tex", to_latex(table)),
+        "html": write_text_atomic(out_dir / "comparison.html", to_html(table)),
+    }
+    paths = list(comparison.values())
+    written: list[tuple[Ablation, AblationFiles]] = []
+    for ablation in ablations:
+        files = write_ablation(ablation, out_dir)
+        written.append((ablation, files))
+        paths.extend(files.paths)
+    index = write_text_atomic(out_dir / "index.html", build_index_html(data, table, written))
+    paths.append(index)
+    return ReportResult(
+        out_dir=out_dir,
+        comparison_markdown=markdown,
+        comparison=comparison,
+        ablations={ablation.axis: files for ablation, files in written},
+        index_html=index,
+        paths=paths,
+    )
+
+
+def _axes(data: SweepData, axes: list[str] | None) -> list[str]:
+    if axes is None:
+        return ablation_axes(data)
+    return list(dict.fromkeys(axes))

@@ -1,0 +1,165 @@
+"""SEED: value by hand, empty queue, head dims, enqueue after the step, state_dict, gradients."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from losses.base import get_objective
+from losses.seed import SEED, SEEDParams, seed_loss
+
+
+def _normalise(x: list[list[float]]) -> list[list[float]]:
+    return [[v / math.sqrt(sum(c * c for c in row)) for v in row] for row in x]
+
+
+def _dot(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+def _softmax(v: list[float]) -> list[float]:
+    m = max(v)
+    e = [math.exp(x - m) for x in v]
+    return [x / sum(e) for x in e]
+
+
+def _seed_by_hand(s, t, queue, tau_s: float, tau_t: float) -> float:
+    s, t = _normalise(s), _normalise(t)
+    total = 0.0
+    for si, ti in zip(s, t, strict=True):
+        keys = [ti, *queue]
+        p_t = _softmax([_dot(ti, k) / tau_t for k in keys])
+        p_s = _softmax([_dot(si, k) / tau_s for k in keys])
+        total -= sum(pt * math.log(ps) for pt, ps in zip(p_t, p_s, strict=True))
+    return total / len(s)
+
+
+S = [[1.0, 0.0], [1.0, 1.0]]
+T = [[0.0, 2.0], [3.0, 1.0]]
+Q = _normalise([[1.0, 1.0], [-1.0, 0.5], [0.2, -1.0]])
+
+
+@pytest.mark.parametrize(("tau_s", "tau_t"), [(0.2, 1e-4), (0.5, 0.3), (1.0, 1.0)])
+def test_seed_loss_by_hand(tau_s: float, tau_t: float) -> None:
+    got = seed_loss(torch.tensor(S), torch.tensor(T), torch.tensor(Q), tau_s, tau_t)
+    assert got.item() == pytest.approx(_seed_by_hand(S, T, Q, tau_s, tau_t), rel=1e-5)
+
+
+def test_empty_queue_gives_zero() -> None:
+    got = seed_loss(torch.tensor(S), torch.tensor(T), torch.zeros(0, 2))
+    assert got.item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_shape_errors() -> None:
+    with pytest.raises(ValueError, match="B x E"):
+        seed_loss(torch.ones(2, 2), torch.ones(2, 3), torch.zeros(0, 2))
+    with pytest.raises(ValueError, match="queue"):
+        seed_loss(torch.ones(2, 2), torch.ones(2, 2), torch.zeros(4, 3))
+
+
+def _objective(make_backbone, make_teacher, make_ctx, queue_size: int = 16):
+    student, teacher = make_backbone(4), make_teacher(8, embedding_dim=5)
+    obj = SEED(SEEDParams(queue_size=queue_size), make_ctx(student, teacher))
+    return obj, student, teacher
+
+
+def test_head_lands_in_the_teacher_embedding_space(make_backbone, make_teacher, make_ctx):
+    obj, _, _ = _objective(make_backbone, make_teacher, make_ctx)
+    assert isinstance(obj.head, nn.Sequential)
+    assert (obj.head[0].in_features, obj.head[0].out_features) == (4, 4)
+    assert obj.head[-1].out_features == 5
+    assert obj.queue.data.shape == (16, 5)
+
+
+def test_enqueue_after_step_and_value(make_backbone, make_teacher, make_ctx, make_step) -> None:
+    obj, student, teacher = _objective(make_backbone, make_teacher, make_ctx)
+    first = make_step(student, teacher, batch=3, seed=10)
+    out = obj.compute(first)
+    assert out.terms["seed"].item() == pytest.approx(0.0, abs=1e-7)  # empty queue
+    assert len(obj.queue) == 0  # nothing enqueued before the step
+    obj.after_step(first)
+    z_t = F.normalize(teacher.embedding(teacher.features(first.views[0])), dim=1)
+    assert torch.allclose(obj.queue.valid(), z_t)
+
+    second = make_step(student, teacher, batch=3, seed=11)
+    out = obj.compute(second)
+    s = obj.head(student.forward_features(second.views[0])).tolist()
+    t = teacher.embedding(teacher.features(second.views[0])).tolist()
+    expected = _seed_by_hand(s, t, obj.queue.valid().tolist(), 0.2, 1e-4)
+    assert out.terms["seed"].item() == pytest.approx(expected, rel=1e-4)
+    assert out.weights == {"seed": 1.0}
+
+
+def test_no_enqueue_in_eval_mode(make_backbone, make_teacher, make_ctx, make_step) -> None:
+    obj, student, teacher = _objective(make_backbone, make_teacher, make_ctx)
+    obj.eval()
+    step = make_step(student, teacher)
+    obj.compute(step)
+    obj.after_step(step)
+    assert len(obj.queue) == 0
+
+
+def test_queue_is_in_state_dict_and_round_trips(make_backbone, make_teacher, make_ctx, make_step):
+    obj, student, teacher = _objective(make_backbone, make_teacher, make_ctx, queue_size=5)
+    for seed in range(3):  # 9 rows into 5: wrapped
+        step = make_step(student, teacher, batch=3, seed=seed)
+        obj.compute(step)
+        obj.after_step(step)
+    state = obj.state_dict()
+    assert {"queue.data", "queue.ptr", "queue.filled"} <= set(state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    restored, _, _ = _objective(make_backbone, make_teacher, make_ctx, queue_size=5)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert torch.equal(restored.queue.valid(), obj.queue.valid())
+    step = make_step(student, teacher, batch=3, seed=7)
+    assert torch.allclose(restored.compute(step).total, obj.compute(step).total)
+
+
+def test_gradients_reach_student_not_teacher(
+    make_backbone, make_teacher, make_ctx, make_step, assert_grad_flow
+):
+    obj, student, teacher = _objective(make_backbone, make_teacher, make_ctx)
+    warm = make_step(student, teacher, seed=0)
+    obj.compute(warm)
+    obj.after_step(warm)
+    assert_grad_flow(obj, make_step(student, teacher, seed=1))
+    assert all(p.grad is not None for p in obj.head.parameters())
+
+
+def test_finite_under_bf16_autocast(
+    make_backbone, make_teacher, make_ctx, make_step, assert_finite_bf16
+):
+    obj, student, teacher = _objective(make_backbone, make_teacher, make_ctx)
+    warm = make_step(student, teacher, seed=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        obj.compute(warm)
+    obj.after_step(warm)
+    assert obj.queue.data.dtype == torch.float32
+    assert_finite_bf16(obj, make_step(student, teacher, seed=1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"tau_s": 0.0}, "tau_s"),
+        ({"tau_t": -1.0}, "tau_t"),
+        ({"queue_size": 0}, "queue_size"),
+        ({"weight": 0.0}, "weight"),
+    ],
+)
+def test_params_validation(kwargs: dict[str, float], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        SEEDParams(**kwargs)  # type: ignore[arg-type]
+
+
+def test_defaults_and_registry() -> None:
+    p = SEEDParams()
+    assert (p.tau_s, p.tau_t, p.queue_size) == (0.2, 1e-4, 65536)
+    assert get_objective("seed") is SEED

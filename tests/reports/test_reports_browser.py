@@ -1,0 +1,84 @@
+"""Render report/index.html in headless Chromium (``-m browser``).
+
+Skipped when Chromium is absent, unless UKD_REQUIRE_BROWSER is set (CI): then it fails.
+Install Chromium with scripts/install_chromium.sh.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from browser_support import chromium_or_skip, find_chromium
+from report_builders import Store
+
+from reports import ReportResult, build_report
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+]
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    return chromium_or_skip(find_chromium())
+
+
+@pytest.fixture(scope="module")
+def report(store: Store, tmp_path_factory: pytest.TempPathFactory) -> ReportResult:
+    return build_report(str(store.root), out_dir=tmp_path_factory.mktemp("browser-report"))
+
+
+def _run(chromium: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    profile = tmp_path / "profile"
+    profile.mkdir(exist_ok=True)
+    command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_dump_dom_has_tables_and_images(
+    chromium: str, report: ReportResult, tmp_path: Path
+) -> None:
+    done = _run(chromium, tmp_path, "--dump-dom", report.index_html.as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    assert dom.count("<table") == 3, dom[:2000]
+    assert 'class="ukd comparison"' in dom
+    assert "<strong>62.0 ± 2.0</strong>" in dom
+    assert dom.count('<img src="data:image/png;base64,') == 1
+    assert "&lt;script&gt;" in dom  # the spec's text stayed text
+
+
+def test_screenshot_is_a_png(chromium: str, report: ReportResult, tmp_path: Path) -> None:
+    shot = tmp_path / "index.png"
+    done = _run(
+        chromium,
+        tmp_path,
+        f"--screenshot={shot}",
+        "--window-size=1400,2400",
+        report.index_html.as_uri(),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (1400, 2400)
+    assert len(data) > 20_000  # a blank page compresses to a few kB
+    keep = os.environ.get("UKD_SCREENSHOT_DIR")
+    if keep:
+        shutil.copyfile(shot, Path(keep) / "index.png")
