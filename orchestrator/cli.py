@@ -142,7 +142,7 @@ def report(
                               metric=metric, axes=axis)
     except (ReportError, UserInputError) as exc:
         _fail(str(exc))
-    out.print(result.markdown, highlight=False, soft_wrap=True)
+    out.print(result.comparison_markdown, highlight=False, soft_wrap=True)
     out.print(f"\nwritten to {result.out_dir}:", highlight=False)
     for path in result.paths:
         out.print(f"  {path}", highlight=False, soft_wrap=True)

@@ -11,6 +11,7 @@ may sweep its own parameters) x batch_size x seed x lr x epochs x weight_decay.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -434,13 +435,14 @@ def _grid(r: _Reader, node: Any, teachers: Mapping[str, TeacherSpec]) -> GridSpe
     scalars: dict[str, tuple[Any, ...]] = {}
     for key, kind in SCALAR_AXES.items():
         if key in g:
-            positive = key != "seed" and key != "weight_decay"
-            scalars[key] = r.axis(
-                g[key], f"grid.{key}",
-                lambda v, p, kind=kind, positive=positive: r.scalar(
-                    v, p, kind, positive=positive, non_negative=not positive),
-            )
+            positive = key not in ("seed", "weight_decay")
+            parse = functools.partial(_scalar_value, r, kind, positive)
+            scalars[key] = r.axis(g[key], f"grid.{key}", parse)
     return GridSpec(pairs=pair_tuple, loss=losses, scalars=scalars)
+
+
+def _scalar_value(r: _Reader, kind: type, positive: bool, value: Any, path: str) -> Any:
+    return r.scalar(value, path, kind, positive=positive, non_negative=not positive)
 
 
 def _loss_axis(r: _Reader, node: Any) -> tuple[LossChoice, ...]:
@@ -462,8 +464,11 @@ def _loss_axis(r: _Reader, node: Any) -> tuple[LossChoice, ...]:
             if key == "name":
                 continue
             default = defaults[key]
-            axes[key] = r.axis(value, f"{path}.{key}",
-                               lambda v, p, d=default: _loss_value(r, d, v, p))
+            if isinstance(default, tuple) and not (
+                    isinstance(value, list) and value and isinstance(value[0], list)):
+                value = [value]  # a list-valued parameter: a list of lists sweeps it
+            parse = functools.partial(_typed_like, r, default)
+            axes[key] = r.axis(value, f"{path}.{key}", parse)
         for combo in _product(axes):
             try:
                 make_params(name, combo)
@@ -471,12 +476,6 @@ def _loss_axis(r: _Reader, node: Any) -> tuple[LossChoice, ...]:
                 raise r.fail(path, f"{name}: {exc}") from None
         choices.append(LossChoice(name=name, axes=axes))
     return tuple(choices)
-
-
-def _loss_value(r: _Reader, default: Any, value: Any, path: str) -> Any:
-    if isinstance(default, tuple) and isinstance(value, list):
-        return _typed_like(r, default, value, path)
-    return _typed_like(r, default, value, path)
 
 
 def _product(axes: Mapping[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
@@ -489,13 +488,21 @@ def _product(axes: Mapping[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
 def _check_compatibility(r: _Reader, spec: SweepSpec) -> None:
     """Objective requirements against the dataset, teachers and batch sizes."""
     info = DATASETS[spec.dataset.name]
+    labelled = info.has_labels and spec.dataset.labels
+    for label, teacher in spec.teachers.items():
+        recipe = (teacher.pretrain or {}).get("recipe")
+        if teacher.source == "pretrain" and recipe and RECIPES[recipe].needs_labels \
+                and not labelled:
+            raise r.fail(f"teachers.{label}.pretrain.recipe",
+                         f"recipe {recipe!r} trains on class labels, and dataset "
+                         f"{spec.dataset.name!r} is used without labels (dataset.labels: false)")
     batch_sizes = spec.grid.scalars.get("batch_size", (spec.train.batch_size,))
     for i, choice in enumerate(spec.grid.loss):
         path = f"grid.loss[{i}]"
         cls = get_objective(choice.name)
         for combo in _product(choice.axes):
             req = cls.requirements(make_params(choice.name, combo))
-            if req.labels and not (info.has_labels and spec.dataset.labels):
+            if req.labels and not labelled:
                 raise r.fail(path, f"{choice.name} needs class labels, and dataset "
                                    f"{spec.dataset.name!r} is used without labels")
             if req.teacher_classifier:

@@ -8,6 +8,7 @@ FINISHED trials, continues the others from their last epoch and reuses their MLf
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -114,7 +115,7 @@ def _read_failure(trial: TrialConfig) -> tuple[str, int | None]:
     return "the trial's process ended without a recorded reason", None
 
 
-class SweepCallback(tune.Callback):  # type: ignore[misc]
+class SweepCallback(tune.Callback):
     """Driver-side bridge from Ray Tune events to MLflow (the single writer) and the display.
 
     Ray pickles the run config, callbacks included, into its experiment state: the tracker and
@@ -182,9 +183,9 @@ def _init_ray(address: str | None) -> bool:
         return False
     target = address or os.environ.get("RAY_ADDRESS")
     if target:
-        ray.init(address=target, logging_level="WARNING", log_to_driver=False)
+        ray.init(address=target, logging_level=logging.WARNING, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", logging_level="WARNING",
+        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", logging_level=logging.WARNING,
                  log_to_driver=False)
     return True
 

@@ -66,7 +66,8 @@ class Tracker:
                    parent_run_id: str | None = None) -> str:
         """Create the parent run, or reopen the one of an earlier process of this sweep."""
         if parent_run_id is None:
-            found = self._search(f"tags.`ukd.kind` = 'sweep' and tags.`ukd.sweep_id` = '{sweep_id}'")
+            found = self._search(
+                f"tags.`ukd.kind` = 'sweep' and tags.`ukd.sweep_id` = '{sweep_id}'")
             parent_run_id = found[0].info.run_id if found else None
         if parent_run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=name,

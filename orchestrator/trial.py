@@ -81,9 +81,9 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Reporter | None =
 
     # The stage normally ran before the trial (driver); running it here keeps this function
     # usable on its own. It is cached and locked, so this is a no-op after the stage.
-    pools = (_pool_of(loss_values),) if req.neighbour_batches or req.neighbour_graph else ()
+    pool = _pool_of(loss_values) if req.neighbour_batches or req.neighbour_graph else None
     ensure_teacher(trial.teacher, data_cfg, trial.knn, runtime["cache_dir"],
-                   runtime.get("device", "auto"), pools)
+                   runtime.get("device", "auto"), () if pool is None else (pool,))
     teacher = load_frozen_teacher(trial.teacher, runtime["cache_dir"], bundle,
                                   req.teacher_classifier).to(device)
     if req.teacher_classifier and not teacher.has_classifier:
@@ -117,9 +117,9 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Reporter | None =
 
     sampling = objective.neighbour_sampling()
     graph: Tensor | None = None
-    if sampling is not None or req.neighbour_graph:
-        graph = torch.load(neighbour_graph_path(runtime["cache_dir"], trial.teacher["key"],
-                                                pools[0]), weights_only=True)
+    if pool is not None:
+        graph = torch.load(neighbour_graph_path(runtime["cache_dir"], trial.teacher["key"], pool),
+                           weights_only=True)
 
     params = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=float(train_cfg["lr"]),

@@ -84,10 +84,17 @@ def test_missing_checkpoint_is_rejected(write_spec: Any, tmp_path: Path) -> None
 def test_labelled_objective_on_unlabelled_data_is_rejected(write_spec: Any) -> None:
     data = minimal_spec()
     data["dataset"]["labels"] = False
-    data["teachers"]["t"]["pretrain"]["recipe"] = "supervised"
-    data["grid"]["loss"] = [{"name": "kd"}]
+    data["grid"]["loss"] = [{"name": "sskd"}]
     err = _error(write_spec, data)
-    assert "needs class labels" in str(err) or "labels" in str(err)
+    assert err.yaml_path == "grid.loss[0]" and "sskd needs class labels" in str(err)
+
+
+def test_supervised_teacher_on_unlabelled_data_is_rejected(write_spec: Any) -> None:
+    data = minimal_spec()
+    data["dataset"]["labels"] = False
+    data["teachers"]["t"]["pretrain"]["recipe"] = "supervised"
+    err = _error(write_spec, data)
+    assert err.yaml_path == "teachers.t.pretrain.recipe" and "without labels" in str(err)
 
 
 def test_objective_needing_classifier_teacher_is_rejected(write_spec: Any) -> None:
