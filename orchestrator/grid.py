@@ -127,5 +127,5 @@ def varying_axes(trials: list[TrialConfig]) -> list[str]:
     if not trials:
         return []
     flats = [flat_params(t) for t in trials]
-    keys = [k for k in flats[0] if k not in ("trial_id", "teacher.key")]
+    keys = dict.fromkeys(k for f in flats for k in f if k not in ("trial_id", "teacher.key"))
     return [k for k in keys if len({f.get(k) for f in flats}) > 1]
