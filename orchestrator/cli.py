@@ -164,9 +164,13 @@ def list_losses() -> None:
                              "neighbour_graph") if getattr(req, k)]
         if req.num_views > 1:
             needs.append(f"{req.num_views} views")
-        table.add_row(name, ", ".join(f"{k}={v}" for k, v in defaults.items()),
+        table.add_row(name, ", ".join(f"{k}={_short(v)}" for k, v in defaults.items()),
                       ", ".join(needs) or "-", cls.summary)
     out.print(table)
+
+
+def _short(value: object) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 @app.command("models")

@@ -23,6 +23,7 @@ import yaml
 from losses import get_objective, make_params, objective_names, param_fields
 from models import model_names
 from models.augment import AUGMENT_PRESETS
+from models.hub import resolve_weights
 from models.pretrain import RECIPES, PretrainConfig
 from orchestrator.datasets import DATASETS, dataset_names
 from orchestrator.errors import SpecError
@@ -321,6 +322,10 @@ def _teachers(r: _Reader, node: Any, default_seed: int) -> dict[str, TeacherSpec
             checkpoint = str(ckpt)
         else:
             weights = r.scalar(t.get("weights", "DEFAULT"), f"{path}.weights", str)
+            try:
+                resolve_weights(arch, weights)
+            except ValueError as exc:
+                raise r.fail(f"{path}.weights", str(exc)) from None
         out[str(label)] = TeacherSpec(str(label), arch, source, pretrain, checkpoint, weights)
     return out
 

@@ -22,13 +22,13 @@ from typing import Any
 from ray import tune
 
 from losses import get_objective, make_params
-from orchestrator.datasets import check_available
+from orchestrator.datasets import DATASETS, check_available
 from orchestrator.errors import TrialFailure, UserInputError
 from orchestrator.fsutil import write_json, write_yaml
 from orchestrator.grid import TrialConfig, varying_axes
 from orchestrator.progress import SweepProgress
 from orchestrator.spec import SweepSpec
-from orchestrator.teachers import TeacherReport, ensure_teacher
+from orchestrator.teachers import TeacherReport, check_teacher_sources, ensure_teacher
 from orchestrator.tracking import Tracker, default_tracking_uri, is_local_store
 from orchestrator.trial import _pool_of, run_trial
 
@@ -53,6 +53,7 @@ class SweepOutcome:
 def preflight(spec: SweepSpec, trials: list[TrialConfig]) -> None:
     """Checks that need the filesystem, done before Ray starts or anything is written."""
     check_available(spec.dataset.name, spec.dataset.root, spec.dataset.download)
+    check_teacher_sources(spec.teachers, spec.source_path, DATASETS[spec.dataset.name].channels)
     probe = spec.output_dir
     while not probe.exists():
         probe = probe.parent

@@ -19,11 +19,17 @@ from typing import Any
 
 import torch
 
-from models.checkpoints import build_teacher_from_checkpoint, load_teacher, save_teacher
-from models.hub import pretrained_backbone
+from models.checkpoints import (
+    CheckpointError,
+    build_teacher_from_checkpoint,
+    load_teacher,
+    save_teacher,
+)
+from models.hub import WeightsUnavailableError, fetch_weights, pretrained_backbone
 from models.pretrain import PretrainConfig, pretrain_teacher
 from models.teacher import FrozenTeacher
 from orchestrator.datasets import DatasetBundle, load_dataset
+from orchestrator.errors import UserInputError
 from orchestrator.fsutil import file_lock, torch_save, write_json
 from orchestrator.grid import content_hash
 from orchestrator.knn import embed, neighbour_graph, weighted_knn
@@ -161,6 +167,21 @@ def ensure_teacher(
                          {k: v for k, v in teacher.items() if k != "pretrain"}
                          | {f"pretrain.{k}": v for k, v in (teacher.get("pretrain") or {}).items()},
                          test_top1)
+
+
+def check_teacher_sources(teachers: Mapping[str, Any], spec_file: Path,
+                          in_channels: int) -> None:
+    """Before Ray starts: checkpoints must load into their architecture and torchvision
+    weights must be cached or downloadable (offline: a message saying where the file goes)."""
+    for label, teacher in teachers.items():
+        try:
+            if teacher.source == "checkpoint":
+                build_teacher_from_checkpoint(teacher.arch, teacher.checkpoint, None, in_channels)
+            elif teacher.source == "torchvision":
+                fetch_weights(teacher.arch, teacher.weights)
+        except (CheckpointError, WeightsUnavailableError) as exc:
+            key = "checkpoint" if teacher.source == "checkpoint" else "weights"
+            raise UserInputError(f"{spec_file} at `teachers.{label}.{key}`: {exc}") from None
 
 
 @torch.no_grad()
