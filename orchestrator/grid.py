@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from losses import make_params
+from losses import make_params, param_fields
 from orchestrator.spec import SweepSpec, TeacherSpec, _product
 
 
@@ -48,8 +48,12 @@ class TrialConfig:
 
     @property
     def label(self) -> str:
-        weights = ",".join(f"{k}={v}" for k, v in self.loss.items() if k != "name")
-        return f"{self.teacher['label']}->{self.student} {self.loss['name']}({weights})"
+        """Short human label: the loss shows only the parameters set away from defaults."""
+        defaults = param_fields(self.loss["name"])
+        changed = ",".join(f"{k}={v}" for k, v in self.loss.items()
+                           if k != "name" and _plain(defaults.get(k)) != v)
+        loss = self.loss["name"] + (f"({changed})" if changed else "")
+        return f"{self.teacher['label']}->{self.student} {loss} seed={self.train['seed']}"
 
 
 def teacher_payload(t: TeacherSpec, dataset: Mapping[str, Any]) -> dict[str, Any]:
