@@ -63,7 +63,10 @@ def sweep(
         preflight(spec, trials)
     except UserInputError as exc:
         _fail(str(exc))
-    outcome = run_sweep(spec, trials, tracking_uri=tracking_uri, address=address)
+    try:
+        outcome = run_sweep(spec, trials, tracking_uri=tracking_uri, address=address)
+    except UserInputError as exc:  # found only once running, e.g. an unreachable cluster
+        _fail(str(exc))
     out.print(f"\n[bold]{outcome.total} trials[/bold]: {len(outcome.finished)} finished now, "
               f"{outcome.skipped} already finished, {len(outcome.failed)} failed "
               f"in {outcome.wall_s:.0f}s; output {outcome.output_dir} "

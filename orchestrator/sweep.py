@@ -184,10 +184,16 @@ def _init_ray(address: str | None) -> bool:
         return False
     target = address or os.environ.get("RAY_ADDRESS")
     if target:
-        ray.init(address=target, logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            ray.init(address=target, logging_level=logging.WARNING, log_to_driver=False)
+        except ConnectionError as exc:
+            raise UserInputError(
+                f"cannot attach to the Ray cluster at {target}: {exc}. If the cluster uses "
+                "token authentication, set RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN or "
+                "~/.ray/auth_token) before running ukd") from None
     else:
-        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", logging_level=logging.WARNING,
-                 log_to_driver=False)
+        ray.init(include_dashboard=False, dashboard_host="127.0.0.1",
+                 logging_level=logging.WARNING, log_to_driver=False)
     return True
 
 
@@ -238,9 +244,11 @@ def run_sweep(spec: SweepSpec, trials: list[TrialConfig], *, tracking_uri: str |
 
     import ray
 
-    started_ray = _init_ray(address)
+    started_ray = False
     status = "FAILED"
     try:
+        started_ray = _init_ray(address)
+        tracker.client.set_tag(parent, "ukd.ray_address", ray.get_runtime_context().gcs_address)
         teacher_knn = _run_stages(spec, to_run, tracker, outcome, view)
         by_id = {t.trial_id: t for t in to_run}
         trainable = tune.with_resources(_trainable, {"cpu": spec.resources.cpu,

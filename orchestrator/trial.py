@@ -112,9 +112,6 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Reporter | None =
     def views_of(idx: Tensor) -> Tensor:
         return normalise(augment(images[idx.to(device)], aug_cfg, None), mean, std)
 
-    objective.prepare(teacher, images, labels if use_labels else None,
-                      lambda x: normalise(augment(x, aug_cfg, None), mean, std), device)
-
     sampling = objective.neighbour_sampling()
     graph: Tensor | None = None
     if pool is not None:
@@ -127,13 +124,19 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Reporter | None =
                                 weight_decay=float(train_cfg["weight_decay"]))
     start_epoch = 0
     ckpt_path = trial_dir / CHECKPOINT
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, weights_only=True, map_location=device)
+    state = (torch.load(ckpt_path, weights_only=True, map_location=device)
+             if ckpt_path.is_file() else None)
+    if state is not None:
         student.load_state_dict(state["student"])
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+    # One-off stages run after the restore, so that a resumed objective can skip what its
+    # checkpoint already holds (SSKD's trained teacher SS head); the RNG is restored after it.
+    objective.prepare(teacher, images, labels if use_labels else None,
+                      lambda x: normalise(augment(x, aug_cfg, None), mean, std), device)
+    if state is not None:
+        gen.set_state(state["generator"].cpu())  # map_location may have moved them
+        torch.set_rng_state(state["torch_rng"].cpu())
         start_epoch = int(state["epoch"])
 
     epochs = int(train_cfg["epochs"])
