@@ -180,6 +180,9 @@ def _init_ray(address: str | None) -> bool:
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")
+    # Tune's result analysis looks for the per-trial JSON/CSV loggers disabled above and
+    # warns once per trial; MLflow holds the results.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if ray.is_initialized():
         return False
     target = address or os.environ.get("RAY_ADDRESS")
