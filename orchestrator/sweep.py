@@ -195,7 +195,9 @@ def _init_ray(address: str | None) -> bool:
                 "token authentication, set RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN or "
                 "~/.ray/auth_token) before running ukd") from None
     else:
-        ray.init(include_dashboard=False, dashboard_host="127.0.0.1",
+        # address="local": always a fresh local instance, never another sweep's Ray (plain
+        # ray.init() would attach to the newest Ray found on this machine).
+        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1",
                  logging_level=logging.WARNING, log_to_driver=False)
     return True
 
