@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.errors import UserInputError
@@ -28,7 +29,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -45,41 +46,60 @@ def sweep(
                                                      "SQLite in the output directory).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted sweep "
                                          "(also what a plain re-run does).")] = False,
+    dashboard: Annotated[bool, typer.Option("--dashboard", help="Start the Ray dashboard "
+                                            "(local Ray only; on 127.0.0.1).")] = False,
 ) -> None:
     """Run a sweep: stages (teacher pretraining, neighbour graphs), then one Ray Tune trial
     per grid point, each logged to MLflow. Re-running continues an interrupted sweep."""
     from orchestrator.grid import expand
     from orchestrator.spec import load_spec
-    from orchestrator.sweep import preflight, run_sweep
+    from orchestrator.sweep import check_dashboard, preflight, run_sweep
 
     try:
+        if spec_file.is_dir():
+            raise UserInputError(f"{spec_file}: is a directory; expected a sweep spec YAML file")
         spec = load_spec(spec_file, output)
-        trials = expand(spec)
+        try:
+            trials = expand(spec)
+        except ValueError as exc:  # e.g. two grid points that are the same experiment
+            raise UserInputError(f"{spec.source_path} at `grid`: {exc}") from None
         if dry_run:
             _print_plan(trials)
             return
         if resume and not (spec.output_dir / "sweep.json").is_file():
             _fail(f"--resume: {spec.output_dir} holds no sweep to resume")
-        preflight(spec, trials)
+        preflight(spec, trials, tracking_uri)
+        if dashboard:
+            check_dashboard(address)
     except UserInputError as exc:
-        _fail(str(exc))
+        _fail(_one_line(exc))
     try:
-        outcome = run_sweep(spec, trials, tracking_uri=tracking_uri, address=address)
+        outcome = run_sweep(spec, trials, tracking_uri=tracking_uri, address=address,
+                            dashboard=dashboard)
     except UserInputError as exc:  # found only once running, e.g. an unreachable cluster
-        _fail(str(exc))
+        _fail(_one_line(exc))
     out.print(f"\n[bold]{outcome.total} trials[/bold]: {len(outcome.finished)} finished now, "
               f"{outcome.skipped} already finished, {len(outcome.failed)} failed "
               f"in {outcome.wall_s:.0f}s; output {outcome.output_dir} "
               f"({outcome.disk_bytes / 2**20:.1f} MiB on disk)")
     for label, reason in outcome.failed.items():
-        out.print(f"  [red]failed[/red] {label}: {reason}", highlight=False)
+        out.print(f"  [red]failed[/red] {escape(label)}: {escape(reason)}", highlight=False,
+                  soft_wrap=True)
     out.print(f"MLflow: {outcome.tracking_uri} (parent run {outcome.parent_run_id})")
     if outcome.tracking_uri.startswith("sqlite:///"):
         out.print(f"Open the UI: mlflow ui --backend-store-uri '{outcome.tracking_uri}' "
                   "--host 127.0.0.1 --port 5000", highlight=False, soft_wrap=True)
     out.print(f"Report: ukd report {outcome.output_dir}", highlight=False, soft_wrap=True)
+    if outcome.interrupted:
+        err.print(f"interrupted: {outcome.interrupted} trial(s) unfinished (KILLED); run the "
+                  "same command again to continue them", highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
     if outcome.failed:
         raise typer.Exit(1)
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def _print_plan(trials: list[TrialConfig]) -> None:

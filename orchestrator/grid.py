@@ -132,4 +132,15 @@ def varying_axes(trials: list[TrialConfig]) -> list[str]:
         return []
     flats = [flat_params(t) for t in trials]
     keys = dict.fromkeys(k for f in flats for k in f if k not in ("trial_id", "teacher.key"))
-    return [k for k in keys if len({f.get(k) for f in flats}) > 1]
+
+    def varies(key: str) -> bool:
+        if not key.startswith("loss.") or key == "loss.name":
+            return len({f.get(key) for f in flats}) > 1
+        # An objective's own parameter is an axis only where it varies for that objective:
+        # parameters that other objectives lack, or set differently, are not a sweep axis.
+        by_objective: dict[str, set[str | None]] = {}
+        for f in flats:
+            by_objective.setdefault(f["loss.name"], set()).add(f.get(key))
+        return any(len(values) > 1 for values in by_objective.values())
+
+    return [k for k in keys if varies(k)]

@@ -20,6 +20,13 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from orchestrator.grid import TrialConfig, flat_params
 
 MAX_BATCH = 900  # MLflow accepts up to 1000 metrics per log_batch
+# Keys Ray Tune adds to every reported result: not metrics of the trial.
+TUNE_AUTO_KEYS = frozenset({
+    "done", "training_iteration", "iterations_since_restore", "time_this_iter_s",
+    "time_total_s", "time_since_restore", "timestamp", "pid", "node_ip", "hostname", "date",
+    "experiment_id", "trial_id", "timesteps_total", "timesteps_since_restore",
+    "episodes_total", "should_checkpoint", "checkpoint_dir_name", "config", "experiment_tag",
+})
 
 
 def default_tracking_uri(output_dir: Path) -> str:
@@ -48,6 +55,7 @@ class Tracker:
         self.parent_run_id: str | None = None
         self.trial_runs: dict[str, str] = {}  # trial_id -> run_id
         self.logged_steps: dict[str, int] = {}  # trial_id -> last epoch already in MLflow
+        self.open_runs: set[str] = set()  # trial ids this process set RUNNING and not ended
 
     # ------------------------------------------------------------------ sweep
 
@@ -101,29 +109,24 @@ class Tracker:
         return by_trial
 
     def reconcile(self, trials: Iterable[TrialConfig]) -> set[str]:
-        """Trials already FINISHED are returned (skip them); every other run of this sweep is
-        kept for reuse (the newest per trial) and its extra copies and stale RUNNING runs are
-        marked KILLED."""
+        """Trials already FINISHED are returned (skip them); the others keep their newest run
+        for reuse. Call it with the sweep's output locked: every run of this sweep still
+        RUNNING was then left by a dead process and is marked KILLED (it is set RUNNING again
+        when its trial continues), so no run stays RUNNING and no trial gets a second run."""
         finished: set[str] = set()
+        assert self.parent_run_id is not None
+        for run in self._search(f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' "
+                                "and attributes.status = 'RUNNING'"):  # trials and teachers
+            self.client.set_terminated(run.info.run_id, status="KILLED")
         existing = self.existing_trials()
         for trial in trials:
             runs = sorted(existing.get(trial.trial_id, []), key=lambda r: r.info.start_time)
-            done = [r for r in runs if r.info.status == "FINISHED"]
-            if done:
+            if any(r.info.status == "FINISHED" for r in runs):
                 finished.add(trial.trial_id)
-                keep = done[-1]
             elif runs:
                 keep = runs[-1]
                 self.trial_runs[trial.trial_id] = keep.info.run_id
                 self.logged_steps[trial.trial_id] = self._last_step(keep.info.run_id)
-            else:
-                continue
-            for run in runs:
-                if run.info.run_id != keep.info.run_id and run.info.status == "RUNNING":
-                    self.client.set_terminated(run.info.run_id, status="KILLED")
-            if keep.info.status == "RUNNING" and trial.trial_id not in finished:
-                # Left RUNNING by a dead process: KILLED until a trial picks it up again.
-                self.client.set_terminated(keep.info.run_id, status="KILLED")
         return finished
 
     def _last_step(self, run_id: str) -> int:
@@ -150,14 +153,34 @@ class Tracker:
             self.trial_runs[trial.trial_id] = run_id
             self.client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in
                                                   flat_params(trial).items()])
+            known: set[str] = set()
         else:
             self.client.update_run(run_id, status="RUNNING")
-            if "ukd.failure_reason" in self.client.get_run(run_id).data.tags:
-                self.client.delete_tag(run_id, "ukd.failure_reason")
-        if teacher_knn:
-            self.log_metrics(trial.trial_id, {f"teacher_knn/{k}": v
-                                              for k, v in teacher_knn.items()}, step=0)
+            run = self.client.get_run(run_id)
+            missing = [Param(k, v[:6000]) for k, v in flat_params(trial).items()
+                       if k not in run.data.params]  # a process killed right after creating it
+            if missing:
+                self.client.log_batch(run_id, params=missing)
+            for key in ("ukd.failure_reason", "ukd.failure_epoch", "ukd.resumed_from_epoch"):
+                if key in run.data.tags:
+                    self.client.delete_tag(run_id, key)
+            known = set(run.data.metrics)
+        self.open_runs.add(trial.trial_id)
+        fresh = {f"teacher_knn/{k}": v for k, v in teacher_knn.items()
+                 if f"teacher_knn/{k}" not in known}
+        if fresh:
+            self.log_metrics(trial.trial_id, fresh, step=0)
         return run_id
+
+    def set_trial_tags(self, trial_id: str, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.trial_runs[trial_id],
+                              tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def kill_unfinished(self) -> None:
+        """Mark KILLED every trial run this process set RUNNING and did not end."""
+        for trial_id in sorted(self.open_runs):
+            self.client.set_terminated(self.trial_runs[trial_id], status="KILLED")
+        self.open_runs.clear()
 
     def _parent_tag(self, key: str) -> str:
         assert self.parent_run_id is not None
@@ -186,17 +209,24 @@ class Tracker:
             if (trial_dir / name).is_file():
                 self.client.log_artifact(run_id, str(trial_dir / name))
         self.client.set_terminated(run_id, status="FINISHED")
+        self.open_runs.discard(trial.trial_id)
 
     def fail_trial(self, trial_id: str, reason: str, epoch: int | None,
-                   status: str = "FAILED") -> None:
+                   status: str = "FAILED", attempts: int | None = None,
+                   artifact: Path | None = None) -> None:
         run_id = self.trial_runs.get(trial_id)
         if run_id is None:
             return
         tags = [RunTag("ukd.failure_reason", reason[:4000])]
         if epoch is not None:
             tags.append(RunTag("ukd.failure_epoch", str(epoch)))
+        if attempts is not None:
+            tags.append(RunTag("ukd.attempts", str(attempts)))
         self.client.log_batch(run_id, tags=tags)
+        if artifact is not None:
+            self.client.log_artifact(run_id, str(artifact))
         self.client.set_terminated(run_id, status=status)
+        self.open_runs.discard(trial_id)
 
     # ------------------------------------------------------------------ teachers
 
@@ -227,5 +257,5 @@ class Tracker:
 
 def _numeric(metrics: Mapping[str, Any], exclude: tuple[str, ...] = ()) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()
-            if k not in exclude and k != "kind" and isinstance(v, int | float)
-            and not isinstance(v, bool)}
+            if k not in exclude and k != "kind" and k not in TUNE_AUTO_KEYS
+            and isinstance(v, int | float) and not isinstance(v, bool)}

@@ -123,9 +123,15 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Reporter | None =
                                 momentum=float(train_cfg["momentum"]),
                                 weight_decay=float(train_cfg["weight_decay"]))
     start_epoch = 0
+    resumed: dict[str, Any] = {}
     ckpt_path = trial_dir / CHECKPOINT
-    state = (torch.load(ckpt_path, weights_only=True, map_location=device)
-             if ckpt_path.is_file() else None)
+    try:
+        state = (torch.load(ckpt_path, weights_only=True, map_location=device)
+                 if ckpt_path.is_file() else None)
+    except Exception as exc:  # written atomically, so damaged by something else
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise TrialFailure(f"unreadable checkpoint {ckpt_path} ({type(exc).__name__}: {first}); "
+                           "delete it to restart the trial from scratch", 1) from None
     if state is not None:
         student.load_state_dict(state["student"])
         objective.load_state_dict(state["objective"])
@@ -138,6 +144,10 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Reporter | None =
         gen.set_state(state["generator"].cpu())  # map_location may have moved them
         torch.set_rng_state(state["torch_rng"].cpu())
         start_epoch = int(state["epoch"])
+        # Sent with the first report: the driver tags the resume and logs the checkpoint
+        # epoch's metrics in case the process died before they reached MLflow.
+        resumed = {"resumed_from_epoch": start_epoch,
+                   "resumed_metrics": dict(state.get("metrics", {}))}
 
     epochs = int(train_cfg["epochs"])
     batch_size = int(train_cfg["batch_size"])
@@ -187,8 +197,10 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Reporter | None =
             "optimizer": optimizer.state_dict(),
             "generator": gen.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "metrics": metrics,
         })
-        emit({"kind": "epoch", **metrics})
+        emit({"kind": "epoch", **metrics, **resumed})
+        resumed = {}
 
     student.eval()
     train_feats = embed(student.forward_features, images, mean, std, int(trial.knn["batch_size"]))
@@ -203,7 +215,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Reporter | None =
     final: dict[str, float] = {f"knn/{k}": v for k, v in knn.items()}
     final.update({f"teacher_knn/{k}": v for k, v in teacher_report.knn.items()})
     final["train_time_s"] = time.perf_counter() - started
-    emit({"kind": "final", "epoch": epochs, **final})
+    emit({"kind": "final", "epoch": epochs, **final, **resumed})
     return final
 
 

@@ -40,3 +40,13 @@ def test_flat_params_and_axes(write_spec: Any) -> None:
     flat = flat_params(trials[0])
     assert flat["teacher"] == "t" and flat["loss.name"] == "coss" and flat["seed"] == "0"
     assert set(varying_axes(trials)) == {"student", "loss.name", "loss.lambda", "seed"}
+
+
+def test_parameters_of_other_objectives_are_not_axes(write_spec: Any) -> None:
+    data = minimal_spec()
+    data["grid"]["loss"] = [{"name": "coss", "neighbours": 3}, {"name": "cos", "neighbours": 0},
+                            {"name": "kd"}]
+    data["teachers"]["t"]["pretrain"]["recipe"] = "supervised"
+    trials = expand(load_spec(write_spec(data)))
+    assert "loss.neighbours" not in varying_axes(trials)
+    assert "loss.tau" not in varying_axes(trials)

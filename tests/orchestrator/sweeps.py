@@ -1,0 +1,253 @@
+"""Helpers for the reliability tests: tiny specs, the real `ukd` CLI in a subprocess, the
+processes it starts, and the MLflow store it writes.
+
+Every process these helpers signal is the `ukd` process a test started or one of its
+descendants (recorded while it ran, matched by pid *and* start time, so a recycled pid is
+never touched).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+UKD = str(Path(sys.executable).with_name("ukd"))
+
+
+def tiny_spec(tmp: Path, cache: Path, name: str = "tiny", **overrides: Any) -> dict[str, Any]:
+    """Digits, a resnet20 teacher pretrained for one epoch (cached across a module through
+    ``cache``), resnet20 students, the plain cosine objective, short trials."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "output_dir": str(tmp / "out"),
+        "cache_dir": str(cache),
+        "dataset": {"name": "digits", "labels": False},
+        "teachers": {"t": {"arch": "resnet20", "source": "pretrain",
+                           "pretrain": {"recipe": "simclr", "epochs": 1, "batch_size": 256}}},
+        "grid": {"teacher": "t", "student": "resnet20", "loss": [{"name": "cosine"}],
+                 "seed": [0]},
+        "train": {"epochs": 2, "batch_size": 256, "augment": "ssl_light"},
+        "knn": {"k": [10]},
+        "resources": {"cpu": 1, "max_concurrent": 2, "threads": 1, "stage_cpu": 1},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    return spec
+
+
+def write_spec(path: Path, spec: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def start_ukd(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([UKD, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def run_ukd(args: list[str], cwd: Path | None = None, timeout: float = 600
+            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([UKD, *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, start time in clock ticks), from /proc."""
+    table: dict[int, tuple[int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        table[int(entry)] = (int(fields[1]), int(fields[19]))
+    return table
+
+
+def start_time(pid: int) -> int | None:
+    return _proc_table().get(pid, (0, None))[1]
+
+
+def descendants(root: int) -> dict[int, int]:
+    """Every live descendant of ``root``: pid -> start time."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: dict[int, int] = {}
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found[child] = table[child][1]
+                stack.append(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:160]
+    except OSError:
+        return "?"
+
+
+@dataclass
+class ProcessWatcher:
+    """Records every descendant a process ever had (sampled twice a second)."""
+
+    root: int
+    seen: dict[int, int] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def sample(self) -> None:
+        for pid, started in descendants(self.root).items():
+            if pid not in self.seen:
+                self.seen[pid] = started
+                self.names[pid] = cmdline(pid)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(0.5)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def alive(self) -> dict[int, str]:
+        table = _proc_table()
+        return {pid: self.names.get(pid, "?") for pid, started in self.seen.items()
+                if pid in table and table[pid][1] == started and not _zombie(pid)}
+
+    def wait_gone(self, timeout: float) -> dict[int, str]:
+        deadline = time.monotonic() + timeout
+        while (left := self.alive()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return left
+
+    def kill_leftovers(self) -> None:
+        """Teardown: SIGKILL what is left of this process's descendants (never anything else)."""
+        self.stop()
+        for pid in self.alive():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2:].split()[0] == "Z"
+
+
+def listening_sockets(pids: Iterable[int]) -> list[tuple[str, str]]:
+    """(local address, process) of every listening TCP socket the given pids hold."""
+    wanted = set(pids)
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) < 6:
+            continue
+        for chunk in parts[5].split("),("):
+            if "pid=" not in chunk:
+                continue
+            pid = int(chunk.split("pid=")[1].split(",")[0])
+            if pid in wanted:
+                found.append((parts[3], chunk.split('"')[1] if '"' in chunk else str(pid)))
+    return found
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str,
+             proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"ukd ended (rc {proc.returncode}) before {what}:\n"
+                                 + (log.read_text()[-3000:] if log else ""))
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}:\n"
+                                 + (log.read_text()[-3000:] if log else ""))
+        time.sleep(0.1)
+
+
+# ----------------------------------------------------------------------------- MLflow
+
+
+@dataclass
+class Store:
+    client: MlflowClient
+    manifest: dict[str, Any]
+
+    @classmethod
+    def of(cls, out: Path) -> Store:
+        manifest = json.loads((out / "sweep.json").read_text())
+        return cls(MlflowClient(tracking_uri=manifest["tracking_uri"]), manifest)
+
+    def runs(self, kind: str = "trial") -> list[Run]:
+        found: list[Run] = []
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.manifest["experiment_id"]], f"tags.`ukd.kind` = '{kind}'",
+                max_results=1000, page_token=token)
+            found.extend(page)
+            token = page.token
+            if not token:
+                return found
+
+    def parent(self) -> Run:
+        return self.client.get_run(self.manifest["parent_run_id"])
+
+    def steps(self, run: Run, key: str) -> list[int]:
+        return sorted(m.step for m in self.client.get_metric_history(run.info.run_id, key))
+
+    def history(self, run: Run, key: str) -> list[Any]:
+        return list(self.client.get_metric_history(run.info.run_id, key))
+
+
+def tree(path: Path) -> list[str]:
+    """Every path under ``path`` (relative), for nothing-was-written checks."""
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+_CACHE: list[Path] = []
+
+
+def shared_cache(factory: Any) -> Path:
+    """One teacher cache for every reliability test of a session (the 1-epoch teacher is
+    trained once, under the stage's file lock)."""
+    if not _CACHE:
+        _CACHE.append(factory.mktemp("ukd-cache"))
+    return _CACHE[0]

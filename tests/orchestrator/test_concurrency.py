@@ -1,0 +1,72 @@
+"""Eight trials at once (fractional CPUs) against the embedded SQLite store: the driver is the
+only writer, so no run, param or metric is lost."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.grid import expand, flat_params
+from orchestrator.spec import load_spec
+from tests.orchestrator.sweeps import ProcessWatcher, Store, shared_cache, tiny_spec, write_spec
+
+TRIALS = 8
+
+
+@pytest.fixture(scope="module")
+def eight_at_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("concurrency")
+    spec = tiny_spec(tmp, shared_cache(tmp_path_factory), name="concurrency",
+                     grid={"seed": list(range(TRIALS))},
+                     resources={"cpu": 0.25, "max_concurrent": TRIALS})
+    path = write_spec(tmp / "concurrency.yaml", spec)
+    watcher = ProcessWatcher(os.getpid())
+    try:
+        result = CliRunner().invoke(app, ["sweep", str(path)])
+        watcher.stop()
+        yield {"result": result, "trials": expand(load_spec(path)), "out": tmp / "out",
+               "watcher": watcher}
+    finally:
+        watcher.kill_leftovers()
+
+
+def test_all_trials_ran_at_once(eight_at_once: dict[str, Any]) -> None:
+    result = eight_at_once["result"]
+    assert result.exit_code == 0, result.output
+    assert f"{TRIALS} trials: {TRIALS} finished now, 0 already finished, 0 failed" in \
+        result.output
+    running = [int(n) for n in re.findall(r"done, (\d+) running", result.output)]
+    assert max(running) == TRIALS, running
+
+
+def test_no_run_param_or_metric_is_lost(eight_at_once: dict[str, Any]) -> None:
+    store = Store.of(eight_at_once["out"])
+    runs = {r.data.tags["ukd.trial_id"]: r for r in store.runs()}
+    trials = eight_at_once["trials"]
+    assert sorted(runs) == sorted(t.trial_id for t in trials)
+    for t in trials:
+        run = runs[t.trial_id]
+        assert run.info.status == "FINISHED"
+        assert run.data.params == flat_params(t)
+        for key in ("loss/total", "loss/cos", "lr", "epoch_time_s"):
+            assert store.steps(run, key) == [1, 2], (t.trial_id, key)
+        finals = {"knn/top1_k10", "knn/top5_k10", "teacher_knn/top1_k10",
+                  "teacher_knn/top5_k10", "train_time_s"}
+        assert finals <= set(run.data.metrics), (t.trial_id, set(run.data.metrics))
+        for key in finals - {"teacher_knn/top1_k10", "teacher_knn/top5_k10"}:
+            assert store.steps(run, key) == [2], (t.trial_id, key)
+        assert {a.path for a in store.client.list_artifacts(run.info.run_id)} >= {
+            "config.yaml", "student.pt"}
+
+
+def test_ray_processes_are_gone(eight_at_once: dict[str, Any]) -> None:
+    watcher: ProcessWatcher = eight_at_once["watcher"]
+    assert any("raylet" in name for name in watcher.names.values())
+    assert len(watcher.seen) >= TRIALS  # a worker per trial, besides Ray's own processes
+    assert watcher.wait_gone(60) == {}

@@ -1,0 +1,178 @@
+"""Resume after SIGKILL: a real `ukd sweep` process is killed once one trial has finished and
+another has an epoch checkpoint; `ukd sweep --resume` (with one trial added to the grid) then
+finishes the sweep. Also: the killed driver's Ray processes exit, and an existing sweep's
+grid may grow but not change."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.fsutil import exclusive_lock
+from orchestrator.grid import expand
+from orchestrator.spec import load_spec
+from tests.orchestrator.sweeps import (
+    ProcessWatcher,
+    Store,
+    shared_cache,
+    start_ukd,
+    tiny_spec,
+    wait_for,
+    write_spec,
+)
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("resume")
+    # Two trials side by side: 1 epoch (finishes first) and 3 epochs (still training).
+    spec = tiny_spec(tmp, shared_cache(tmp_path_factory), name="resume",
+                     grid={"epochs": [1, 3]})
+    path = write_spec(tmp / "resume.yaml", spec)
+    first = expand(load_spec(path))
+    short = next(t for t in first if t.train["epochs"] == 1)
+    long = next(t for t in first if t.train["epochs"] == 3)
+    short_dir, long_dir = Path(short.runtime["trial_dir"]), Path(long.runtime["trial_dir"])
+
+    def one_finished_one_checkpointed() -> bool:
+        # FINISHED is written to MLflow before the finished trial's checkpoint is deleted.
+        return ((short_dir / "student.pt").is_file() and not (short_dir / "checkpoint.pt")
+                .exists() and (long_dir / "checkpoint.pt").is_file()
+                and not (long_dir / "student.pt").exists())
+
+    procs = []
+    watchers: list[ProcessWatcher] = []
+    try:
+        log1 = tmp / "killed.log"
+        proc = start_ukd(["sweep", str(path)], log1)
+        procs.append(proc)
+        watchers.append(ProcessWatcher(proc.pid))
+        wait_for(one_finished_one_checkpointed, 420, "a finished and a checkpointed trial",
+                 proc, log1)
+        watchers[0].sample()
+        os.kill(proc.pid, signal.SIGKILL)  # the ukd process this test started, nothing else
+        proc.wait(timeout=30)
+        killed_at_ms = int(time.time() * 1000)
+        watchers[0].stop()
+        store = Store.of(tmp / "out")
+        before = {r.data.tags["ukd.trial_id"]: (r.info.run_id, r.info.status)
+                  for r in store.runs()}
+
+        spec["grid"]["epochs"] = [1, 3, 2]  # the grid grows by one trial
+        write_spec(path, spec)
+        log2 = tmp / "resumed.log"
+        proc2 = start_ukd(["sweep", str(path), "--resume"], log2)
+        procs.append(proc2)
+        watchers.append(ProcessWatcher(proc2.pid))
+        rc = proc2.wait(timeout=480)
+        watchers[1].stop()
+        yield {"tmp": tmp, "path": path, "spec": spec, "short": short, "long": long,
+               "before": before, "killed_at_ms": killed_at_ms, "rc": rc,
+               "output": log2.read_text(), "killed": watchers[0], "resumed": watchers[1],
+               "out": tmp / "out"}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
+        for w in watchers:
+            w.kill_leftovers()
+
+
+def test_kill_left_one_finished_and_one_running_run(killed_and_resumed: dict[str, Any]) -> None:
+    before = killed_and_resumed["before"]
+    assert before[killed_and_resumed["short"].trial_id][1] == "FINISHED"
+    assert before[killed_and_resumed["long"].trial_id][1] == "RUNNING"  # left by the dead driver
+    assert len(before) == 2
+
+
+def test_resume_ends_with_one_finished_run_per_trial(killed_and_resumed: dict[str, Any]) -> None:
+    result = killed_and_resumed
+    assert result["rc"] == 0, result["output"][-3000:]
+    assert "3 trials: 2 finished now, 1 already finished, 0 failed" in result["output"]
+    store = Store.of(result["out"])
+    runs = store.runs()
+    expected = {t.trial_id for t in expand(load_spec(result["path"]))}
+    assert sorted(r.data.tags["ukd.trial_id"] for r in runs) == sorted(expected)  # no duplicate
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert store.parent().info.status == "FINISHED"
+    by_id = {r.data.tags["ukd.trial_id"]: r for r in runs}
+    for trial_id, (run_id, _) in result["before"].items():
+        assert by_id[trial_id].info.run_id == run_id  # the interrupted run was reused
+    for run in runs:
+        epochs = int(run.data.params["epochs"])
+        for key in ("loss/total", "loss/cos", "lr", "epoch_time_s"):
+            assert store.steps(run, key) == list(range(1, epochs + 1)), (key, run.info.run_name)
+        assert {"knn/top1_k10", "knn/top5_k10", "teacher_knn/top1_k10", "train_time_s"} <= set(
+            run.data.metrics)
+        assert len(store.history(run, "knn/top1_k10")) == 1
+
+
+def test_resumed_trial_continued_from_its_checkpoint(killed_and_resumed: dict[str, Any]) -> None:
+    result = killed_and_resumed
+    store = Store.of(result["out"])
+    by_id = {r.data.tags["ukd.trial_id"]: r for r in store.runs()}
+    long = by_id[result["long"].trial_id]
+    resumed_from = int(long.data.tags["ukd.resumed_from_epoch"])
+    assert 1 <= resumed_from < 3
+    after_kill = {m.step for m in store.history(long, "loss/total")
+                  if m.timestamp > result["killed_at_ms"]}
+    assert set(range(resumed_from + 1, 4)) <= after_kill  # trained after the resume ...
+    assert not after_kill & set(range(1, resumed_from))  # ... and not before its checkpoint
+    # The finished trial was not run again; the added one ran from scratch.
+    short = by_id[result["short"].trial_id]
+    assert "ukd.resumed_from_epoch" not in short.data.tags
+    assert short.info.end_time <= result["killed_at_ms"]
+    added = [r for r in by_id.values() if r.data.params["epochs"] == "2"]
+    assert len(added) == 1 and "ukd.resumed_from_epoch" not in added[0].data.tags
+
+
+def test_finished_trials_keep_weights_not_checkpoints(killed_and_resumed: dict[str, Any]) -> None:
+    result = killed_and_resumed
+    for trial_dir in (result["out"] / "trials").iterdir():
+        names = {p.name for p in trial_dir.iterdir()}
+        assert "student.pt" in names and "config.yaml" in names
+        assert "checkpoint.pt" not in names  # a FINISHED trial is never resumed
+        assert not [n for n in names if n.endswith(".tmp")]
+    assert "MiB on disk" in result["output"]
+
+
+def test_killed_driver_leaves_no_ray_process(killed_and_resumed: dict[str, Any]) -> None:
+    killed: ProcessWatcher = killed_and_resumed["killed"]
+    names = " ".join(killed.names.values())
+    assert "gcs_server" in names and "raylet" in names and "default_worker" in names, names
+    assert killed.wait_gone(90) == {}  # GCS, raylet, agents, trial workers all exited
+    resumed: ProcessWatcher = killed_and_resumed["resumed"]
+    assert resumed.wait_gone(60) == {}
+
+
+def test_grid_may_grow_but_not_change(killed_and_resumed: dict[str, Any]) -> None:
+    result = killed_and_resumed
+    out = result["out"]
+    def snapshot() -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for p in out.rglob("*")
+                if p.is_file() and p.name != "sweep.lock"}
+
+    before = snapshot()
+    runner = CliRunner()
+    fewer = {**result["spec"], "grid": {**result["spec"]["grid"], "epochs": [1, 3]}}
+    changed = write_spec(result["tmp"] / "fewer.yaml", fewer)
+    outcome = runner.invoke(app, ["sweep", str(changed)])
+    assert outcome.exit_code == 2, outcome.output
+    assert "may only grow" in outcome.output and "fewer.yaml at `grid`" in outcome.output
+    renamed = write_spec(result["tmp"] / "renamed.yaml", {**result["spec"], "name": "other"})
+    outcome = runner.invoke(app, ["sweep", str(renamed)])
+    assert outcome.exit_code == 2 and "holds the sweep 'resume'" in outcome.output, \
+        outcome.output
+    with exclusive_lock(out / "sweep.lock"):  # as if another ukd sweep were running on it
+        outcome = runner.invoke(app, ["sweep", str(result["path"])])
+    assert outcome.exit_code == 2 and "another ukd sweep" in outcome.output, outcome.output
+    assert snapshot() == before  # refused before anything was written
