@@ -324,6 +324,7 @@ class SweepCallback(tune.Callback):
 
 
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray node on 127.0.0.1 only
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
 
 
 def check_dashboard(address: str | None) -> None:
@@ -464,6 +465,10 @@ def _run_locked(spec: SweepSpec, trials: list[TrialConfig], started: float,
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # failure.json has the trace
     started_ray = False
     status = "KILLED"  # unless the sweep gets to its end
+    # A local ray.init() turns on token auth for the rest of this process (RAY_AUTH_MODE);
+    # put it back after the shutdown, or a later sweep of this process could not attach to a
+    # cluster that runs without tokens.
+    auth_mode = os.environ.get(AUTH_MODE_ENV)
     try:
         started_ray = _init_ray(address, dashboard)
         tracker.client.set_tag(parent, "ukd.ray_address", ray.get_runtime_context().gcs_address)
@@ -509,6 +514,10 @@ def _run_locked(spec: SweepSpec, trials: list[TrialConfig], started: float,
         tracker.close_sweep(status)
         if started_ray:
             ray.shutdown()
+            if auth_mode is None:
+                os.environ.pop(AUTH_MODE_ENV, None)
+            else:
+                os.environ[AUTH_MODE_ENV] = auth_mode
     outcome.wall_s = time.perf_counter() - started
     outcome.disk_bytes = disk_usage(out)
     return outcome

@@ -251,3 +251,11 @@ def shared_cache(factory: Any) -> Path:
     if not _CACHE:
         _CACHE.append(factory.mktemp("ukd-cache"))
     return _CACHE[0]
+
+
+@dataclass
+class Finished:
+    """A ukd process that ended: its exit code and its output (stdout and stderr)."""
+
+    returncode: int
+    output: str

@@ -3,18 +3,23 @@ only writer, so no run, param or metric is lost."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from orchestrator.cli import app
 from orchestrator.grid import expand, flat_params
 from orchestrator.spec import load_spec
-from tests.orchestrator.sweeps import ProcessWatcher, Store, shared_cache, tiny_spec, write_spec
+from tests.orchestrator.sweeps import (
+    Finished,
+    ProcessWatcher,
+    Store,
+    shared_cache,
+    start_ukd,
+    tiny_spec,
+    write_spec,
+)
 
 TRIALS = 8
 
@@ -26,19 +31,27 @@ def eight_at_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
                      grid={"seed": list(range(TRIALS))},
                      resources={"cpu": 0.25, "max_concurrent": TRIALS})
     path = write_spec(tmp / "concurrency.yaml", spec)
-    watcher = ProcessWatcher(os.getpid())
+    # Its own process (as users run it): Ray started in-process changes the test process's
+    # state (e.g. token auth), which later tests attaching to a cluster must not inherit.
+    log = tmp / "sweep.log"
+    proc = start_ukd(["sweep", str(path)], log)
+    watcher = ProcessWatcher(proc.pid)
     try:
-        result = CliRunner().invoke(app, ["sweep", str(path)])
+        proc.wait(timeout=480)
         watcher.stop()
+        result = Finished(proc.returncode, log.read_text())
         yield {"result": result, "trials": expand(load_spec(path)), "out": tmp / "out",
                "watcher": watcher}
     finally:
+        if proc.poll() is None:
+            proc.kill()  # the ukd process this test started
+            proc.wait(timeout=30)
         watcher.kill_leftovers()
 
 
 def test_all_trials_ran_at_once(eight_at_once: dict[str, Any]) -> None:
     result = eight_at_once["result"]
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.output
     assert f"{TRIALS} trials: {TRIALS} finished now, 0 already finished, 0 failed" in \
         result.output
     running = [int(n) for n in re.findall(r"done, (\d+) running", result.output)]

@@ -5,7 +5,6 @@ naming them, and `ukd report` counts them."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,15 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from orchestrator.grid import expand
 from orchestrator.spec import load_spec
-from tests.orchestrator.sweeps import ProcessWatcher, Store, shared_cache, tiny_spec, write_spec
+from tests.orchestrator.sweeps import (
+    Finished,
+    ProcessWatcher,
+    Store,
+    shared_cache,
+    start_ukd,
+    tiny_spec,
+    write_spec,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,19 +45,27 @@ def failed_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     trial_dir = Path(damaged.runtime["trial_dir"])
     trial_dir.mkdir(parents=True)
     (trial_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    watcher = ProcessWatcher(os.getpid())  # the Ray processes this test process starts
+    # Its own process (as users run it): Ray started in-process changes the test process's
+    # state (e.g. token auth), which later tests attaching to a cluster must not inherit.
+    log = tmp / "sweep.log"
+    proc = start_ukd(["sweep", str(path)], log)
+    watcher = ProcessWatcher(proc.pid)
     try:
-        result = CliRunner().invoke(app, ["sweep", str(path)])
+        proc.wait(timeout=480)
         watcher.stop()
+        result = Finished(proc.returncode, log.read_text())
         yield {"result": result, "trials": trials, "good": good, "nan": nan,
                "damaged": damaged, "out": tmp / "out", "watcher": watcher}
     finally:
+        if proc.poll() is None:
+            proc.kill()  # the ukd process this test started
+            proc.wait(timeout=30)
         watcher.kill_leftovers()
 
 
 def test_sweep_exits_1_and_names_the_failed_trials(failed_sweep: dict[str, Any]) -> None:
     result = failed_sweep["result"]
-    assert result.exit_code == 1, result.output
+    assert result.returncode == 1, result.output
     assert "6 trials: 1 finished now, 0 already finished, 5 failed" in result.output
     for t in failed_sweep["trials"]:
         if t.trial_id != failed_sweep["good"].trial_id:

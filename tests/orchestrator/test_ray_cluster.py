@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from typer.testing import CliRunner
 
-from orchestrator.cli import app
 from tests.orchestrator.test_sweep_e2e import tiny_sweep
 from tests.orchestrator.test_tracking_server import _free_port
 
@@ -36,8 +34,8 @@ def ray_cluster(tmp_path: Path) -> Iterator[str]:
          "--disable-usage-stats"],
         stdout=open(tmp_path / "ray.log", "w"), stderr=subprocess.STDOUT,
         start_new_session=True,
-        # A loopback test cluster without token auth: the driver need not share a token.
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        # Token auth, as Ray clusters use by default; the driver below shares the token.
+        env={**os.environ, "RAY_AUTH_MODE": "token"})
     try:
         address = f"127.0.0.1:{port}"
         deadline = time.time() + 90
@@ -58,9 +56,14 @@ def ray_cluster(tmp_path: Path) -> Iterator[str]:
 
 def test_sweep_runs_on_an_existing_cluster(ray_cluster: str, tmp_path: Path) -> None:
     spec = tiny_sweep(tmp_path, tmp_path / "cache")
-    result = CliRunner().invoke(app, ["sweep", str(spec), "--address", ray_cluster])
-    assert result.exit_code == 0, result.output
-    assert "2 finished now" in result.output
+    # Its own process, as users run it (Ray keeps per-process auth state).
+    ukd = Path(sys.executable).with_name("ukd")
+    result = subprocess.run(
+        [str(ukd), "sweep", str(spec), "--address", ray_cluster], capture_output=True,
+        text=True, timeout=480, env={**os.environ, "RAY_AUTH_MODE": "token"})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "2 finished now" in output
     manifest = json.loads((tmp_path / "out" / "sweep.json").read_text())
     parent = MlflowClient(manifest["tracking_uri"]).get_run(manifest["parent_run_id"])
     # Ray reports the cluster by the node's address; the port is the cluster's own, so the

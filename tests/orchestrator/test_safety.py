@@ -129,6 +129,7 @@ def test_local_ray_listens_on_localhost_only() -> None:
 
     assert not ray.is_initialized()
     watcher = ProcessWatcher(os.getpid())
+    auth_mode = os.environ.get("RAY_AUTH_MODE")  # a local ray.init() sets it (run_sweep resets)
     try:
         assert _init_ray(None) is True
 
@@ -149,6 +150,10 @@ def test_local_ray_listens_on_localhost_only() -> None:
     finally:
         ray.shutdown()
         watcher.stop()
+        if auth_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = auth_mode
     try:
         assert watcher.wait_gone(60) == {}
     finally:
