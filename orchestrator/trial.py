@@ -82,8 +82,9 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Reporter | None =
     # The stage normally ran before the trial (driver); running it here keeps this function
     # usable on its own. It is cached and locked, so this is a no-op after the stage.
     pool = _pool_of(loss_values) if req.neighbour_batches or req.neighbour_graph else None
-    ensure_teacher(trial.teacher, data_cfg, trial.knn, runtime["cache_dir"],
-                   runtime.get("device", "auto"), () if pool is None else (pool,))
+    teacher_report = ensure_teacher(trial.teacher, data_cfg, trial.knn, runtime["cache_dir"],
+                                    runtime.get("device", "auto"),
+                                    () if pool is None else (pool,))
     teacher = load_frozen_teacher(trial.teacher, runtime["cache_dir"], bundle,
                                   req.teacher_classifier).to(device)
     if req.teacher_classifier and not teacher.has_classifier:
@@ -210,8 +211,6 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Reporter | None =
                        [int(k) for k in trial.knn["k"]], float(trial.knn["temperature"]),
                        bundle.num_classes)
     torch_save(trial_dir / STUDENT_WEIGHTS, student.state_dict())
-    teacher_report = ensure_teacher(trial.teacher, data_cfg, trial.knn, runtime["cache_dir"],
-                                    runtime.get("device", "auto"))
     final: dict[str, float] = {f"knn/{k}": v for k, v in knn.items()}
     final.update({f"teacher_knn/{k}": v for k, v in teacher_report.knn.items()})
     final["train_time_s"] = time.perf_counter() - started
