@@ -25,7 +25,7 @@ def tensor_path(images: torch.Tensor, batch: int, mean: torch.Tensor, std: torch
         normalise(augment(images[i:i + batch], cfg), mean, std)
     if images.is_cuda:
         torch.cuda.synchronize()
-    return images.shape[0] / (time.perf_counter() - start)
+    return float(images.shape[0]) / (time.perf_counter() - start)
 
 
 def pil_path(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> float:
@@ -41,7 +41,7 @@ def pil_path(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]
     start = time.perf_counter()
     for img in images:
         pipeline(Image.fromarray(img))
-    return images.shape[0] / (time.perf_counter() - start)
+    return float(images.shape[0]) / (time.perf_counter() - start)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from losses import sskd  # noqa: F401  (registers sskd)
 from losses.base import (
     OBJECTIVES,
     LossTerms,
+    NeighbourBatches,
     Objective,
     ObjectiveContext,
     ObjectiveRequirements,
@@ -26,11 +27,13 @@ from losses.base import (
     make_params,
     objective_names,
     param_fields,
+    params_to_yaml,
 )
 
 __all__ = [
     "OBJECTIVES",
     "LossTerms",
+    "NeighbourBatches",
     "Objective",
     "ObjectiveContext",
     "ObjectiveRequirements",
@@ -40,4 +43,5 @@ __all__ = [
     "make_params",
     "objective_names",
     "param_fields",
+    "params_to_yaml",
 ]

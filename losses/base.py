@@ -4,6 +4,9 @@ An objective is an ``nn.Module`` that owns everything trainable or stateful beyo
 backbone (projection heads, queues, momentum encoders) and turns one batch into named loss
 terms. Each term is logged as its own metric; the total is ``sum(weight * term)`` so that every
 weight can be a sweep axis (torchdistill / mdistiller style).
+
+Parameters are a frozen :class:`common.fields.Config` dataclass per objective (``Params``), its
+constraints declared in the field annotations; the spec loader validates YAML against them.
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
 
+from common.fields import Config, yaml_key
 from models.base import Backbone
-from models.teacher import FrozenTeacher
+from models.teacher import TeacherOutputs
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class ObjectiveContext:
     teacher_has_classifier: bool
     student_has_classifier: bool
     dataset_size: int
+    generator: torch.Generator | None = None  # the trial's model stream (random state init)
 
 
 @dataclass
@@ -41,17 +46,20 @@ class StepInputs:
     teacher and student see the same view. ``fetch`` returns freshly augmented images for any
     training-set indices (for objectives that pull extra images, e.g. BINGO's bag neighbours).
     ``neighbours`` is the teacher kNN graph (N x K indices) when the objective asked for it.
+    ``rng`` is the trial's model stream: randomness that belongs to the objective (CutMix
+    boxes, bag draws) comes from it, never from the global generator.
     """
 
     views: list[Tensor]
     indices: Tensor
     labels: Tensor | None
     student: Backbone
-    teacher: FrozenTeacher
+    teacher: TeacherOutputs
     fetch: Callable[[Tensor], Tensor] | None = None
     neighbours: Tensor | None = None
     epoch: int = 0
     step: int = 0
+    rng: torch.Generator | None = None
 
 
 @dataclass
@@ -72,10 +80,23 @@ class LossTerms:
         )
         self.total = total
 
-    def as_floats(self) -> dict[str, float]:
-        out = {f"loss/{k}": float(v.detach()) for k, v in self.terms.items()}
-        out["loss/total"] = float(self.total.detach())
-        return out
+    def stacked(self) -> Tensor:
+        """``[total, term_1, ...]`` as one detached float32 vector (no host sync): what a
+        trial accumulates on the device over an epoch."""
+        return torch.stack([self.total.detach().float(),
+                            *(v.detach().float() for v in self.terms.values())])
+
+    def names(self) -> list[str]:
+        """Metric names in :meth:`stacked` order."""
+        return ["loss/total", *(f"loss/{k}" for k in self.terms)]
+
+
+@dataclass(frozen=True)
+class NeighbourBatches:
+    """CoSS batches: each anchor followed by ``neighbours`` of its top-``pool`` neighbours."""
+
+    neighbours: int
+    pool: int
 
 
 @dataclass(frozen=True)
@@ -84,34 +105,44 @@ class ObjectiveRequirements:
 
     labels: bool = False  # needs class labels (supervised objectives)
     teacher_classifier: bool = False  # needs teacher logits
+    teacher_embedding: bool = False  # uses the teacher's SSL head (SEED, DisCo, BINGO)
     student_classifier: bool = False  # student is built with a classifier
     num_views: int = 1
     min_batch_size: int = 1
-    neighbour_batches: bool = False  # batches built from the teacher kNN graph (CoSS)
-    neighbour_graph: bool = False  # needs the graph inside the step (BINGO)
+    neighbour_batches: NeighbourBatches | None = None  # batches from the teacher kNN graph
+    neighbour_graph: int | None = None  # the step reads the top-k graph itself (BINGO: bags)
+
+    @property
+    def graph_size(self) -> int | None:
+        """Neighbours per image the teacher stage must store (None: no graph needed)."""
+        sizes = [s for s in (self.neighbour_graph,
+                             self.neighbour_batches.pool if self.neighbour_batches else None)
+                 if s is not None]
+        return max(sizes) if sizes else None
 
 
-class Objective(nn.Module):
-    """Base class. Subclasses set ``name``, ``Params`` (a dataclass with defaults) and
-    implement :meth:`compute`. ``after_step`` runs after the optimiser step (momentum / queue).
+P = TypeVar("P", bound=Config)
+
+
+class Objective(nn.Module, Generic[P]):
+    """Base class. Subclasses set ``name``, ``Params`` (a :class:`Config` dataclass with
+    defaults) and implement :meth:`compute`. ``after_step`` runs after the optimiser step
+    (momentum encoders, queues).
     """
 
     name: ClassVar[str]
-    Params: ClassVar[type[Any]]
+    Params: ClassVar[type[Config]]
     summary: ClassVar[str] = ""
+    params: P
 
-    def __init__(self, params: Any, ctx: ObjectiveContext) -> None:
+    def __init__(self, params: P, ctx: ObjectiveContext) -> None:
         super().__init__()
         self.params = params
         self.ctx = ctx
 
     @classmethod
-    def requirements(cls, params: Any) -> ObjectiveRequirements:
+    def requirements(cls, params: P) -> ObjectiveRequirements:
         return ObjectiveRequirements()
-
-    def neighbour_sampling(self) -> tuple[int, int] | None:
-        """``(neighbours_per_anchor, pool_size)`` for neighbour batches, or ``None``."""
-        return None
 
     def compute(self, step: StepInputs) -> LossTerms:
         raise NotImplementedError
@@ -120,21 +151,23 @@ class Objective(nn.Module):
     def after_step(self, step: StepInputs) -> None:
         return None
 
-    def prepare(self, teacher: FrozenTeacher, train_images: Tensor, train_labels: Tensor | None,
-                augment: Callable[[Tensor], Tensor], device: torch.device) -> None:
-        """One-off work before training (e.g. SSKD's teacher SS-head fine-tuning)."""
+    def prepare(self, teacher: TeacherOutputs, train_images: Tensor, train_labels: Tensor | None,
+                augment: Callable[[Tensor], Tensor], device: torch.device,
+                generator: torch.Generator | None = None) -> None:
+        """One-off work before training (e.g. SSKD's teacher SS-head fine-tuning); its
+        randomness comes from ``generator`` (the trial's model stream)."""
         return None
 
 
-ObjectiveFactory = type[Objective]
-OBJECTIVES: dict[str, ObjectiveFactory] = {}
+ObjectiveClass = type[Objective[Any]]
+OBJECTIVES: dict[str, ObjectiveClass] = {}
 
 
-def register_objective(cls: ObjectiveFactory) -> ObjectiveFactory:
+def register_objective(cls: type[Objective[P]]) -> type[Objective[P]]:
     if cls.name in OBJECTIVES:
         raise ValueError(f"objective {cls.name!r} registered twice")
-    if not dataclasses.is_dataclass(cls.Params):
-        raise TypeError(f"{cls.__name__}.Params must be a dataclass")
+    if not issubclass(cls.Params, Config):
+        raise TypeError(f"{cls.__name__}.Params must be a common.fields.Config dataclass")
     OBJECTIVES[cls.name] = cls
     return cls
 
@@ -143,7 +176,7 @@ def objective_names() -> list[str]:
     return sorted(OBJECTIVES)
 
 
-def get_objective(name: str) -> ObjectiveFactory:
+def get_objective(name: str) -> ObjectiveClass:
     try:
         return OBJECTIVES[name]
     except KeyError:
@@ -152,21 +185,16 @@ def get_objective(name: str) -> ObjectiveFactory:
         ) from None
 
 
-def _yaml_key(field_name: str) -> str:
-    # Python keywords such as ``lambda`` are spelled ``lambda_`` in the dataclass.
-    return field_name[:-1] if field_name.endswith("_") else field_name
-
-
 def param_fields(name: str) -> dict[str, Any]:
     """YAML parameter names and defaults of an objective (for `ukd losses` and the spec)."""
     cls = get_objective(name)
-    return {_yaml_key(f.name): f.default for f in dataclasses.fields(cls.Params)}
+    return {yaml_key(f.name): f.default for f in dataclasses.fields(cls.Params)}
 
 
-def make_params(name: str, values: Mapping[str, Any]) -> Any:
+def make_params(name: str, values: Mapping[str, Any]) -> Config:
     """Build the objective's Params from YAML keys; unknown keys and bad values: ValueError."""
     cls = get_objective(name)
-    by_yaml = {_yaml_key(f.name): f.name for f in dataclasses.fields(cls.Params)}
+    by_yaml = {yaml_key(f.name): f.name for f in dataclasses.fields(cls.Params)}
     unknown = sorted(set(values) - set(by_yaml))
     if unknown:
         raise ValueError(
@@ -175,5 +203,12 @@ def make_params(name: str, values: Mapping[str, Any]) -> Any:
     return cls.Params(**{by_yaml[k]: v for k, v in values.items()})
 
 
-def build_objective(name: str, values: Mapping[str, Any], ctx: ObjectiveContext) -> Objective:
-    return get_objective(name)(make_params(name, values), ctx)
+def params_to_yaml(params: Config) -> dict[str, Any]:
+    """Params -> YAML keys with plain values (tuples as lists)."""
+    return {yaml_key(k): v for k, v in params.to_dict().items()}
+
+
+def build_objective(name: str, params: Config | Mapping[str, Any],
+                    ctx: ObjectiveContext) -> Objective[Any]:
+    resolved = params if isinstance(params, Config) else make_params(name, params)
+    return get_objective(name)(resolved, ctx)

@@ -1,4 +1,4 @@
-"""BINGO: bag of instances aggregation (Xu et al., ICLR 2022; shared/methods.md section 3).
+"""BINGO: bag of instances aggregation (Xu et al., ICLR 2022; docs/METHODS.md).
 
 Implemented after the official code (haohang96/bingo: ``moco/builder.py``, ``main_moco.py``,
 ``moco/folder.py``, ``utils.cutmix``). A bag is an image plus its top-``bag_size`` (5) teacher
@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.fields import Bounds, Config
 from losses.base import (
     LossTerms,
     Objective,
@@ -46,9 +47,9 @@ from losses.base import (
     StepInputs,
     register_objective,
 )
-from losses.disco import random_key_queue
 from models.base import Backbone
 from models.heads import mlp_head
+from models.queue import FeatureQueue
 
 
 def multi_positive_infonce(
@@ -114,66 +115,53 @@ def sample_bag_neighbours(
 
 
 @dataclass(frozen=True)
-class BINGOParams:
-    anchor_weight: float = 1.0 / 3.0
-    neighbour_weight: float = 1.0 / 3.0
-    mix_weight: float = 1.0 / 3.0
-    temperature: float = 0.2
-    queue_size: int = 65536
-    bag_size: int = 5
-    self_lam: float = 0.5  # weight of a query's own key once bags are used
-    other_lam: float = 0.5  # weight of the other bag member's key
-    warmup_epochs: int = 11  # epochs (from 0) with the own key only
-    cutmix_alpha: float = 2.0
-    hidden_dim: int = 2048
-
-    def __post_init__(self) -> None:
-        for name in ("anchor_weight", "neighbour_weight", "mix_weight", "self_lam", "other_lam"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.queue_size <= 0:
-            raise ValueError(f"queue_size must be > 0, got {self.queue_size}")
-        if self.bag_size < 1:
-            raise ValueError(f"bag_size must be >= 1, got {self.bag_size}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if self.cutmix_alpha <= 0:
-            raise ValueError(f"cutmix_alpha must be > 0, got {self.cutmix_alpha}")
-        if self.hidden_dim <= 0:
-            raise ValueError(f"hidden_dim must be > 0, got {self.hidden_dim}")
+class BINGOParams(Config):
+    anchor_weight: Annotated[float, Bounds(ge=0)] = 1.0 / 3.0
+    neighbour_weight: Annotated[float, Bounds(ge=0)] = 1.0 / 3.0
+    mix_weight: Annotated[float, Bounds(ge=0)] = 1.0 / 3.0
+    temperature: Annotated[float, Bounds(gt=0)] = 0.2
+    queue_size: Annotated[int, Bounds(gt=0)] = 65536
+    bag_size: Annotated[int, Bounds(ge=1)] = 5
+    self_lam: Annotated[float, Bounds(ge=0)] = 0.5  # weight of a query's own key with bags
+    other_lam: Annotated[float, Bounds(ge=0)] = 0.5  # weight of the other bag member's key
+    warmup_epochs: Annotated[int, Bounds(ge=0)] = 11  # epochs (from 0) with the own key only
+    cutmix_alpha: Annotated[float, Bounds(gt=0)] = 2.0
+    hidden_dim: Annotated[int, Bounds(gt=0)] = 2048
 
 
 @register_objective
-class BINGO(Objective):
+class BINGO(Objective[BINGOParams]):
     """Student queries vs teacher keys of anchor + bag neighbour, plus a CutMix term."""
 
     name: ClassVar[str] = "bingo"
-    Params: ClassVar[type[BINGOParams]] = BINGOParams
+    Params: ClassVar[type[Config]] = BINGOParams
     summary: ClassVar[str] = "bag-of-instances contrastive distillation + CutMix (BINGO)"
-    params: BINGOParams
 
     def __init__(self, params: BINGOParams, ctx: ObjectiveContext) -> None:
         super().__init__(params, ctx)
         dim = ctx.teacher_embedding_dim
         self.head = mlp_head(ctx.student_dim, params.hidden_dim, dim)
-        self.queue = random_key_queue(params.queue_size, dim)
+        self.queue = FeatureQueue(params.queue_size, dim).fill_random_(ctx.generator)
         self._pending_keys: Tensor | None = None
 
     @classmethod
     def requirements(cls, params: BINGOParams) -> ObjectiveRequirements:
-        return ObjectiveRequirements(num_views=2, neighbour_graph=True)
+        return ObjectiveRequirements(num_views=2, neighbour_graph=params.bag_size,
+                                     teacher_embedding=True)
 
     def embed(self, student: Backbone, x: Tensor) -> Tensor:
         """Normalised student query ``n(g_S f_S(x))``."""
         return F.normalize(self.head(student.forward_features(x)), dim=1)
 
-    def draw_cutmix_box(self, height: int, width: int) -> tuple[int, int, int, int]:
-        alpha = torch.tensor(self.params.cutmix_alpha)
-        lam = float(torch.distributions.Beta(alpha, alpha).sample())
-        cy = int(torch.randint(0, height, ()))
-        cx = int(torch.randint(0, width, ()))
+    def draw_cutmix_box(self, height: int, width: int, generator: torch.Generator | None = None
+                        ) -> tuple[int, int, int, int]:
+        """``lam ~ Beta(alpha, alpha)`` and a uniform centre, drawn from ``generator``
+        (Beta(a, a) as X / (X + Y) with X, Y ~ Gamma(a): torch's Beta takes no generator)."""
+        alpha = torch.full((2,), self.params.cutmix_alpha)
+        gammas = torch._standard_gamma(alpha, generator=generator)
+        lam = float(gammas[0] / gammas.sum())
+        centre = torch.randint(0, height * width, (), generator=generator)
+        cy, cx = divmod(int(centre), width)
         return cutmix_box(height, width, lam, cy, cx)
 
     def bag_weights(self, epoch: int) -> tuple[float, float]:
@@ -188,10 +176,11 @@ class BINGO(Objective):
             raise ValueError("bingo needs the teacher neighbour graph and step.fetch")
         p = self.params
         x_q, x_k = step.views[0], step.views[1]
-        nb = sample_bag_neighbours(step.neighbours, step.indices, p.bag_size)
+        nb = sample_bag_neighbours(step.neighbours, step.indices, p.bag_size, step.rng)
         nb_q = step.fetch(nb).to(device=x_q.device, dtype=x_q.dtype)
         nb_k = step.fetch(nb).to(device=x_k.device, dtype=x_k.dtype)
-        mixed, lam = cutmix(x_q, nb_q, self.draw_cutmix_box(x_q.shape[-2], x_q.shape[-1]))
+        box = self.draw_cutmix_box(x_q.shape[-2], x_q.shape[-1], step.rng)
+        mixed, lam = cutmix(x_q, nb_q, box)
 
         q_a = self.embed(step.student, x_q)
         q_p = self.embed(step.student, nb_q)

@@ -1,5 +1,5 @@
 """CompRess: Abbasi Koohpayegani et al., "CompRess: Self-Supervised Learning by Compressing
-Representations" (NeurIPS 2020); shared/methods.md section 3.
+Representations" (NeurIPS 2020); docs/METHODS.md.
 
 No projection heads in the main ("2q") variant: L2-normalised pooled features
 t_i = n(f_T(x_i)) (teacher, raw features, no SSL head) and s_i = n(f_S(x_i)) (student), and
@@ -37,15 +37,15 @@ them into the copy when it is made; ``state_dict()`` in between still returns th
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.fields import Bounds, Choice, Config
 from losses.base import (
     LossTerms,
     Objective,
@@ -54,8 +54,9 @@ from losses.base import (
     StepInputs,
     register_objective,
 )
-from losses.queue import FeatureQueue
 from models.base import Backbone
+from models.momentum import ema_update_, frozen_copy
+from models.queue import FeatureQueue
 
 VARIANTS = ("2q", "1q")
 KEY_ENCODER = "key_encoder"
@@ -99,34 +100,21 @@ def compress_loss(
 
 
 @dataclass(frozen=True)
-class CompRessParams:
-    variant: str = "2q"
-    tau: float = 0.04
-    queue_size: int = 128000
-    momentum: float = 0.999
-    weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
-        if not self.tau > 0:
-            raise ValueError(f"tau must be > 0, got {self.tau}")
-        if self.queue_size < 1:
-            raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
-        if not self.weight > 0:
-            raise ValueError(f"weight must be > 0, got {self.weight}")
+class CompRessParams(Config):
+    variant: Annotated[str, Choice(VARIANTS)] = "2q"
+    tau: Annotated[float, Bounds(gt=0)] = 0.04
+    queue_size: Annotated[int, Bounds(ge=1)] = 128000
+    momentum: Annotated[float, Bounds(ge=0, le=1)] = 0.999
+    weight: Annotated[float, Bounds(gt=0)] = 1.0
 
 
 @register_objective
-class CompRess(Objective):
+class CompRess(Objective[CompRessParams]):
     """Similarity-distribution distillation against teacher / momentum-student memories."""
 
     name: ClassVar[str] = "compress"
-    Params: ClassVar[type[CompRessParams]] = CompRessParams
+    Params: ClassVar[type[Config]] = CompRessParams
     summary: ClassVar[str] = "CompRess: KL of similarities to memories (2q momentum / 1q)"
-    params: CompRessParams
     key_encoder: Backbone | None
     head: nn.Module
 
@@ -158,10 +146,7 @@ class CompRess(Objective):
         "1q" or when it exists. Optional: the first :meth:`compute` does it otherwise."""
         if not self.uses_momentum_encoder or self.key_encoder is not None:
             return
-        encoder = copy.deepcopy(student)
-        for p in encoder.parameters():
-            p.requires_grad_(False)
-            p.grad = None
+        encoder = frozen_copy(student)
         if self._pending_key_state is not None:
             encoder.load_state_dict(self._pending_key_state)
             self._pending_key_state = None
@@ -201,11 +186,8 @@ class CompRess(Objective):
                 self.student_queue.enqueue(keys)
         self._pending.clear()
         if self.key_encoder is not None:
-            m = self.params.momentum
-            for p_k, p_s in zip(
-                self.key_encoder.parameters(), step.student.parameters(), strict=True
-            ):
-                p_k.mul_(m).add_(p_s.detach(), alpha=1.0 - m)
+            ema_update_(self.key_encoder.parameters(), step.student.parameters(),
+                        self.params.momentum)
 
     # -- checkpoints: keep a saved momentum encoder until the student is known --------------
 

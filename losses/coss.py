@@ -1,4 +1,4 @@
-"""CoSS and CoS (Singh & Wang, ECCV 2024; shared/methods.md section 1).
+"""CoSS and CoS (Singh & Wang, ECCV 2024; docs/METHODS.md, "CoSS").
 
 With A_s the student's (projected) raw features and A_t the teacher's raw pooled features
 (B x D, no centring, no teacher SSL head):
@@ -17,139 +17,116 @@ teacher neighbours (15 of 31 by default; 0 disables neighbour batches).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar, TypeVar
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
+from common.fields import Bounds, Config
 from losses.base import (
     LossTerms,
+    NeighbourBatches,
     Objective,
     ObjectiveContext,
     ObjectiveRequirements,
     StepInputs,
     register_objective,
 )
+from losses.functional import cosine_rows_loss, space_similarity_loss
 from models.heads import coss_projection
 
 OFFICIAL_SCALE = 1.0 / (0.07 * 0.1)
 
 
-def _check_pair(student: Tensor, teacher: Tensor) -> None:
-    if student.shape != teacher.shape or student.dim() != 2:
-        raise ValueError(
-            f"student and teacher features must both be B x D, got {tuple(student.shape)} "
-            f"and {tuple(teacher.shape)}"
-        )
+@dataclass(frozen=True)
+class CoSParams(Config):
+    scale: Annotated[float, Bounds(gt=0)] = OFFICIAL_SCALE
+    neighbours: Annotated[int, Bounds(ge=0)] = 15
+    neighbour_pool: Annotated[int, Bounds(ge=1)] = 31
+    hidden_dim: Annotated[int, Bounds(gt=0)] = 2048
 
-
-def cosine_rows_loss(student: Tensor, teacher: Tensor) -> Tensor:
-    """L_co = -(1/B) sum_i cos(s_i, t_i): per-sample cosine similarity (rows)."""
-    _check_pair(student, teacher)
-    return -F.cosine_similarity(student, teacher, dim=1).mean()
-
-
-def space_similarity_loss(student: Tensor, teacher: Tensor) -> Tensor:
-    """L_ss = -(1/D) sum_j cos(s[:, j], t[:, j]): per-dimension cosine over the batch axis.
-
-    Needs B >= 2: a column of a single sample has no direction.
-    """
-    _check_pair(student, teacher)
-    if student.shape[0] < 2:
-        raise ValueError(f"space similarity needs a batch of at least 2, got {student.shape[0]}")
-    return -F.cosine_similarity(student, teacher, dim=0).mean()
+    def check(self) -> None:
+        _check_neighbours(self.neighbours, self.neighbour_pool)
 
 
 @dataclass(frozen=True)
-class CoSSParams:
-    lambda_: float = 1.0
-    scale: float = OFFICIAL_SCALE
-    neighbours: int = 15
-    neighbour_pool: int = 31
-    hidden_dim: int = 2048
+class CoSSParams(Config):
+    """CoS's parameters with lambda first (the YAML key users sweep)."""
 
-    def __post_init__(self) -> None:
-        if self.lambda_ < 0:
-            raise ValueError(f"lambda must be >= 0, got {self.lambda_}")
-        if self.scale <= 0:
-            raise ValueError(f"scale must be > 0, got {self.scale}")
-        if self.neighbours < 0 or self.neighbour_pool < self.neighbours:
-            raise ValueError(
-                f"need 0 <= neighbours <= neighbour_pool, got {self.neighbours}, "
-                f"{self.neighbour_pool}"
-            )
-        if self.hidden_dim <= 0:
-            raise ValueError(f"hidden_dim must be > 0, got {self.hidden_dim}")
+    lambda_: Annotated[float, Bounds(ge=0)] = 1.0
+    scale: Annotated[float, Bounds(gt=0)] = OFFICIAL_SCALE
+    neighbours: Annotated[int, Bounds(ge=0)] = 15
+    neighbour_pool: Annotated[int, Bounds(ge=1)] = 31
+    hidden_dim: Annotated[int, Bounds(gt=0)] = 2048
+
+    def check(self) -> None:
+        _check_neighbours(self.neighbours, self.neighbour_pool)
 
 
-@register_objective
-class CoSS(Objective):
-    """Cosine similarity (rows) + lambda * space similarity (columns) on raw features."""
+def _check_neighbours(neighbours: int, pool: int) -> None:
+    if pool < neighbours:
+        raise ValueError(f"need 0 <= neighbours <= neighbour_pool, got {neighbours}, {pool}")
 
-    name: ClassVar[str] = "coss"
-    Params: ClassVar[type[CoSSParams]] = CoSSParams
-    summary: ClassVar[str] = "L_co + lambda * L_ss on raw features, neighbour batches (CoSS)"
-    params: CoSSParams
 
-    def __init__(self, params: CoSSParams, ctx: ObjectiveContext) -> None:
+Cosine = TypeVar("Cosine", bound=CoSParams | CoSSParams)
+
+
+class _CosineDistillation(Objective[Cosine]):
+    """CoSS and CoS share the head, the neighbour batches and the row term."""
+
+    def __init__(self, params: Cosine, ctx: ObjectiveContext) -> None:
         super().__init__(params, ctx)
         self.head = coss_projection(ctx.student_dim, ctx.teacher_dim, params.hidden_dim)
 
-    @classmethod
-    def requirements(cls, params: CoSSParams) -> ObjectiveRequirements:
-        return ObjectiveRequirements(
-            min_batch_size=max(2 if params.lambda_ > 0 else 1, params.neighbours + 1),
-            neighbour_batches=params.neighbours > 0,
-        )
+    @staticmethod
+    def space_weight(params: Cosine) -> float:
+        """lambda, the weight of L_ss relative to L_co."""
+        raise NotImplementedError
 
-    def neighbour_sampling(self) -> tuple[int, int] | None:
-        p = self.params
-        return (p.neighbours, p.neighbour_pool) if p.neighbours > 0 else None
+    @classmethod
+    def requirements(cls, params: Cosine) -> ObjectiveRequirements:
+        space = cls.space_weight(params) > 0
+        return ObjectiveRequirements(
+            min_batch_size=max(2 if space else 1, params.neighbours + 1),
+            neighbour_batches=(NeighbourBatches(params.neighbours, params.neighbour_pool)
+                               if params.neighbours > 0 else None),
+        )
 
     def compute(self, step: StepInputs) -> LossTerms:
         images = step.views[0]
         with torch.no_grad():
             target = step.teacher.features(images)
         projected = self.head(step.student.forward_features(images))
-        # The cosines in float32 even under autocast (CPU bf16 autocast keeps them in bf16).
-        with torch.autocast(projected.device.type, enabled=False):
-            a_s, a_t = projected.float(), target.float()
-            terms = {"co": cosine_rows_loss(a_s, a_t)}
-            weights = {"co": self.params.scale}
-            if self.params.lambda_ > 0:
-                terms["ss"] = space_similarity_loss(a_s, a_t)
-                weights["ss"] = self.params.scale * self.params.lambda_
+        scale = self.params.scale
+        terms = {"co": cosine_rows_loss(projected, target)}
+        weights = {"co": scale}
+        space = self.space_weight(self.params)
+        if space > 0:
+            terms["ss"] = space_similarity_loss(projected, target)
+            weights["ss"] = scale * space
         return LossTerms(terms, weights)
 
 
-@dataclass(frozen=True)
-class CoSParams:
-    scale: float = OFFICIAL_SCALE
-    neighbours: int = 15
-    neighbour_pool: int = 31
-    hidden_dim: int = 2048
+@register_objective
+class CoSS(_CosineDistillation[CoSSParams]):
+    """Cosine similarity (rows) + lambda * space similarity (columns) on raw features."""
 
-    def __post_init__(self) -> None:
-        CoSSParams(0.0, self.scale, self.neighbours, self.neighbour_pool, self.hidden_dim)
+    name: ClassVar[str] = "coss"
+    Params: ClassVar[type[Config]] = CoSSParams
+    summary: ClassVar[str] = "L_co + lambda * L_ss on raw features, neighbour batches (CoSS)"
+
+    @staticmethod
+    def space_weight(params: CoSSParams) -> float:
+        return params.lambda_
 
 
 @register_objective
-class CoS(CoSS):
+class CoS(_CosineDistillation[CoSParams]):
     """CoSS's main ablation: L_co alone (lambda = 0), same head and neighbour batches."""
 
     name: ClassVar[str] = "cos"
-    Params: ClassVar[type[CoSParams]] = CoSParams  # type: ignore[assignment]
+    Params: ClassVar[type[Config]] = CoSParams
     summary: ClassVar[str] = "L_co alone (CoSS ablation, lambda = 0)"
 
-    def __init__(self, params: CoSParams, ctx: ObjectiveContext) -> None:
-        full = CoSSParams(
-            0.0, params.scale, params.neighbours, params.neighbour_pool, params.hidden_dim
-        )
-        super().__init__(full, ctx)
-
-    @classmethod
-    def requirements(cls, params: CoSParams) -> ObjectiveRequirements:  # type: ignore[override]
-        return ObjectiveRequirements(
-            min_batch_size=params.neighbours + 1, neighbour_batches=params.neighbours > 0
-        )
+    @staticmethod
+    def space_weight(params: CoSParams) -> float:
+        return 0.0

@@ -1,4 +1,4 @@
-"""DisCo: distilled contrastive learning (Gao et al., ECCV 2022; shared/methods.md section 3).
+"""DisCo: distilled contrastive learning (Gao et al., ECCV 2022; docs/METHODS.md).
 
 The student runs MoCo-v2 on two views and its embedding of each view is pulled towards the
 teacher's (official code: ``NetWithLossCell`` in the MindSpore port, ``moco/builder.py``):
@@ -20,7 +20,7 @@ contrastive learning happens in the space being distilled; the queue is ``queue_
 The key encoder is a deep copy of the student backbone + head, made on the first
 :meth:`DisCo.compute` (the student only arrives with the step); the momentum update and the
 enqueue of ``k`` happen in :meth:`DisCo.after_step` (equivalent to MoCo's update at the start of
-the next forward). The queue is a shared :class:`~losses.queue.FeatureQueue` filled with random
+the next forward). The queue is a shared :class:`~models.queue.FeatureQueue` filled with random
 unit vectors at the start, as in MoCo. The copy, the queue and its pointer are in
 ``state_dict()``; a key-encoder state loaded before the first step is kept aside and applied
 when the copy is made.
@@ -29,14 +29,14 @@ Single device: no shuffled BN for the keys (the official code shuffles across GP
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.fields import Bounds, Config
 from losses.base import (
     LossTerms,
     Objective,
@@ -45,38 +45,11 @@ from losses.base import (
     StepInputs,
     register_objective,
 )
-from losses.queue import FeatureQueue
+from losses.functional import moco_infonce, sum_mse
 from models.base import Backbone
 from models.heads import mlp_head
-
-
-def random_key_queue(size: int, dim: int) -> FeatureQueue:
-    """A full :class:`~losses.queue.FeatureQueue` of random unit vectors: MoCo (and the DisCo /
-    BINGO code built on it) start from random negatives, not from an empty memory."""
-    queue = FeatureQueue(size, dim)
-    with torch.no_grad():
-        queue.data.copy_(F.normalize(torch.randn(size, dim), dim=1))
-        queue.filled.fill_(size)
-    return queue
-
-
-def moco_infonce(query: Tensor, key: Tensor, queue: Tensor, temperature: float) -> Tensor:
-    """``mean_i CE([q_i . k_i, q_i . Q_1, ..., q_i . Q_K] / tau, 0)`` (inputs normalised;
-    float32 even under autocast)."""
-    query = query.float()
-    pos = (query * key.float()).sum(dim=1, keepdim=True)
-    with torch.autocast(device_type=query.device.type, enabled=False):
-        neg = query @ queue.float().T
-    logits = torch.cat([pos, neg], dim=1) / temperature
-    target = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)
-    return F.cross_entropy(logits, target)
-
-
-def sum_mse(student: Tensor, teacher: Tensor) -> Tensor:
-    """``sum_i sum_d (s_id - t_id)^2`` (``nn.MSELoss(reduction='sum')``)."""
-    if student.shape != teacher.shape:
-        raise ValueError(f"shapes differ: {tuple(student.shape)} vs {tuple(teacher.shape)}")
-    return (student.float() - teacher.detach().float()).pow(2).sum()
+from models.momentum import ema_update_, frozen_copy
+from models.queue import FeatureQueue
 
 
 class MomentumEncoder(nn.Module):
@@ -87,11 +60,8 @@ class MomentumEncoder(nn.Module):
 
     def __init__(self, backbone: Backbone, head: nn.Module) -> None:
         super().__init__()
-        self.backbone = copy.deepcopy(backbone)
-        self.head = copy.deepcopy(head)
-        for p in self.parameters():
-            p.requires_grad_(False)
-            p.grad = None
+        self.backbone = frozen_copy(backbone)
+        self.head = frozen_copy(head)
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = F.normalize(self.head(self.backbone.forward_features(x)), dim=1)
@@ -99,53 +69,35 @@ class MomentumEncoder(nn.Module):
 
     @torch.no_grad()
     def update(self, backbone: nn.Module, head: nn.Module, momentum: float) -> None:
-        pairs = [
-            *zip(self.backbone.parameters(), backbone.parameters(), strict=True),
-            *zip(self.head.parameters(), head.parameters(), strict=True),
-        ]
-        for p_k, p_q in pairs:
-            p_k.mul_(momentum).add_(p_q.detach().to(p_k.dtype), alpha=1.0 - momentum)
+        ema_update_([*self.backbone.parameters(), *self.head.parameters()],
+                    [*backbone.parameters(), *head.parameters()], momentum)
 
 
 @dataclass(frozen=True)
-class DisCoParams:
-    contrast_weight: float = 1.0
-    mse1_weight: float = 1.0  # view 1 (the MoCo query view)
-    mse2_weight: float = 1.0  # view 2 (the key view)
-    temperature: float = 0.2
-    momentum: float = 0.999
-    queue_size: int = 65536
-    hidden_dim: int = 2048
-
-    def __post_init__(self) -> None:
-        for name in ("contrast_weight", "mse1_weight", "mse2_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
-        if self.queue_size <= 0:
-            raise ValueError(f"queue_size must be > 0, got {self.queue_size}")
-        if self.hidden_dim <= 0:
-            raise ValueError(f"hidden_dim must be > 0, got {self.hidden_dim}")
+class DisCoParams(Config):
+    contrast_weight: Annotated[float, Bounds(ge=0)] = 1.0
+    mse1_weight: Annotated[float, Bounds(ge=0)] = 1.0  # view 1 (the MoCo query view)
+    mse2_weight: Annotated[float, Bounds(ge=0)] = 1.0  # view 2 (the key view)
+    temperature: Annotated[float, Bounds(gt=0)] = 0.2
+    momentum: Annotated[float, Bounds(ge=0, le=1)] = 0.999
+    queue_size: Annotated[int, Bounds(gt=0)] = 65536
+    hidden_dim: Annotated[int, Bounds(gt=0)] = 2048
 
 
 @register_objective
-class DisCo(Objective):
+class DisCo(Objective[DisCoParams]):
     """MoCo-v2 on the student + sum-MSE to the teacher's normalised embedding on both views."""
 
     name: ClassVar[str] = "disco"
-    Params: ClassVar[type[DisCoParams]] = DisCoParams
+    Params: ClassVar[type[Config]] = DisCoParams
     summary: ClassVar[str] = "student MoCo-v2 + sum-MSE to teacher embeddings, two views (DisCo)"
-    params: DisCoParams
     key_encoder: MomentumEncoder | None
 
     def __init__(self, params: DisCoParams, ctx: ObjectiveContext) -> None:
         super().__init__(params, ctx)
         dim = ctx.teacher_embedding_dim
         self.head = mlp_head(ctx.student_dim, params.hidden_dim, dim)
-        self.queue = random_key_queue(params.queue_size, dim)
+        self.queue = FeatureQueue(params.queue_size, dim).fill_random_(ctx.generator)
         # Registered as an empty slot so that its checkpoint keys are accepted before it exists.
         self.register_module("key_encoder", None)
         self._stashed_key_state: dict[str, Tensor] | None = None
@@ -153,7 +105,7 @@ class DisCo(Objective):
 
     @classmethod
     def requirements(cls, params: DisCoParams) -> ObjectiveRequirements:
-        return ObjectiveRequirements(num_views=2)
+        return ObjectiveRequirements(num_views=2, teacher_embedding=True)
 
     def _encoder(self, student: Backbone) -> MomentumEncoder:
         if self.key_encoder is None:

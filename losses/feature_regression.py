@@ -23,12 +23,13 @@ slowly (the element mean makes the term small: experiments/baselines.yaml). ``co
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.fields import Bounds, Config
 from losses.base import (
     LossTerms,
     Objective,
@@ -36,7 +37,7 @@ from losses.base import (
     StepInputs,
     register_objective,
 )
-from losses.coss import cosine_rows_loss
+from losses.functional import cosine_rows_loss
 from models.heads import coss_projection
 
 
@@ -54,40 +55,26 @@ def mse_loss(student: Tensor, teacher: Tensor, normalise: bool = False) -> Tenso
         return F.mse_loss(s, t)
 
 
-def _check_hidden(hidden_dim: int) -> None:
-    if hidden_dim <= 0:
-        raise ValueError(f"hidden_dim must be > 0, got {hidden_dim}")
-
-
 @dataclass(frozen=True)
-class MSEParams:
-    weight: float = 1.0
+class MSEParams(Config):
+    weight: Annotated[float, Bounds(gt=0)] = 1.0
     normalise: bool = False
-    hidden_dim: int = 2048
-
-    def __post_init__(self) -> None:
-        if not self.weight > 0:
-            raise ValueError(f"weight must be > 0, got {self.weight}")
-        if not isinstance(self.normalise, bool):
-            raise ValueError(f"normalise must be true or false, got {self.normalise!r}")
-        _check_hidden(self.hidden_dim)
+    hidden_dim: Annotated[int, Bounds(gt=0)] = 2048
 
 
 @dataclass(frozen=True)
-class CosineParams:
-    weight: float = 1.0
-    hidden_dim: int = 2048
-
-    def __post_init__(self) -> None:
-        if not self.weight > 0:
-            raise ValueError(f"weight must be > 0, got {self.weight}")
-        _check_hidden(self.hidden_dim)
+class CosineParams(Config):
+    weight: Annotated[float, Bounds(gt=0)] = 1.0
+    hidden_dim: Annotated[int, Bounds(gt=0)] = 2048
 
 
-class _Regression(Objective):
+Regression = TypeVar("Regression", bound=MSEParams | CosineParams)
+
+
+class _Regression(Objective[Regression]):
     """Shared part: head (only when dims differ), teacher raw features, one view."""
 
-    def __init__(self, params: MSEParams | CosineParams, ctx: ObjectiveContext) -> None:
+    def __init__(self, params: Regression, ctx: ObjectiveContext) -> None:
         super().__init__(params, ctx)
         self.head = coss_projection(ctx.student_dim, ctx.teacher_dim, params.hidden_dim)
 
@@ -99,13 +86,12 @@ class _Regression(Objective):
 
 
 @register_objective
-class MSE(_Regression):
+class MSE(_Regression[MSEParams]):
     """Mean squared error between projected student and raw teacher features."""
 
     name: ClassVar[str] = "mse"
-    Params: ClassVar[type[MSEParams]] = MSEParams
+    Params: ClassVar[type[Config]] = MSEParams
     summary: ClassVar[str] = "MSE feature regression (raw by default) onto teacher features"
-    params: MSEParams
 
     def compute(self, step: StepInputs) -> LossTerms:
         student, teacher = self._pair(step)
@@ -114,16 +100,14 @@ class MSE(_Regression):
 
 
 @register_objective
-class Cosine(_Regression):
+class Cosine(_Regression[CosineParams]):
     """Negative mean cosine between projected student and raw teacher features."""
 
     name: ClassVar[str] = "cosine"
-    Params: ClassVar[type[CosineParams]] = CosineParams
+    Params: ClassVar[type[Config]] = CosineParams
     summary: ClassVar[str] = "-cos feature regression onto teacher features (no neighbours)"
-    params: CosineParams
 
     def compute(self, step: StepInputs) -> LossTerms:
         student, teacher = self._pair(step)
-        with torch.autocast(student.device.type, enabled=False):
-            loss = cosine_rows_loss(student.float(), teacher.float())
+        loss = cosine_rows_loss(student, teacher)
         return LossTerms({"cos": loss}, {"cos": self.params.weight})

@@ -17,12 +17,12 @@ Both networks must have a classifier (teacher logits through ``FrozenTeacher.log
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
+from common.fields import Bounds, Config
 from losses.base import (
     LossTerms,
     Objective,
@@ -31,45 +31,23 @@ from losses.base import (
     StepInputs,
     register_objective,
 )
-
-
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> Tensor:
-    """tau^2 * KL(softmax(z_T/tau) || softmax(z_S/tau)), batchmean (float32)."""
-    if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
-        raise ValueError(
-            f"student and teacher logits must both be B x C, got "
-            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
-        )
-    with torch.autocast(student_logits.device.type, enabled=False):
-        log_p_s = F.log_softmax(student_logits.float() / tau, dim=1)
-        log_p_t = F.log_softmax(teacher_logits.float() / tau, dim=1)
-        kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
-        return kl * tau**2
+from losses.functional import distill_kl
 
 
 @dataclass(frozen=True)
-class KDParams:
-    tau: float = 4.0
-    kd: float = 1.0  # weight of the KD term
-    ce: float = 0.0  # weight of the cross-entropy term (needs labels when > 0)
-
-    def __post_init__(self) -> None:
-        if not self.tau > 0:
-            raise ValueError(f"tau must be > 0, got {self.tau}")
-        if self.kd < 0:
-            raise ValueError(f"kd must be >= 0, got {self.kd}")
-        if self.ce < 0:
-            raise ValueError(f"ce must be >= 0, got {self.ce}")
+class KDParams(Config):
+    tau: Annotated[float, Bounds(gt=0)] = 4.0
+    kd: Annotated[float, Bounds(ge=0)] = 1.0  # weight of the KD term
+    ce: Annotated[float, Bounds(ge=0)] = 0.0  # weight of the cross-entropy term (labels if > 0)
 
 
 @register_objective
-class KD(Objective):
+class KD(Objective[KDParams]):
     """Hinton KD on logits (+ optional cross-entropy with labels)."""
 
     name: ClassVar[str] = "kd"
-    Params: ClassVar[type[KDParams]] = KDParams
+    Params: ClassVar[type[Config]] = KDParams
     summary: ClassVar[str] = "tau^2 KL(teacher || student) on logits (Hinton), optional CE"
-    params: KDParams
 
     def __init__(self, params: KDParams, ctx: ObjectiveContext) -> None:
         super().__init__(params, ctx)
@@ -89,7 +67,7 @@ class KD(Objective):
         with torch.no_grad():
             teacher_logits = step.teacher.logits(step.teacher.features(images))
         student_logits = step.student.forward_logits(step.student.forward_features(images))
-        terms = {"kd": kd_loss(student_logits, teacher_logits, self.params.tau)}
+        terms = {"kd": distill_kl(student_logits, teacher_logits, self.params.tau)}
         weights = {"kd": self.params.kd}
         if self.params.ce > 0:
             if step.labels is None:

@@ -18,15 +18,15 @@ The mean is over all B^2 entries (diagonal included), as in the authors' code
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from torch import Tensor
 
+from common.fields import Bounds, Config
 from losses.base import (
     LossTerms,
     Objective,
-    ObjectiveContext,
     ObjectiveRequirements,
     StepInputs,
     register_objective,
@@ -56,25 +56,17 @@ def pkt_loss(student: Tensor, teacher: Tensor, eps: float = PKT_EPS) -> Tensor:
 
 
 @dataclass(frozen=True)
-class PKTParams:
-    weight: float = 30000.0
-
-    def __post_init__(self) -> None:
-        if not self.weight > 0:
-            raise ValueError(f"weight must be > 0, got {self.weight}")
+class PKTParams(Config):
+    weight: Annotated[float, Bounds(gt=0)] = 30000.0
 
 
 @register_objective
-class PKT(Objective):
+class PKT(Objective[PKTParams]):
     """Probabilistic knowledge transfer (cosine kernel) on pooled backbone features."""
 
     name: ClassVar[str] = "pkt"
-    Params: ClassVar[type[PKTParams]] = PKTParams
+    Params: ClassVar[type[Config]] = PKTParams
     summary: ClassVar[str] = "PKT: KL between cosine-kernel neighbour distributions"
-    params: PKTParams
-
-    def __init__(self, params: PKTParams, ctx: ObjectiveContext) -> None:
-        super().__init__(params, ctx)
 
     @classmethod
     def requirements(cls, params: PKTParams) -> ObjectiveRequirements:

@@ -21,16 +21,16 @@ ones included), which applies RKD to the penultimate (pooled) features with w_d 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.fields import Bounds, Config
 from losses.base import (
     LossTerms,
     Objective,
-    ObjectiveContext,
     ObjectiveRequirements,
     StepInputs,
     register_objective,
@@ -89,30 +89,22 @@ def rkd_angle_loss(student: Tensor, teacher: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class RKDParams:
-    distance: float = 25.0  # weight of L_distance
-    angle: float = 50.0  # weight of L_angle
+class RKDParams(Config):
+    distance: Annotated[float, Bounds(ge=0)] = 25.0  # weight of L_distance
+    angle: Annotated[float, Bounds(ge=0)] = 50.0  # weight of L_angle
 
-    def __post_init__(self) -> None:
-        if self.distance < 0:
-            raise ValueError(f"distance must be >= 0, got {self.distance}")
-        if self.angle < 0:
-            raise ValueError(f"angle must be >= 0, got {self.angle}")
+    def check(self) -> None:
         if self.distance == 0 and self.angle == 0:
             raise ValueError("distance and angle cannot both be 0")
 
 
 @register_objective
-class RKD(Objective):
+class RKD(Objective[RKDParams]):
     """Relational KD (distance + angle) on pooled backbone features."""
 
     name: ClassVar[str] = "rkd"
-    Params: ClassVar[type[RKDParams]] = RKDParams
+    Params: ClassVar[type[Config]] = RKDParams
     summary: ClassVar[str] = "RKD distance (25) + angle (50) on pooled features"
-    params: RKDParams
-
-    def __init__(self, params: RKDParams, ctx: ObjectiveContext) -> None:
-        super().__init__(params, ctx)
 
     @classmethod
     def requirements(cls, params: RKDParams) -> ObjectiveRequirements:

@@ -1,9 +1,9 @@
 """SEED: Fang et al., "SEED: Self-supervised Distillation For Visual Representation"
-(ICLR 2021); shared/methods.md section 3.
+(ICLR 2021); docs/METHODS.md.
 
 Teacher and student see the same view. The teacher keeps its SSL head; the student gets
 ``Linear(D_s, D_s) -> ReLU -> Linear(D_s, E)`` with E the teacher's embedding dim (128 for a
-MoCo-v2 teacher, hence "128" in methods.md; the student must land in the teacher's space):
+MoCo-v2 teacher, hence "128" in the paper; the student must land in the teacher's space):
 
     z_T = n(g_T(f_T(x)))       z_S = n(g_S(f_S(x)))       Q = queue of past z_T (K x E)
     D+_i = [z_T,i ; Q]          each sample's own teacher embedding, then the queue
@@ -22,12 +22,13 @@ here after the step (same order relative to the loss). Logits are computed in fl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.fields import Bounds, Config
 from losses.base import (
     LossTerms,
     Objective,
@@ -36,8 +37,8 @@ from losses.base import (
     StepInputs,
     register_objective,
 )
-from losses.queue import FeatureQueue
 from models.heads import mlp_head
+from models.queue import FeatureQueue
 
 
 def seed_loss(
@@ -65,31 +66,20 @@ def seed_loss(
 
 
 @dataclass(frozen=True)
-class SEEDParams:
-    tau_s: float = 0.2
-    tau_t: float = 1e-4
-    queue_size: int = 65536
-    weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.tau_s > 0:
-            raise ValueError(f"tau_s must be > 0, got {self.tau_s}")
-        if not self.tau_t > 0:
-            raise ValueError(f"tau_t must be > 0, got {self.tau_t}")
-        if self.queue_size < 1:
-            raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
-        if not self.weight > 0:
-            raise ValueError(f"weight must be > 0, got {self.weight}")
+class SEEDParams(Config):
+    tau_s: Annotated[float, Bounds(gt=0)] = 0.2
+    tau_t: Annotated[float, Bounds(gt=0)] = 1e-4
+    queue_size: Annotated[int, Bounds(ge=1)] = 65536
+    weight: Annotated[float, Bounds(gt=0)] = 1.0
 
 
 @register_objective
-class SEED(Objective):
+class SEED(Objective[SEEDParams]):
     """Self-supervised distillation against a queue of teacher embeddings."""
 
     name: ClassVar[str] = "seed"
-    Params: ClassVar[type[SEEDParams]] = SEEDParams
+    Params: ClassVar[type[Config]] = SEEDParams
     summary: ClassVar[str] = "SEED: soft CE over similarities to a queue of teacher embeddings"
-    params: SEEDParams
 
     def __init__(self, params: SEEDParams, ctx: ObjectiveContext) -> None:
         super().__init__(params, ctx)
@@ -100,7 +90,7 @@ class SEED(Objective):
 
     @classmethod
     def requirements(cls, params: SEEDParams) -> ObjectiveRequirements:
-        return ObjectiveRequirements()
+        return ObjectiveRequirements(teacher_embedding=True)
 
     def compute(self, step: StepInputs) -> LossTerms:
         images = step.views[0]

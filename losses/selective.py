@@ -1,4 +1,4 @@
-"""Selective transfer for SSKD (Xu et al., ECCV 2020; shared/methods.md section 2).
+"""Selective transfer for SSKD (Xu et al., ECCV 2020; docs/METHODS.md).
 
 The teacher's predictions on transformed inputs are noisy; SSKD distils only the rows where the
 teacher is right plus the "least wrong" part of the others:

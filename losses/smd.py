@@ -1,5 +1,5 @@
 """SMD: Liu et al., "Improving Self-supervised Lightweight Model Learning via Hard-aware Metric
-Distillation" (ECCV 2022); shared/methods.md section 3.
+Distillation" (ECCV 2022); docs/METHODS.md.
 
 Teacher: raw pooled features (its SSL head is replaced by identity). Student: pooled backbone
 features through ``Linear(D_s, D_t)`` (always, as in the official code). Both are
@@ -28,12 +28,13 @@ official code relies on D_T[i, i] ~ 1e-6 being below D[i, i]).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.fields import Bounds, Config
 from losses.base import (
     LossTerms,
     Objective,
@@ -42,7 +43,7 @@ from losses.base import (
     StepInputs,
     register_objective,
 )
-from losses.coss import cosine_rows_loss
+from losses.functional import cosine_rows_loss
 
 
 def _cross_distances(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
@@ -84,31 +85,20 @@ def smd_loss(student: Tensor, teacher: Tensor, tau: float = 0.04) -> Tensor:
 
 
 @dataclass(frozen=True)
-class SMDParams:
-    tau: float = 0.04
-    weight: float = 1.0
-    views: int = 1
-    cos_warmup_epochs: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.tau > 0:
-            raise ValueError(f"tau must be > 0, got {self.tau}")
-        if not self.weight > 0:
-            raise ValueError(f"weight must be > 0, got {self.weight}")
-        if self.views < 1:
-            raise ValueError(f"views must be >= 1, got {self.views}")
-        if self.cos_warmup_epochs < 0:
-            raise ValueError(f"cos_warmup_epochs must be >= 0, got {self.cos_warmup_epochs}")
+class SMDParams(Config):
+    tau: Annotated[float, Bounds(gt=0)] = 0.04
+    weight: Annotated[float, Bounds(gt=0)] = 1.0
+    views: Annotated[int, Bounds(ge=1)] = 1
+    cos_warmup_epochs: Annotated[int, Bounds(ge=0)] = 0
 
 
 @register_objective
-class SMD(Objective):
+class SMD(Objective[SMDParams]):
     """Hard-aware metric distillation: teacher raw features, student + Linear(D_s, D_t)."""
 
     name: ClassVar[str] = "smd"
-    Params: ClassVar[type[SMDParams]] = SMDParams
+    Params: ClassVar[type[Config]] = SMDParams
     summary: ClassVar[str] = "SMD: weighted hardest positive / negative metric distillation"
-    params: SMDParams
 
     def __init__(self, params: SMDParams, ctx: ObjectiveContext) -> None:
         super().__init__(params, ctx)
@@ -129,8 +119,7 @@ class SMD(Objective):
             projected = self.head(step.student.forward_features(images))
             smd_terms.append(smd_loss(projected, target, self.params.tau))
             if self.params.cos_warmup_epochs > 0:
-                with torch.autocast(projected.device.type, enabled=False):
-                    cos_terms.append(cosine_rows_loss(projected.float(), target.float()))
+                cos_terms.append(cosine_rows_loss(projected, target))
         terms = {"smd": torch.stack(smd_terms).mean()}
         weights = {"smd": self.params.weight}
         if cos_terms:

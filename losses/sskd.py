@@ -1,5 +1,5 @@
 """SSKD: knowledge distillation meets self-supervision (Xu et al., ECCV 2020; seed 001;
-shared/methods.md section 2). Supervised: needs labels and classifier teacher and student.
+docs/METHODS.md). Supervised: needs labels and classifier teacher and student.
 
 Every image of ``step.views[0]`` (already flipped + cropped) becomes 4 copies rotated by 0, 90,
 180 and 270 degrees (``torch.rot90`` on H x W), laid out image-major like the official code
@@ -30,12 +30,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.fields import Bounds, Config
 from losses.base import (
     LossTerms,
     Objective,
@@ -44,9 +45,10 @@ from losses.base import (
     StepInputs,
     register_objective,
 )
+from losses.functional import distill_kl
 from losses.selective import selective_keep_indices
 from models.heads import mlp_head
-from models.teacher import FrozenTeacher
+from models.teacher import TeacherOutputs
 
 
 def rotate_batch(x: Tensor) -> Tensor:
@@ -81,92 +83,42 @@ def source_targets(batch: int, device: torch.device) -> Tensor:
     return torch.arange(batch, device=device).repeat_interleave(3)
 
 
-def kl_batchmean(
-    student: Tensor, teacher: Tensor, temperature: float, rows: Tensor | None = None
-) -> Tensor:
-    """``tau^2 * (1/n) sum_i KL(softmax(teacher_i/tau) || softmax(student_i/tau))`` over
-    ``rows`` (all rows when ``None``); 0 (still attached to the graph) when no row is kept."""
-    if rows is not None:
-        student = student[rows]
-        teacher = teacher[rows]
-    if student.shape[0] == 0:
-        return student.float().sum() * 0.0
-    log_p_s = F.log_softmax(student.float() / temperature, dim=1)
-    p_t = F.softmax(teacher.detach().float() / temperature, dim=1)
-    kl = F.kl_div(log_p_s, p_t, reduction="batchmean")
-    return kl * temperature**2
-
-
 @dataclass(frozen=True)
-class SSKDParams:
-    ce_weight: float = 0.1
-    kd_weight: float = 0.9
-    tf_kd_weight: float = 2.7
-    ss_weight: float = 10.0
-    kd_temperature: float = 4.0  # tau1, normal copies
-    tf_temperature: float = 4.0  # tau2, rotated copies
-    ss_temperature: float = 0.5  # tau3, similarity matrix
-    tf_ratio: float = 1.0  # share of wrong rows kept by selective transfer (transformed KD)
-    ss_ratio: float = 0.75  # same for the SS term
-    teacher_head_epochs: int = 60  # stage 2; 0 keeps the randomly initialised head
-    teacher_head_lr: float = 0.05
+class SSKDParams(Config):
+    ce_weight: Annotated[float, Bounds(ge=0)] = 0.1
+    kd_weight: Annotated[float, Bounds(ge=0)] = 0.9
+    tf_kd_weight: Annotated[float, Bounds(ge=0)] = 2.7
+    ss_weight: Annotated[float, Bounds(ge=0)] = 10.0
+    kd_temperature: Annotated[float, Bounds(gt=0)] = 4.0  # tau1, normal copies
+    tf_temperature: Annotated[float, Bounds(gt=0)] = 4.0  # tau2, rotated copies
+    ss_temperature: Annotated[float, Bounds(gt=0)] = 0.5  # tau3, similarity matrix
+    tf_ratio: Annotated[float, Bounds(ge=0, le=1)] = 1.0  # wrong rows kept (transformed KD)
+    ss_ratio: Annotated[float, Bounds(ge=0, le=1)] = 0.75  # same for the SS term
+    teacher_head_epochs: Annotated[int, Bounds(ge=0)] = 60  # stage 2; 0 keeps the random head
+    teacher_head_lr: Annotated[float, Bounds(gt=0)] = 0.05
     teacher_head_milestones: tuple[int, ...] = (30, 45)
-    teacher_head_gamma: float = 0.1
-    teacher_head_batch_size: int = 64  # images per batch (x4 rotated copies)
-    teacher_head_momentum: float = 0.9
-    teacher_head_weight_decay: float = 5e-4
+    teacher_head_gamma: Annotated[float, Bounds(gt=0, le=1)] = 0.1
+    teacher_head_batch_size: Annotated[int, Bounds(ge=2)] = 64  # images a batch (x4 copies)
+    teacher_head_momentum: Annotated[float, Bounds(ge=0, lt=1)] = 0.9
+    teacher_head_weight_decay: Annotated[float, Bounds(ge=0)] = 5e-4
 
-    def __post_init__(self) -> None:
-        for name in ("ce_weight", "kd_weight", "tf_kd_weight", "ss_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("kd_temperature", "tf_temperature", "ss_temperature"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("tf_ratio", "ss_ratio"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.teacher_head_epochs < 0:
-            raise ValueError(f"teacher_head_epochs must be >= 0, got {self.teacher_head_epochs}")
-        if self.teacher_head_lr <= 0:
-            raise ValueError(f"teacher_head_lr must be > 0, got {self.teacher_head_lr}")
-        if isinstance(self.teacher_head_milestones, int | float | str):
-            raise ValueError(
-                f"teacher_head_milestones must be a list of epochs, got "
-                f"{self.teacher_head_milestones!r}"
-            )
-        milestones = tuple(int(m) for m in self.teacher_head_milestones)
+    def check(self) -> None:
+        milestones = self.teacher_head_milestones
         if any(m < 0 for m in milestones) or list(milestones) != sorted(milestones):
             raise ValueError(
                 f"teacher_head_milestones must be increasing epochs >= 0, got {milestones}"
             )
-        object.__setattr__(self, "teacher_head_milestones", milestones)  # YAML gives a list
-        if not 0 < self.teacher_head_gamma <= 1:
-            raise ValueError(f"teacher_head_gamma must be in (0, 1], got {self.teacher_head_gamma}")
-        if self.teacher_head_batch_size < 2:
-            raise ValueError(
-                f"teacher_head_batch_size must be >= 2, got {self.teacher_head_batch_size}"
-            )
-        if not 0 <= self.teacher_head_momentum < 1:
-            raise ValueError(
-                f"teacher_head_momentum must be in [0, 1), got {self.teacher_head_momentum}"
-            )
-        if self.teacher_head_weight_decay < 0:
-            raise ValueError(
-                f"teacher_head_weight_decay must be >= 0, got {self.teacher_head_weight_decay}"
-            )
 
 
 @register_objective
-class SSKD(Objective):
+class SSKD(Objective[SSKDParams]):
     """CE + KD on normal copies + selective KD on rotated copies + selective SS similarity KD."""
 
     name: ClassVar[str] = "sskd"
-    Params: ClassVar[type[SSKDParams]] = SSKDParams
+    Params: ClassVar[type[Config]] = SSKDParams
     summary: ClassVar[str] = (
         "KD + rotation self-supervision with selective transfer (SSKD; labels, classifiers)"
     )
-    params: SSKDParams
     teacher_head_ready: Tensor
 
     def __init__(self, params: SSKDParams, ctx: ObjectiveContext) -> None:
@@ -188,11 +140,12 @@ class SSKD(Objective):
 
     def prepare(
         self,
-        teacher: FrozenTeacher,
+        teacher: TeacherOutputs,
         train_images: Tensor,
         train_labels: Tensor | None,
         augment: Callable[[Tensor], Tensor],
         device: torch.device,
+        generator: torch.Generator | None = None,
     ) -> None:
         """Train the teacher SS head with CE(A_T, source index) on the frozen teacher.
 
@@ -220,7 +173,7 @@ class SSKD(Objective):
         try:
             with torch.enable_grad():
                 for epoch in range(p.teacher_head_epochs):
-                    order = torch.randperm(n).to(train_images.device)
+                    order = torch.randperm(n, generator=generator).to(train_images.device)
                     loss_sum, correct, rows = 0.0, 0, 0
                     for start in range(0, n, p.teacher_head_batch_size):
                         idx = order[start : start + p.teacher_head_batch_size]
@@ -289,9 +242,9 @@ class SSKD(Objective):
 
         terms = {
             "ce": F.cross_entropy(s_nor_logits.float(), labels),
-            "kd": kl_batchmean(s_nor_logits, t_nor_logits, p.kd_temperature),
-            "tf_kd": kl_batchmean(s_tf_logits, t_tf_logits, p.tf_temperature, tf_rows),
-            "ss": kl_batchmean(s_sim, t_sim, p.ss_temperature, ss_rows),
+            "kd": distill_kl(s_nor_logits, t_nor_logits, p.kd_temperature),
+            "tf_kd": distill_kl(s_tf_logits, t_tf_logits, p.tf_temperature, tf_rows),
+            "ss": distill_kl(s_sim, t_sim, p.ss_temperature, ss_rows),
         }
         weights = {
             "ce": p.ce_weight,

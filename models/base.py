@@ -26,7 +26,7 @@ class Backbone(nn.Module):
     classifier: nn.Module | None
     # Key prefixes the reference implementation uses for its classifier, mapped onto ours
     # (``"fc." -> "classifier."``) or to ``None`` (dropped: e.g. a two-layer ImageNet head),
-    # so that published checkpoints load (models/checkpoints.py).
+    # so that published checkpoints load (models/weights.py).
     checkpoint_aliases: ClassVar[dict[str, str | None]] = {}
 
     def __init__(self, feature_dim: int, num_classes: int | None) -> None:

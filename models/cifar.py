@@ -2,7 +2,7 @@
 
 Architectures follow HobbitLong/RepDistiller ``models/*.py`` (also used by the official SSKD
 code); module names are kept identical to that code so that its published teacher checkpoints
-load through :func:`models.checkpoints.load_backbone_weights` (its ``fc`` / ``linear`` /
+load through :func:`models.weights.load_backbone_weights` (its ``fc`` / ``linear`` /
 ``classifier.0`` map onto our ``classifier``). Two deliberate differences:
 
 - Pooling is adaptive (the reference uses fixed ``AvgPool2d(8)`` / ``avg_pool2d(4)``, which
@@ -128,8 +128,8 @@ class _WideBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         a = F.relu(self.bn1(x))
-        out = self.conv2(F.relu(self.bn2(self.conv1(a))))
-        shortcut = x if self.convShortcut is None else self.convShortcut(a)
+        out: Tensor = self.conv2(F.relu(self.bn2(self.conv1(a))))
+        shortcut: Tensor = x if self.convShortcut is None else self.convShortcut(a)
         return out + shortcut
 
 

@@ -19,8 +19,9 @@ import torch
 from torchvision.models import get_model_weights
 
 from models.base import Backbone, build_model, get_model_spec
-from models.checkpoints import CheckpointError, load_backbone_weights, read_checkpoint
+from models.checkpoint_format import CheckpointError, read_checkpoint
 from models.teacher import FrozenTeacher
+from models.weights import load_backbone_weights
 
 HUB_SCHEME = "torchvision"
 
@@ -50,10 +51,6 @@ class HubWeights:
 def cache_dir() -> Path:
     """Where torch hub keeps downloaded checkpoints (``$TORCH_HOME/hub/checkpoints``)."""
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def is_hub_spec(spec: str) -> bool:
-    return spec.startswith(f"{HUB_SCHEME}:")
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str]:

@@ -13,24 +13,25 @@ cosine schedule to zero. On CPU a seed reproduces a run exactly.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import hashlib
-import json
 import math
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.fields import Bounds, Choice, Config
+from common.hashing import content_hash
+from common.schedules import cosine_factor
 from models.augment import AUGMENT_PRESETS, augment, normalise
-from models.base import MODELS, Backbone, build_model
+from models.base import Backbone, build_model, model_names
 from models.heads import mlp_head
+from models.momentum import ema_update_, frozen_copy
+from models.queue import FeatureQueue
 
 # Bump when a recipe's computation changes, so that cached teachers are not reused.
 RECIPE_VERSION = 1
@@ -38,82 +39,46 @@ _AUTO = "auto"
 _MIN_SIZE = 8
 
 
+def recipe_names() -> tuple[str, ...]:
+    return tuple(RECIPES)
+
+
+def _augment_names() -> tuple[str, ...]:
+    return (_AUTO, *AUGMENT_PRESETS)
+
+
 @dataclass(frozen=True)
-class PretrainConfig:
-    """Everything that determines a pretrained teacher (its hash is the cache key).
+class PretrainConfig(Config):
+    """Everything that determines a pretrained teacher (:meth:`content_hash` is its cache key).
 
     ``augment`` is a preset name from ``AUGMENT_PRESETS`` or ``"auto"`` (the recipe's default:
-    ``ssl`` for SimCLR / MoCo-v2, ``crop_flip`` for supervised), resolved at construction.
-    ``temperature``, ``proj_dim``, ``queue_size`` and ``key_momentum`` only matter to the
-    recipes that use them.
+    ``ssl`` for SimCLR / MoCo-v2, ``crop_flip`` for supervised), resolved at construction, so
+    two spellings of one recipe resolve to one config. ``temperature``, ``proj_dim``,
+    ``queue_size`` and ``key_momentum`` only matter to the recipes that use them.
     """
 
-    recipe: str = "simclr"
-    arch: str = "resnet8x4"
-    epochs: int = 50
-    batch_size: int = 256
-    lr: float = 0.06
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    temperature: float = 0.2
-    proj_dim: int = 128
-    augment: str = _AUTO
-    seed: int = 0
-    queue_size: int = 4096
-    key_momentum: float = 0.99
-    in_channels: int = 3
+    recipe: Annotated[str, Choice(recipe_names)] = "simclr"
+    arch: Annotated[str, Choice(model_names)] = "resnet8x4"
+    epochs: Annotated[int, Bounds(ge=1)] = 50
+    batch_size: Annotated[int, Bounds(ge=2)] = 256  # contrastive losses need two samples
+    lr: Annotated[float, Bounds(gt=0)] = 0.06
+    weight_decay: Annotated[float, Bounds(ge=0)] = 5e-4
+    momentum: Annotated[float, Bounds(ge=0, lt=1)] = 0.9
+    temperature: Annotated[float, Bounds(gt=0)] = 0.2
+    proj_dim: Annotated[int, Bounds(ge=1)] = 128
+    augment: Annotated[str, Choice(_augment_names)] = _AUTO
+    seed: Annotated[int, Bounds(ge=0)] = 0
+    queue_size: Annotated[int, Bounds(ge=1)] = 4096
+    key_momentum: Annotated[float, Bounds(ge=0, lt=1)] = 0.99
+    in_channels: Annotated[int, Bounds(ge=1)] = 3
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            kind = type(f.default)
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                object.__setattr__(self, f.name, float(value))  # 1 and 1.0 hash alike
-            elif not isinstance(value, kind) or isinstance(value, bool):
-                raise ValueError(f"{f.name} must be {kind.__name__}, got {value!r}")
-        if self.recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {self.recipe!r}; allowed: {', '.join(RECIPES)}")
-        if self.arch not in MODELS:
-            raise ValueError(f"unknown arch {self.arch!r}; allowed: {', '.join(sorted(MODELS))}")
+    def check(self) -> None:
         if self.augment == _AUTO:
             object.__setattr__(self, "augment", RECIPES[self.recipe].default_augment)
-        if self.augment not in AUGMENT_PRESETS:
-            raise ValueError(
-                f"unknown augment preset {self.augment!r}; allowed: {', '.join(AUGMENT_PRESETS)}"
-            )
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 2,  # contrastive losses need two samples
-            "lr": self.lr > 0,
-            "weight_decay": self.weight_decay >= 0,
-            "momentum": 0 <= self.momentum < 1,
-            "temperature": self.temperature > 0,
-            "proj_dim": self.proj_dim >= 1,
-            "queue_size": self.queue_size >= 1,
-            "key_momentum": 0 <= self.key_momentum < 1,
-            "in_channels": self.in_channels >= 1,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(
-                "invalid pretraining values: "
-                + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
-                + " (epochs >= 1, batch_size >= 2, lr > 0, weight_decay >= 0, "
-                "0 <= momentum < 1, temperature > 0, proj_dim >= 1, "
-                "queue_size >= 1, 0 <= key_momentum < 1, in_channels >= 1)"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def content_hash(self) -> str:
-        """First 16 hex chars of the sha256 of the canonical JSON (recipe version included)."""
-        blob = json.dumps(
-            {"recipe_version": RECIPE_VERSION, **self.to_dict()},
-            sort_keys=True,
-            separators=(",", ":"),
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """16 hex chars of the sha256 of the resolved config and :data:`RECIPE_VERSION`."""
+        return content_hash({"recipe_version": RECIPE_VERSION, **self.to_dict()}, 16)
 
 
 # ----------------------------------------------------------------------------- methods
@@ -171,17 +136,13 @@ class _SimCLR(_Method):
 
 class _MoCoV2(_Method):
     num_views = 2
-    queue: Tensor
-    queue_ptr: Tensor
 
     def __init__(self, backbone: Backbone, cfg: PretrainConfig, dataset_size: int) -> None:
         super().__init__(backbone)
         d = backbone.feature_dim
         self.head = mlp_head(d, d, cfg.proj_dim)
-        self.key_backbone = copy.deepcopy(backbone)
-        self.key_head = copy.deepcopy(self.head)
-        for p in (*self.key_backbone.parameters(), *self.key_head.parameters()):
-            p.requires_grad_(False)
+        self.key_backbone = frozen_copy(backbone)
+        self.key_head = frozen_copy(self.head)
         size = cfg.queue_size
         # A queue longer than half the data mostly holds stale keys of the very images in the
         # batch (their own positives as negatives); shrink it for tiny datasets.
@@ -192,8 +153,7 @@ class _MoCoV2(_Method):
                 stacklevel=3,
             )
             size = cap
-        self.register_buffer("queue", F.normalize(torch.randn(size, cfg.proj_dim), dim=1))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.queue = FeatureQueue(size, cfg.proj_dim).fill_random_()
         self.temperature = cfg.temperature
         self.key_momentum = cfg.key_momentum
         self._pending: Tensor | None = None
@@ -212,25 +172,18 @@ class _MoCoV2(_Method):
         q = F.normalize(self.head(self.backbone(views[0])), dim=1)
         k = self._keys(views[1], gen)
         pos = (q * k).sum(dim=1, keepdim=True)
-        neg = q @ self.queue.T
+        neg = q @ self.queue.data.T
         logits = torch.cat([pos, neg], dim=1) / self.temperature
         self._pending = k
         return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
     @torch.no_grad()
     def after_step(self) -> None:
-        m = self.key_momentum
-        for online, key in ((self.backbone, self.key_backbone), (self.head, self.key_head)):
-            for po, pk in zip(online.parameters(), key.parameters(), strict=True):
-                pk.mul_(m).add_(po.detach(), alpha=1 - m)
-        if self._pending is None:
-            return
-        k, self._pending = self._pending, None
-        size = self.queue.shape[0]
-        k = k[:size]
-        idx = (int(self.queue_ptr) + torch.arange(k.shape[0], device=k.device)) % size
-        self.queue[idx] = k
-        self.queue_ptr.fill_((int(self.queue_ptr) + k.shape[0]) % size)
+        ema_update_([*self.key_backbone.parameters(), *self.key_head.parameters()],
+                    [*self.backbone.parameters(), *self.head.parameters()], self.key_momentum)
+        if self._pending is not None:
+            self.queue.enqueue(self._pending)
+            self._pending = None
 
     @property
     def ssl_head(self) -> nn.Module | None:
@@ -327,9 +280,7 @@ def pretrain_teacher(
     batch = min(cfg.batch_size, n)
     steps = n // batch  # drop the ragged last batch: tiny batches upset BN and contrastive losses
     total = cfg.epochs * steps
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_factor(s, total))
 
     aug_cfg = AUGMENT_PRESETS[cfg.augment]
     data = images.to(device)

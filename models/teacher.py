@@ -6,10 +6,32 @@ the module stays in eval mode (BatchNorm statistics frozen) whatever ``train()``
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor, nn
 
 from models.base import Backbone
+
+
+class TeacherOutputs(Protocol):
+    """What objectives call on a teacher: a :class:`FrozenTeacher`, or the shared pass of a
+    fused group that computes each output once per batch."""
+
+    @property
+    def feature_dim(self) -> int: ...
+
+    @property
+    def embedding_dim(self) -> int: ...
+
+    @property
+    def has_classifier(self) -> bool: ...
+
+    def features(self, x: Tensor) -> Tensor: ...
+
+    def embedding(self, features: Tensor) -> Tensor: ...
+
+    def logits(self, features: Tensor) -> Tensor: ...
 
 
 class FrozenTeacher(nn.Module):

@@ -18,7 +18,7 @@ from rich.table import Table
 from orchestrator.errors import UserInputError
 
 if TYPE_CHECKING:
-    from orchestrator.grid import TrialConfig
+    from orchestrator.config import TrialConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Unsupervised knowledge distillation sweeps: YAML grid -> Ray Tune -> "
@@ -51,9 +51,10 @@ def sweep(
 ) -> None:
     """Run a sweep: stages (teacher pretraining, neighbour graphs), then one Ray Tune trial
     per grid point, each logged to MLflow. Re-running continues an interrupted sweep."""
+    from common.names import SWEEP_JSON
+    from orchestrator.driver import run_sweep
     from orchestrator.grid import expand
     from orchestrator.spec import load_spec
-    from orchestrator.sweep import check_dashboard, preflight, run_sweep
 
     try:
         if spec_file.is_dir():
@@ -66,17 +67,13 @@ def sweep(
         if dry_run:
             _print_plan(trials)
             return
-        if resume and not (spec.output_dir / "sweep.json").is_file():
+        if resume and not (spec.output_dir / SWEEP_JSON).is_file():
             _fail(f"--resume: {spec.output_dir} holds no sweep to resume")
-        preflight(spec, trials, tracking_uri)
-        if dashboard:
-            check_dashboard(address)
-    except UserInputError as exc:
-        _fail(_one_line(exc))
-    try:
+        # Checks (preflight) run once, inside run_sweep, before Ray starts or anything is
+        # written; an unreachable cluster is found there too.
         outcome = run_sweep(spec, trials, tracking_uri=tracking_uri, address=address,
                             dashboard=dashboard)
-    except UserInputError as exc:  # found only once running, e.g. an unreachable cluster
+    except UserInputError as exc:
         _fail(_one_line(exc))
     out.print(f"\n[bold]{outcome.total} trials[/bold]: {len(outcome.finished)} finished now, "
               f"{outcome.skipped} already finished, {len(outcome.failed)} failed "
@@ -103,26 +100,31 @@ def _one_line(exc: Exception) -> str:
 
 
 def _print_plan(trials: list[TrialConfig]) -> None:
-    from orchestrator.grid import flat_params, varying_axes
-    from orchestrator.sweep import neighbour_pools
+    from orchestrator.config import CheckpointSource, PretrainSource, flat_params
+    from orchestrator.driver import graph_sizes
+    from orchestrator.grid import varying_axes
 
-    pools = neighbour_pools(trials)
+    sizes = graph_sizes(trials)
     stages = Table(title="stages (before the trials)", show_lines=False)
     for col in ("teacher", "arch", "source", "what", "cache key"):
         stages.add_column(col)
     seen: set[str] = set()
     for t in trials:
-        key = t.teacher["key"]
+        key = t.teacher.key
         if key in seen:
             continue
         seen.add(key)
-        work = {"pretrain": f"pretrain {t.teacher.get('pretrain', {}).get('recipe', 'simclr')}",
-                "checkpoint": f"load {t.teacher.get('checkpoint')}",
-                "torchvision": f"weights {t.teacher.get('weights')}"}[t.teacher["source"]]
+        source = t.teacher.source
+        if isinstance(source, PretrainSource):
+            work = f"pretrain {source.pretrain.recipe} ({source.pretrain.epochs} epochs)"
+        elif isinstance(source, CheckpointSource):
+            work = f"load {source.checkpoint}"
+        else:
+            work = f"weights {source.weights}"
         work += ", teacher kNN"
-        if pools.get(key):
-            work += ", neighbour graph top-" + "/".join(map(str, sorted(pools[key])))
-        stages.add_row(t.teacher["label"], t.teacher["arch"], t.teacher["source"], work, key)
+        if sizes.get(key):
+            work += ", neighbour graph top-" + "/".join(map(str, sorted(sizes[key])))
+        stages.add_row(t.teacher.label, source.arch, source.source, work, key)
     out.print(stages)
     axes = varying_axes(trials)
     loss_axes = [a.removeprefix("loss.") for a in axes if a.startswith("loss.") and
@@ -133,16 +135,18 @@ def _print_plan(trials: list[TrialConfig]) -> None:
     for col in ("#", "trial id", "teacher", "student", "loss", *other_axes):
         table.add_column(col)
     for t in trials:
-        shown = ", ".join(f"{k}={t.loss[k]}" for k in loss_axes if k in t.loss)
+        params = t.loss.yaml_params()
+        shown = ", ".join(f"{k}={params[k]}" for k in loss_axes if k in params)
         flat = flat_params(t)
-        table.add_row(str(t.index), t.trial_id, t.teacher["label"], t.student,
-                      t.loss["name"] + (f" ({shown})" if shown else ""),
+        table.add_row(str(t.index), t.trial_id, t.teacher.label, t.student.arch,
+                      t.loss.name + (f" ({shown})" if shown else ""),
                       *(flat.get(a, "-") for a in other_axes))
     out.print(table)
     first = trials[0]
-    out.print(f"fixed: dataset {first.dataset['name']}, train "
-              + ", ".join(f"{k}={v}" for k, v in first.train.items()
-                          if k not in other_axes), highlight=False, soft_wrap=True)
+    fixed = {k: v for k, v in first.train.to_dict().items() if k not in other_axes}
+    out.print(f"fixed: dataset {first.dataset.name}, train "
+              + ", ".join(f"{k}={v}" for k, v in fixed.items()), highlight=False,
+              soft_wrap=True)
 
 
 @app.command()
@@ -171,6 +175,16 @@ def report(
         out.print(f"  {path}", highlight=False, soft_wrap=True)
 
 
+@app.command("schema")
+def schema() -> None:
+    """Print the JSON Schema of a sweep spec (editors: yaml-language-server)."""
+    import json
+
+    from orchestrator.spec_models import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
 @app.command("losses")
 def list_losses() -> None:
     """The registered objectives, their parameters and defaults."""
@@ -183,8 +197,8 @@ def list_losses() -> None:
         cls = OBJECTIVES[name]
         defaults = param_fields(name)
         req = cls.requirements(cls.Params())
-        needs = [k for k in ("labels", "teacher_classifier", "neighbour_batches",
-                             "neighbour_graph") if getattr(req, k)]
+        needs = [k for k in ("labels", "teacher_classifier", "teacher_embedding",
+                             "neighbour_batches", "neighbour_graph") if getattr(req, k)]
         if req.num_views > 1:
             needs.append(f"{req.num_views} views")
         table.add_row(name, ", ".join(f"{k}={_short(v)}" for k, v in defaults.items()),
@@ -208,10 +222,3 @@ def list_models() -> None:
         spec = MODELS[name]
         table.add_row(name, spec.family, str(spec.feature_dim), spec.description)
     out.print(table)
-
-
-def main() -> None:  # pragma: no cover - console entry
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)

@@ -1,4 +1,4 @@
-"""Weighted kNN evaluation (InstDisc / DINO protocol, shared/methods.md section 4).
+"""Weighted kNN evaluation (InstDisc / DINO protocol; docs/METHODS.md, "Weighted kNN").
 
 Features are L2-normalised, similarity is the dot product, each of the top-k train neighbours
 votes for its label with weight exp(sim / T); all k come from one similarity pass (top-max(k),

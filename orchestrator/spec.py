@@ -1,7 +1,8 @@
-"""Sweep spec: the YAML file, validated on load into frozen dataclasses.
+"""Sweep spec: the YAML file, validated on load (pydantic, orchestrator/spec_models.py) into
+the typed config sections of orchestrator/config.py.
 
 Every rejection is a :class:`SpecError` naming the file, the YAML path of the key and what is
-allowed. YAML is read with ``yaml.safe_load`` only; no string in it is ever evaluated.
+allowed. YAML is read with a ``yaml.SafeLoader`` only; no string in it is ever evaluated.
 
 A spec has fixed settings (``dataset``, ``teachers``, ``train``, ``knn``, ``resources``) and a
 ``grid`` whose lists are axes: teacher x student (or explicit ``pairs``) x loss (each loss entry
@@ -11,94 +12,52 @@ may sweep its own parameters) x batch_size x seed x lr x epochs x weight_decay.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
-from collections.abc import Callable, Mapping
+import re
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
-from losses import get_objective, make_params, objective_names, param_fields
-from models import model_names
-from models.augment import AUGMENT_PRESETS
+from common.fields import Config, yaml_key
+from losses import get_objective, make_params
 from models.hub import resolve_weights
 from models.pretrain import RECIPES, PretrainConfig
-from orchestrator.datasets import DATASETS, dataset_names
+from orchestrator.config import (
+    CheckpointSource,
+    DatasetConfig,
+    EvalConfig,
+    KnnConfig,
+    PretrainSource,
+    ResourcesConfig,
+    TeacherConfig,
+    TeacherSource,
+    TorchvisionSource,
+    TrainConfig,
+)
+from orchestrator.datasets import DATASETS
 from orchestrator.errors import SpecError
-
-TEACHER_SOURCES = ("pretrain", "checkpoint", "torchvision")
-SCHEDULES = ("cosine", "step", "constant")
-DEVICES = ("auto", "cpu", "cuda")
-# Grid axes besides teacher/student/pairs/loss, and the train field each one overrides.
-SCALAR_AXES: dict[str, type] = {
-    "batch_size": int,
-    "seed": int,
-    "lr": float,
-    "epochs": int,
-    "weight_decay": float,
-}
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    root: str | None = None
-    download: bool = False
-    labels: bool = True  # may trials use training labels? (kNN evaluation always does)
-
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    """A teacher by label. ``pretrain`` holds PretrainConfig fields (arch and seed included)."""
-
-    label: str
-    arch: str
-    source: str
-    pretrain: Mapping[str, Any] | None = None
-    checkpoint: str | None = None
-    weights: str | None = None
+from orchestrator.spec_models import (
+    TEACHER_SPECS,
+    TOP_KEYS,
+    SweepSpecModel,
+    model_keys,
+    unwrap,
+)
 
 
 @dataclass(frozen=True)
 class LossChoice:
-    """One loss entry of the grid: its name and, per parameter, the values to sweep."""
+    """One loss entry of the grid: its name and, per parameter (YAML key), the values."""
 
     name: str
     axes: Mapping[str, tuple[Any, ...]]
 
-
-@dataclass(frozen=True)
-class TrainSpec:
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    milestones: tuple[float, ...] = (0.625, 0.75, 0.875)  # fractions of epochs (150/180/210 of 240)
-    gamma: float = 0.1
-    augment: str = "crop_flip"
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class KnnSpec:
-    k: tuple[int, ...] = (10, 20, 200)
-    temperature: float = 0.07
-    batch_size: int = 512
-
-
-@dataclass(frozen=True)
-class ResourcesSpec:
-    cpu: float = 1.0
-    gpu: float = 0.0
-    max_concurrent: int = 0  # 0: as many as resources allow
-    retries: int = 0
-    device: str = "auto"
-    threads: int = 1  # torch intra-op threads per trial
-    stage_cpu: float = 1.0  # CPUs for each teacher stage task (its torch threads too)
+    def combos(self) -> list[dict[str, Any]]:
+        return product(self.axes)
 
 
 @dataclass(frozen=True)
@@ -114,121 +73,43 @@ class SweepSpec:
     source_path: Path
     output_dir: Path
     cache_dir: Path
-    dataset: DatasetSpec
-    teachers: Mapping[str, TeacherSpec]
+    dataset: DatasetConfig
+    teachers: Mapping[str, TeacherConfig]
     grid: GridSpec
-    train: TrainSpec
-    knn: KnnSpec
-    resources: ResourcesSpec
+    train: TrainConfig
+    eval: EvalConfig
+    resources: ResourcesConfig
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
 
-
-# ----------------------------------------------------------------------------- helpers
-
-
-class _Reader:
-    """Walks the YAML tree, raising SpecError with the file and YAML path."""
-
-    def __init__(self, file: Path) -> None:
-        self.file = file
-
-    def fail(self, path: str, message: str) -> SpecError:
-        return SpecError(self.file, path, message)
-
-    def mapping(self, node: Any, path: str, allowed: tuple[str, ...],
-                required: tuple[str, ...] = ()) -> dict[str, Any]:
-        if not isinstance(node, dict):
-            raise self.fail(path, f"expected a mapping with keys {', '.join(allowed)}, "
-                                  f"got {_kind(node)}")
-        for key in node:
-            if key not in allowed:
-                raise self.fail(_join(path, str(key)),
-                                f"unknown key {key!r}; allowed: {', '.join(allowed)}")
-        for key in required:
-            if key not in node:
-                raise self.fail(_join(path, key), "required key is missing")
-        return node
-
-    def scalar(self, node: Any, path: str, kind: type, *, positive: bool = False,
-               non_negative: bool = False, choices: tuple[str, ...] | None = None) -> Any:
-        value = _coerce(node, kind)
-        if value is None:
-            raise self.fail(path, f"expected {kind.__name__}, got {_kind(node)} {node!r}")
-        if choices is not None and value not in choices:
-            raise self.fail(path, f"unknown value {value!r}; allowed: {', '.join(choices)}")
-        if positive and not value > 0:
-            raise self.fail(path, f"must be > 0, got {value!r}")
-        if non_negative and not value >= 0:
-            raise self.fail(path, f"must be >= 0, got {value!r}")
-        return value
-
-    def axis(self, node: Any, path: str, parse: Callable[[Any, str], Any]) -> tuple[Any, ...]:
-        values = node if isinstance(node, list) else [node]
-        if not values:
-            raise self.fail(path, "an axis needs at least one value, got an empty list")
-        parsed = tuple(parse(v, f"{path}[{i}]") for i, v in enumerate(values))
-        if len(set(map(repr, parsed))) != len(parsed):
-            raise self.fail(path, f"duplicate values in {list(parsed)}")
-        return parsed
+    @property
+    def output_from_spec(self) -> bool:
+        """Whether output_dir is the spec's (or its default), not ``--output``."""
+        given = self.raw.get("output_dir")
+        from_spec = Path(str(given if given is not None else f"runs/{self.name}"))
+        return from_spec.expanduser().resolve() == self.output_dir
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
+# ----------------------------------------------------------------------------- YAML
 
 
-def _kind(node: Any) -> str:
-    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(node),
-                                                                          type(node).__name__)
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``5e-4`` as a float (YAML 1.1 wants a dot: ``5.0e-4``)."""
 
 
-def _coerce(value: Any, kind: type) -> Any:
-    """YAML scalar -> kind, or None when it does not fit. Ints pass as floats; bools never
-    pass as numbers; '5e-4' (PyYAML reads it as a string) passes as a float."""
-    if isinstance(value, bool):
-        return value if kind is bool else None
-    if kind is float:
-        if isinstance(value, int | float):
-            return float(value) if math.isfinite(value) else None
-        if isinstance(value, str):
-            try:
-                parsed = float(value)
-            except ValueError:
-                return None
-            return parsed if math.isfinite(parsed) else None
-        return None
-    if kind is int:
-        return value if isinstance(value, int) else None
-    if kind is str:
-        return value if isinstance(value, str) and value else None
-    return None
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
-def _dataclass_values(reader: _Reader, cls: type, node: Any, path: str,
-                      skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Check a mapping against a dataclass's fields (types from the defaults)."""
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
-    reader.mapping(node, path, tuple(fields))
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        default = fields[key].default
-        out[key] = _typed_like(reader, default, value, _join(path, key))
-    return out
-
-
-def _typed_like(reader: _Reader, default: Any, value: Any, path: str) -> Any:
-    if isinstance(default, tuple):
-        if not isinstance(value, list):
-            raise reader.fail(path, f"expected a list, got {_kind(value)}")
-        inner = type(default[0]) if default else float
-        return tuple(reader.scalar(v, f"{path}[{i}]", inner) for i, v in enumerate(value))
-    kind = type(default) if default is not None and default is not dataclasses.MISSING else str
-    return reader.scalar(value, path, kind)
-
-
-# ----------------------------------------------------------------------------- sections
-
-TOP_KEYS = ("name", "output_dir", "cache_dir", "dataset", "teachers", "grid", "train", "knn",
-            "resources")
+def _safe_load(text: str) -> Any:
+    """``yaml.safe_load`` with :class:`_Loader` (the same loop as ``yaml.load``)."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def load_spec(path: str | Path, output_dir: str | Path | None = None) -> SweepSpec:
@@ -241,7 +122,7 @@ def load_spec(path: str | Path, output_dir: str | Path | None = None) -> SweepSp
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(file, "", f"cannot read the file: {exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = _safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -251,285 +132,328 @@ def load_spec(path: str | Path, output_dir: str | Path | None = None) -> SweepSp
 
 
 def parse_spec(raw: Any, file: Path, output_dir: str | Path | None = None) -> SweepSpec:
-    r = _Reader(file)
-    top = r.mapping(raw, "", TOP_KEYS, required=("name", "dataset", "teachers", "grid"))
-    name = r.scalar(top["name"], "name", str)
-    if not all(c.isalnum() or c in "-_." for c in name):
-        raise r.fail("name", f"use letters, digits, '-', '_' or '.', got {name!r}")
-    out = Path(output_dir) if output_dir is not None else Path(top.get("output_dir",
-                                                                       f"runs/{name}"))
-    cache = Path(top.get("cache_dir", "runs/.cache"))
-    dataset = _dataset(r, top["dataset"])
-    train = _train(r, top.get("train", {}))
-    teachers = _teachers(r, top["teachers"], train.seed)
-    grid = _grid(r, top["grid"], teachers)
-    spec = SweepSpec(
-        name=name,
-        source_path=file.resolve(),
-        output_dir=out.expanduser().resolve(),
-        cache_dir=cache.expanduser().resolve(),
-        dataset=dataset,
-        teachers=teachers,
-        grid=grid,
-        train=train,
-        knn=_knn(r, top.get("knn", {})),
-        resources=_resources(r, top.get("resources", {})),
-        raw=raw,
-    )
-    _check_compatibility(r, spec)
-    return spec
+    if not isinstance(raw, dict):
+        raise SpecError(file, "", f"expected a mapping with keys {', '.join(TOP_KEYS)}, "
+                                  f"got {kind_of(raw)}")
+    try:
+        model = SweepSpecModel.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        # An unknown (or misplaced) key first: it usually explains the other errors.
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        path, message = describe_error(first, raw)
+        raise SpecError(file, path, message) from None
+    return _build(model, raw, file, output_dir)
 
 
-def _dataset(r: _Reader, node: Any) -> DatasetSpec:
-    if isinstance(node, str):
-        node = {"name": node}
-    d = r.mapping(node, "dataset", ("name", "root", "download", "labels"), required=("name",))
-    name = r.scalar(d["name"], "dataset.name", str, choices=tuple(dataset_names()))
-    root = d.get("root")
-    if root is not None:
-        root = str(Path(r.scalar(root, "dataset.root", str)).expanduser().resolve())
-    download = r.scalar(d.get("download", False), "dataset.download", bool)
-    labels = r.scalar(d.get("labels", True), "dataset.labels", bool)
-    return DatasetSpec(name=name, root=root, download=download, labels=labels)
+# ----------------------------------------------------------------------------- errors
+
+_TYPE_NAMES = {"int": "int", "float": "float", "bool": "bool", "string": "str"}
+_RANGE_OPS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"),
+              "less_than": ("<", "lt"), "less_than_equal": ("<=", "le")}
 
 
-def _teachers(r: _Reader, node: Any, default_seed: int) -> dict[str, TeacherSpec]:
-    if not isinstance(node, dict) or not node:
-        raise r.fail("teachers", "expected a non-empty mapping of teacher label -> definition")
-    out: dict[str, TeacherSpec] = {}
-    for label, body in node.items():
-        path = f"teachers.{label}"
-        t = r.mapping(body, path, ("arch", "source", "pretrain", "checkpoint", "weights"),
-                      required=("arch", "source"))
-        arch = r.scalar(t["arch"], f"{path}.arch", str, choices=tuple(model_names()))
-        source = r.scalar(t["source"], f"{path}.source", str, choices=TEACHER_SOURCES)
-        for key, allowed_with in _SOURCE_OF.items():
-            if key in t and allowed_with != source:
-                raise r.fail(f"{path}.{key}", f"only allowed with source: {_SOURCE_OF[key]}")
-        pretrain = None
-        checkpoint = None
-        weights = None
-        if source == "pretrain":
-            pretrain = _pretrain(r, t.get("pretrain", {}), f"{path}.pretrain", arch, default_seed)
-        elif source == "checkpoint":
-            if "checkpoint" not in t:
-                raise r.fail(f"{path}.checkpoint", "required with source: checkpoint")
-            ckpt = Path(r.scalar(t["checkpoint"], f"{path}.checkpoint", str)).expanduser()
-            ckpt = ckpt if ckpt.is_absolute() else (r.file.parent / ckpt)
-            ckpt = ckpt.resolve()
-            if not ckpt.is_file():
-                raise r.fail(f"{path}.checkpoint", f"no such file: {ckpt}")
-            checkpoint = str(ckpt)
-        else:
-            weights = r.scalar(t.get("weights", "DEFAULT"), f"{path}.weights", str)
-            try:
-                resolve_weights(arch, weights)
-            except ValueError as exc:
-                raise r.fail(f"{path}.weights", str(exc)) from None
-        out[str(label)] = TeacherSpec(str(label), arch, source, pretrain, checkpoint, weights)
+def kind_of(node: Any) -> str:
+    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(node),
+                                                                          type(node).__name__)
+
+
+def _yaml_path(loc: tuple[str | int, ...], raw: Any) -> str:
+    """``('grid', 'loss', 0, 'lambda')`` -> ``grid.loss[0].lambda``. A value axis given as a
+    single value keeps its index (``grid.teacher[0]``); a single loss entry has none."""
+    out = ""
+    node = raw
+    for part in loc:
+        if isinstance(part, int):
+            if isinstance(node, list):
+                node = node[part] if part < len(node) else None
+            elif out == "grid.loss":
+                continue
+            out += f"[{part}]"
+            continue
+        out = f"{out}.{part}" if out else str(part)
+        node = node.get(part) if isinstance(node, dict) else None
     return out
 
 
-_SOURCE_OF = {"pretrain": "pretrain", "checkpoint": "checkpoint", "weights": "torchvision"}
+def _strip_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """Drop the discriminator values pydantic puts in a union member's location:
+    ``teachers.<label>.<source>...`` and ``grid.loss[i].<name>...``."""
+    parts = list(loc)
+    if len(parts) > 2 and parts[0] == "teachers" and parts[2] in TEACHER_SPECS:
+        del parts[2]
+    if len(parts) > 3 and parts[:2] == ["grid", "loss"] and isinstance(parts[2], int):
+        del parts[3]
+    elif len(parts) > 2 and parts[:2] == ["grid", "loss"] and isinstance(parts[2], str):
+        del parts[2]  # a single entry, not a list
+    return tuple(parts)
 
 
-def _pretrain(r: _Reader, node: Any, path: str, arch: str, default_seed: int) -> dict[str, Any]:
-    values = _dataclass_values(r, PretrainConfig, node or {}, path, skip=("arch", "in_channels"))
-    if "recipe" in values and values["recipe"] not in RECIPES:
-        raise r.fail(f"{path}.recipe",
-                     f"unknown recipe {values['recipe']!r}; allowed: {', '.join(sorted(RECIPES))}")
-    if "augment" in values and values["augment"] not in AUGMENT_PRESETS:
-        raise r.fail(f"{path}.augment", f"unknown augment preset {values['augment']!r}; "
-                                        f"allowed: {', '.join(AUGMENT_PRESETS)}")
-    values.setdefault("seed", default_seed)
-    try:
-        PretrainConfig(arch=arch, **values)
-    except (TypeError, ValueError) as exc:
-        raise r.fail(path, str(exc)) from None
-    return values
-
-
-def _train(r: _Reader, node: Any) -> TrainSpec:
-    values = _dataclass_values(r, TrainSpec, node or {}, "train")
-    spec = TrainSpec(**values)
-    for key in ("epochs", "batch_size", "lr", "gamma"):
-        if not getattr(spec, key) > 0:
-            raise r.fail(f"train.{key}", f"must be > 0, got {getattr(spec, key)!r}")
-    for key in ("momentum", "weight_decay"):
-        if getattr(spec, key) < 0:
-            raise r.fail(f"train.{key}", f"must be >= 0, got {getattr(spec, key)!r}")
-    if spec.schedule not in SCHEDULES:
-        raise r.fail("train.schedule", f"unknown value {spec.schedule!r}; "
-                                       f"allowed: {', '.join(SCHEDULES)}")
-    if spec.augment not in AUGMENT_PRESETS:
-        raise r.fail("train.augment", f"unknown augment preset {spec.augment!r}; "
-                                      f"allowed: {', '.join(AUGMENT_PRESETS)}")
-    if any(not 0 < m < 1 for m in spec.milestones):
-        raise r.fail("train.milestones", "milestones are fractions of the epochs, in (0, 1)")
-    return spec
-
-
-def _knn(r: _Reader, node: Any) -> KnnSpec:
-    values = _dataclass_values(r, KnnSpec, node or {}, "knn")
-    spec = KnnSpec(**values)
-    if not spec.k or any(k <= 0 for k in spec.k):
-        raise r.fail("knn.k", f"need one or more positive k, got {list(spec.k)}")
-    if spec.temperature <= 0 or spec.batch_size <= 0:
-        raise r.fail("knn", "temperature and batch_size must be > 0")
-    return spec
-
-
-def _resources(r: _Reader, node: Any) -> ResourcesSpec:
-    values = _dataclass_values(r, ResourcesSpec, node or {}, "resources")
-    spec = ResourcesSpec(**values)
-    for key in ("cpu", "stage_cpu"):
-        if getattr(spec, key) <= 0:
-            raise r.fail(f"resources.{key}", f"must be > 0, got {getattr(spec, key)}")
-    if not 0 <= spec.gpu:
-        raise r.fail("resources.gpu", f"must be >= 0, got {spec.gpu}")
-    for key in ("max_concurrent", "retries"):
-        if getattr(spec, key) < 0:
-            raise r.fail(f"resources.{key}", f"must be >= 0, got {getattr(spec, key)}")
-    if spec.threads <= 0:
-        raise r.fail("resources.threads", f"must be > 0, got {spec.threads}")
-    if spec.device not in DEVICES:
-        raise r.fail("resources.device", f"unknown value {spec.device!r}; "
-                                         f"allowed: {', '.join(DEVICES)}")
-    return spec
-
-
-GRID_KEYS = ("teacher", "student", "pairs", "loss", *SCALAR_AXES)
-
-
-def _grid(r: _Reader, node: Any, teachers: Mapping[str, TeacherSpec]) -> GridSpec:
-    g = r.mapping(node, "grid", GRID_KEYS, required=("loss",))
-    labels = tuple(teachers)
-    archs = tuple(model_names())
-
-    def teacher_label(v: Any, p: str) -> str:
-        return str(r.scalar(v, p, str, choices=labels))
-
-    def student_arch(v: Any, p: str) -> str:
-        return str(r.scalar(v, p, str, choices=archs))
-
-    if "pairs" in g:
-        for key in ("teacher", "student"):
-            if key in g:
-                raise r.fail(f"grid.{key}", "give either grid.pairs or grid.teacher + "
-                                            "grid.student, not both")
-        raw_pairs = g["pairs"]
-        if not isinstance(raw_pairs, list) or not raw_pairs:
-            raise r.fail("grid.pairs", "expected a non-empty list of {teacher, student}")
-        pairs = []
-        for i, item in enumerate(raw_pairs):
-            p = f"grid.pairs[{i}]"
-            m = r.mapping(item, p, ("teacher", "student"), required=("teacher", "student"))
-            pairs.append((teacher_label(m["teacher"], f"{p}.teacher"),
-                          student_arch(m["student"], f"{p}.student")))
-        if len(set(pairs)) != len(pairs):
-            raise r.fail("grid.pairs", "duplicate teacher/student pair")
-        pair_tuple = tuple(pairs)
-    else:
-        for key in ("teacher", "student"):
-            if key not in g:
-                raise r.fail(f"grid.{key}", "required (or give grid.pairs)")
-        t_axis = r.axis(g["teacher"], "grid.teacher", teacher_label)
-        s_axis = r.axis(g["student"], "grid.student", student_arch)
-        pair_tuple = tuple((t, s) for t in t_axis for s in s_axis)
-    losses = _loss_axis(r, g["loss"])
-    scalars: dict[str, tuple[Any, ...]] = {}
-    for key, kind in SCALAR_AXES.items():
-        if key in g:
-            positive = key not in ("seed", "weight_decay")
-            parse = functools.partial(_scalar_value, r, kind, positive)
-            scalars[key] = r.axis(g[key], f"grid.{key}", parse)
-    return GridSpec(pairs=pair_tuple, loss=losses, scalars=scalars)
-
-
-def _scalar_value(r: _Reader, kind: type, positive: bool, value: Any, path: str) -> Any:
-    return r.scalar(value, path, kind, positive=positive, non_negative=not positive)
-
-
-def _loss_axis(r: _Reader, node: Any) -> tuple[LossChoice, ...]:
-    entries = node if isinstance(node, list) else [node]
-    if not entries:
-        raise r.fail("grid.loss", "an axis needs at least one value, got an empty list")
-    choices = []
-    for i, entry in enumerate(entries):
-        path = f"grid.loss[{i}]" if isinstance(node, list) else "grid.loss"
-        if isinstance(entry, str):
-            entry = {"name": entry}
-        if not isinstance(entry, dict) or "name" not in entry:
-            raise r.fail(path, "expected a loss name or a mapping with `name` and parameters")
-        name = r.scalar(entry["name"], f"{path}.name", str, choices=tuple(objective_names()))
-        defaults = param_fields(name)
-        r.mapping(entry, path, ("name", *defaults))
-        axes: dict[str, tuple[Any, ...]] = {}
-        for key, value in entry.items():
-            if key == "name":
+def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at ``loc`` (for "allowed: ..." lists)."""
+    node: Any = SweepSpecModel
+    for part in loc:
+        node = unwrap(node)
+        origin = typing.get_origin(node)
+        if origin is list or origin is tuple:
+            node = typing.get_args(node)[0]
+            if isinstance(part, int):
                 continue
-            default = defaults[key]
-            if isinstance(default, tuple) and not (
-                    isinstance(value, list) and value and isinstance(value[0], list)):
-                value = [value]  # a list-valued parameter: a list of lists sweeps it
-            parse = functools.partial(_typed_like, r, default)
-            axes[key] = r.axis(value, f"{path}.{key}", parse)
-        for combo in _product(axes):
-            try:
-                make_params(name, combo)
-            except (TypeError, ValueError) as exc:
-                raise r.fail(path, f"{name}: {exc}") from None
-        choices.append(LossChoice(name=name, axes=axes))
-    return tuple(choices)
+            node = unwrap(node)
+        if origin is dict:
+            node = typing.get_args(node)[1]
+            continue
+        members = [unwrap(a) for a in typing.get_args(node)] if typing.get_args(node) else []
+        if members and all(isinstance(m, type) and issubclass(m, BaseModel) for m in members):
+            tagged = [m for m in members if _tag_of(m) == part]
+            if tagged:
+                node = tagged[0]
+                continue
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            fields = {f.alias or n: f for n, f in node.model_fields.items()}
+            if part not in fields:
+                return None
+            node = fields[str(part)].annotation
+            continue
+        return None
+    node = unwrap(node)
+    return node if isinstance(node, type) and issubclass(node, BaseModel) else None
 
 
-def _product(axes: Mapping[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
+def _tag_of(model: type[BaseModel]) -> str | None:
+    for name in ("source", "name"):
+        f = model.model_fields.get(name)
+        if f is not None and typing.get_origin(f.annotation) is typing.Literal:
+            return str(typing.get_args(f.annotation)[0])
+    return None
+
+
+def _allowed(loc: tuple[str | int, ...]) -> str:
+    model = _model_at(loc)
+    return ", ".join(model_keys(model)) if model is not None else "see `ukd schema`"
+
+
+def _expected_list(text: str) -> str:
+    """``"'a', 'b' or 'c'"`` (pydantic's wording) -> ``a, b, c``."""
+    return ", ".join(p.strip().strip("'") for p in re.split(r",| or ", text) if p.strip())
+
+
+def _in_config_object(loc: tuple[str | int, ...]) -> int | None:
+    """Length of the location of the config object (pretraining recipe, loss entry) that a
+    range error inside it is reported at, naming the key; None elsewhere."""
+    if len(loc) >= 4 and loc[0] == "teachers" and loc[2] == "pretrain":
+        return 3
+    if len(loc) >= 3 and loc[:2] == ("grid", "loss"):
+        return 3 if isinstance(loc[2], int) else 2
+    return None
+
+
+def describe_error(error: Mapping[str, Any], raw: Any) -> tuple[str, str]:
+    """One pydantic error -> (YAML path, message naming what is allowed)."""
+    kind = str(error["type"])
+    tagged = tuple(error["loc"])
+    loc = _strip_tags(tagged)
+    value = error.get("input")
+    ctx = error.get("ctx") or {}
+    path = _yaml_path(loc, raw)
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        key = str(loc[-1])
+        parent = loc[:-1]
+        if len(parent) == 2 and parent[0] == "teachers":
+            owners = [s for s, m in TEACHER_SPECS.items() if key in model_keys(m)]
+            if owners:
+                return path, f"only allowed with source: {', '.join(owners)}"
+        return path, f"unknown key {key!r}; allowed: {_allowed(tagged[:-1])}"
+    if kind == "missing":
+        return path, "required key is missing"
+    if kind in ("model_type", "model_attributes_type", "dict_type", "dataclass_type"):
+        return path, f"expected a mapping with keys {_allowed(tagged)}, got {kind_of(value)}"
+    if kind == "list_type":
+        return path, f"expected a list, got {kind_of(value)}"
+    if kind == "too_short":
+        return path, f"expected a non-empty list, got {kind_of(value)} {value!r}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        key = str(ctx.get("discriminator", "")).strip("'")
+        tag_path = f"{path}.{key}" if path else key
+        if kind == "union_tag_not_found":
+            return tag_path, "required key is missing"
+        return tag_path, (f"unknown value {ctx.get('tag')!r}; allowed: "
+                          f"{_expected_list(str(ctx.get('expected_tags', '')))}")
+    if kind == "literal_error":
+        return path, (f"unknown value {value!r}; allowed: "
+                      f"{_expected_list(str(ctx.get('expected', '')))}")
+    prefix = kind.split("_", 1)[0]
+    if prefix in _TYPE_NAMES and kind.endswith(("_type", "_parsing", "_from_float")):
+        return path, f"expected {_TYPE_NAMES[prefix]}, got {kind_of(value)} {value!r}"
+    if kind in _RANGE_OPS:
+        op, name = _RANGE_OPS[kind]
+        rule = f"{op} {ctx.get(name)}"
+        owner = _in_config_object(loc)
+        if owner is not None:
+            key = next(p for p in loc[owner:] if isinstance(p, str))
+            return (_yaml_path(loc[:owner], raw),
+                    f"{key} must be {rule}, got {value!r} (allowed: {key} {rule})")
+        return path, f"must be {rule}, got {value!r}"
+    if kind == "string_pattern_mismatch":
+        return path, f"use letters, digits, '-', '_' or '.', got {value!r}"
+    message = str(error.get("msg", kind)).removeprefix("Value error, ")
+    return path, message
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def product(axes: Mapping[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
     combos: list[dict[str, Any]] = [{}]
     for key, values in axes.items():
         combos = [{**c, key: v} for c in combos for v in values]
     return combos
 
 
-def _check_compatibility(r: _Reader, spec: SweepSpec) -> None:
+def _config(cls: type[Config], model: BaseModel, file: Path, path: str,
+            **extra: Any) -> Any:
+    """The config dataclass from its validated model; rules between fields (``check``)
+    raise here and are reported at the section."""
+    values = {n: getattr(model, n) for n in type(model).model_fields}
+    try:
+        return cls(**{**values, **extra})
+    except ValueError as exc:
+        raise SpecError(file, path, str(exc)) from None
+
+
+def _build(model: SweepSpecModel, raw: Mapping[str, Any], file: Path,
+           output_dir: str | Path | None) -> SweepSpec:
+    out = Path(output_dir) if output_dir is not None else Path(model.output_dir or
+                                                               f"runs/{model.name}")
+    dataset: DatasetConfig = _config(DatasetConfig, model.dataset, file, "dataset")
+    if dataset.root is not None:
+        dataset = dataclasses.replace(dataset,
+                                      root=str(Path(dataset.root).expanduser().resolve()))
+    train: TrainConfig = _config(TrainConfig, model.train, file, "train")
+    knn: KnnConfig = _config(KnnConfig, model.knn, file, "knn.k")
+    resources: ResourcesConfig = _config(ResourcesConfig, model.resources, file, "resources")
+    channels = DATASETS[dataset.name].channels
+    teachers = {label: TeacherConfig(label, _source(body, label, file, train.seed, channels),
+                                     dataset.name)
+                for label, body in model.teachers.items()}
+    grid = _grid(model, raw, file, tuple(teachers))
+    spec = SweepSpec(
+        name=model.name,
+        source_path=file.resolve(),
+        output_dir=out.expanduser().resolve(),
+        cache_dir=Path(model.cache_dir).expanduser().resolve(),
+        dataset=dataset,
+        teachers=teachers,
+        grid=grid,
+        train=train,
+        eval=EvalConfig(knn=knn),
+        resources=resources,
+        raw=raw,
+    )
+    _check_compatibility(file, spec)
+    return spec
+
+
+def _source(body: BaseModel, label: str, file: Path, default_seed: int,
+            channels: int) -> TeacherSource:
+    path = f"teachers.{label}"
+    arch = str(getattr(body, "arch"))  # noqa: B009 - every source model has an arch
+    if body.__class__ is TEACHER_SPECS["pretrain"]:
+        pretrain = getattr(body, "pretrain")  # noqa: B009
+        seed = pretrain.seed if pretrain.seed is not None else default_seed
+        config = _config(PretrainConfig, pretrain, file, f"{path}.pretrain", arch=arch,
+                         in_channels=channels, seed=seed)
+        return PretrainSource(arch=arch, pretrain=config)
+    if body.__class__ is TEACHER_SPECS["checkpoint"]:
+        ckpt = Path(getattr(body, "checkpoint")).expanduser()  # noqa: B009
+        ckpt = (ckpt if ckpt.is_absolute() else file.parent / ckpt).resolve()
+        if not ckpt.is_file():
+            raise SpecError(file, f"{path}.checkpoint", f"no such file: {ckpt}")
+        return CheckpointSource(arch=arch, checkpoint=str(ckpt))
+    weights = str(getattr(body, "weights"))  # noqa: B009
+    try:
+        resolve_weights(arch, weights)
+    except ValueError as exc:
+        raise SpecError(file, f"{path}.weights", str(exc)) from None
+    return TorchvisionSource(arch=arch, weights=weights)
+
+
+def _grid(model: SweepSpecModel, raw: Mapping[str, Any], file: Path,
+          labels: tuple[str, ...]) -> GridSpec:
+    g = model.grid
+    raw_grid = raw.get("grid", {})
+
+    def check_label(value: str, path: str) -> str:
+        if value not in labels:
+            raise SpecError(file, path, f"unknown value {value!r}; allowed: {', '.join(labels)}")
+        return value
+
+    if g.pairs is not None:
+        for key in ("teacher", "student"):
+            if key in raw_grid:
+                raise SpecError(file, f"grid.{key}", "give either grid.pairs or grid.teacher + "
+                                                     "grid.student, not both")
+        pairs = tuple((check_label(p.teacher, f"grid.pairs[{i}].teacher"), str(p.student))
+                      for i, p in enumerate(g.pairs))
+        if len(set(pairs)) != len(pairs):
+            raise SpecError(file, "grid.pairs", "duplicate teacher/student pair")
+    else:
+        for key in ("teacher", "student"):
+            if getattr(g, key) is None:
+                raise SpecError(file, f"grid.{key}", "required (or give grid.pairs)")
+        teachers = [check_label(t, f"grid.teacher[{i}]") for i, t in enumerate(g.teacher or [])]
+        pairs = tuple((t, str(s)) for t in teachers for s in g.student or [])
+    losses = []
+    single = not isinstance(raw_grid.get("loss"), list)
+    for i, entry in enumerate(g.loss):
+        path = "grid.loss" if single else f"grid.loss[{i}]"
+        name = str(entry.name)
+        axes = {yaml_key(n): tuple(v) for n in type(entry).model_fields if n != "name"
+                if (v := getattr(entry, n)) is not None}
+        choice = LossChoice(name, axes)
+        for combo in choice.combos():
+            try:
+                make_params(name, combo)
+            except (TypeError, ValueError) as exc:
+                raise SpecError(file, path, f"{name}: {exc}") from None
+        losses.append(choice)
+    scalars = {key: tuple(values) for key in ("batch_size", "seed", "lr", "epochs",
+                                              "weight_decay")
+               if (values := getattr(g, key)) is not None}
+    return GridSpec(pairs=pairs, loss=tuple(losses), scalars=scalars)
+
+
+def _check_compatibility(file: Path, spec: SweepSpec) -> None:
     """Objective requirements against the dataset, teachers and batch sizes."""
     info = DATASETS[spec.dataset.name]
     labelled = info.has_labels and spec.dataset.labels
     for label, teacher in spec.teachers.items():
-        recipe = (teacher.pretrain or {}).get("recipe")
-        if teacher.source == "pretrain" and recipe and RECIPES[recipe].needs_labels \
+        source = teacher.source
+        if isinstance(source, PretrainSource) and RECIPES[source.pretrain.recipe].needs_labels \
                 and not labelled:
-            raise r.fail(f"teachers.{label}.pretrain.recipe",
-                         f"recipe {recipe!r} trains on class labels, and dataset "
-                         f"{spec.dataset.name!r} is used without labels (dataset.labels: false)")
+            raise SpecError(file, f"teachers.{label}.pretrain.recipe",
+                            f"recipe {source.pretrain.recipe!r} trains on class labels, and "
+                            f"dataset {spec.dataset.name!r} is used without labels "
+                            "(dataset.labels: false)")
     batch_sizes = spec.grid.scalars.get("batch_size", (spec.train.batch_size,))
     for i, choice in enumerate(spec.grid.loss):
         path = f"grid.loss[{i}]"
         cls = get_objective(choice.name)
-        for combo in _product(choice.axes):
+        for combo in choice.combos():
             req = cls.requirements(make_params(choice.name, combo))
             if req.labels and not labelled:
-                raise r.fail(path, f"{choice.name} needs class labels, and dataset "
-                                   f"{spec.dataset.name!r} is used without labels")
+                raise SpecError(file, path, f"{choice.name} needs class labels, and dataset "
+                                            f"{spec.dataset.name!r} is used without labels")
             if req.teacher_classifier:
                 for t_label, _ in spec.grid.pairs:
-                    t = spec.teachers[t_label]
-                    if not _teacher_has_classifier(t):
-                        raise r.fail(path, f"{choice.name} needs a teacher with a classifier; "
-                                           f"teacher {t_label!r} has none (use source: "
-                                           "pretrain with recipe: supervised, or a classifier "
-                                           "checkpoint)")
+                    if not spec.teachers[t_label].has_classifier:
+                        raise SpecError(file, path,
+                                        f"{choice.name} needs a teacher with a classifier; "
+                                        f"teacher {t_label!r} has none (use source: pretrain "
+                                        "with recipe: supervised, or a classifier checkpoint)")
             for bs in batch_sizes:
                 if bs < req.min_batch_size:
-                    raise r.fail("grid.batch_size" if "batch_size" in spec.grid.scalars
-                                 else "train.batch_size",
-                                 f"batch size {bs} is too small for {choice.name} "
-                                 f"{combo or ''}: needs at least {req.min_batch_size}")
-
-
-def _teacher_has_classifier(t: TeacherSpec) -> bool:
-    """Pretrained teachers have one only from the supervised recipe; a checkpoint is checked
-    again when it is loaded (its classifier keys decide)."""
-    if t.source == "pretrain":
-        default = {f.name: f.default for f in dataclasses.fields(PretrainConfig)}["recipe"]
-        return (t.pretrain or {}).get("recipe", default) == "supervised"
-    return t.source == "checkpoint"
+                    raise SpecError(file, "grid.batch_size" if "batch_size" in spec.grid.scalars
+                                    else "train.batch_size",
+                                    f"batch size {bs} is too small for {choice.name} "
+                                    f"{combo or ''}: needs at least {req.min_batch_size}")

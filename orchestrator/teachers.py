@@ -1,51 +1,55 @@
 """Teacher stage: make each teacher available once, cached by content hash.
 
-For every distinct teacher of a sweep (``TrialConfig.teacher["key"]``) the stage, under a
+For every distinct teacher of a sweep (:attr:`TeacherConfig.key`, a hash of the resolved
+pretraining config and the recipe version, or of the checkpoint / weights) the stage, under a
 file lock so concurrent trials or sweeps never train it twice:
 1. pretrains it (SimCLR / MoCo-v2 / supervised recipe) unless ``teacher.pt`` is cached,
    or loads it from a checkpoint / torchvision weights;
-2. measures its own kNN accuracy once per kNN setting (the reference column of the tables);
-3. builds the teacher kNN graph used for neighbour batches when a trial needs one.
+2. measures its own kNN accuracy once per kNN setting (the reference column of the tables),
+   and its classifier's test accuracy once when it has one;
+3. builds the teacher kNN graph a trial's objective asks for (``ObjectiveRequirements``).
+The result is a :class:`TeacherReport`; the driver hands it to the trials in their config.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from models.checkpoints import (
-    CheckpointError,
-    build_teacher_from_checkpoint,
-    load_teacher,
-    save_teacher,
-)
+from common.atomic import torch_save, write_json
+from common.hashing import content_hash
+from models.checkpoint_format import CheckpointError, load_teacher, save_teacher
 from models.hub import WeightsUnavailableError, fetch_weights, pretrained_backbone
-from models.pretrain import PretrainConfig, pretrain_teacher
+from models.pretrain import RECIPES, pretrain_teacher
 from models.teacher import FrozenTeacher
+from models.weights import build_teacher_from_checkpoint
+from orchestrator.config import (
+    CheckpointSource,
+    DatasetConfig,
+    KnnConfig,
+    PretrainSource,
+    TeacherConfig,
+    TeacherReport,
+)
 from orchestrator.datasets import DatasetBundle, load_dataset
 from orchestrator.errors import UserInputError
-from orchestrator.fsutil import file_lock, torch_save, write_json
-from orchestrator.grid import content_hash
 from orchestrator.knn import embed, neighbour_graph, weighted_knn
+from orchestrator.locks import file_lock
+
+TEACHER_FILE = "teacher.pt"
 
 
-@dataclass
-class TeacherReport:
-    key: str
-    label: str
-    directory: str
-    trained_now: bool
-    train_time_s: float
-    knn: dict[str, float]
-    history: list[dict[str, float]] = field(default_factory=list)
-    params: dict[str, Any] = field(default_factory=dict)
-    test_top1: float | None = None
+@dataclass(frozen=True)
+class TeacherNeeds:
+    """What a trial asks of its teacher beyond the backbone."""
+
+    classifier: bool = False  # logits over the dataset's classes (KD, SSKD)
+    ssl_head: bool = False  # the SSL projection head (SEED, DisCo, BINGO)
 
 
 def teacher_dir(cache_dir: str | Path, key: str) -> Path:
@@ -60,127 +64,133 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def pretrain_config(teacher: Mapping[str, Any], in_channels: int) -> PretrainConfig:
-    return PretrainConfig(arch=teacher["arch"], in_channels=in_channels,
-                          **dict(teacher.get("pretrain") or {}))
-
-
-def load_frozen_teacher(teacher: Mapping[str, Any], cache_dir: str | Path,
-                        bundle: DatasetBundle, with_classifier: bool = False) -> FrozenTeacher:
+def load_frozen_teacher(teacher: TeacherConfig, cache_dir: str | Path, bundle: DatasetBundle,
+                        needs: TeacherNeeds = TeacherNeeds()) -> FrozenTeacher:
     """The teacher a trial distils from (the stage must have run for pretrained ones).
 
-    ``with_classifier`` asks a checkpoint for a classifier over the dataset's classes (KD-style
-    objectives); otherwise only the backbone is loaded.
+    A checkpoint is asked for a classifier over the dataset's classes when ``needs`` says so,
+    and for its SSL head (an error if it has none); pretrained teachers carry theirs.
     """
     channels = int(bundle.train.images.shape[1])
-    source = teacher["source"]
-    if source == "pretrain":
-        path = teacher_dir(cache_dir, teacher["key"]) / "teacher.pt"
+    source = teacher.source
+    if isinstance(source, PretrainSource):
+        path = teacher_dir(cache_dir, teacher.key) / TEACHER_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"teacher {teacher['label']!r} has not been trained: {path}")
+            raise FileNotFoundError(f"teacher {teacher.label!r} has not been trained: {path}")
         frozen, _ = load_teacher(path)
         return frozen
-    if source == "checkpoint":
+    if isinstance(source, CheckpointSource):
         return build_teacher_from_checkpoint(
-            teacher["arch"], teacher["checkpoint"],
-            bundle.num_classes if with_classifier else None, channels)
-    return FrozenTeacher(pretrained_backbone(teacher["arch"], teacher["weights"]))
+            source.arch, source.checkpoint, bundle.num_classes if needs.classifier else None,
+            channels, with_ssl_head=needs.ssl_head)
+    return FrozenTeacher(pretrained_backbone(source.arch, source.weights))
 
 
-def _knn_of(frozen: FrozenTeacher, bundle: DatasetBundle, knn: Mapping[str, Any],
+def _knn_of(frozen: FrozenTeacher, bundle: DatasetBundle, knn: KnnConfig,
             device: torch.device) -> dict[str, float]:
-    frozen.to(device)
     mean, std = bundle.mean.to(device), bundle.std.to(device)
-    train = embed(frozen.features, bundle.train.images.to(device), mean, std, knn["batch_size"])
-    test = embed(frozen.features, bundle.test.images.to(device), mean, std, knn["batch_size"])
+    train = embed(frozen.features, bundle.train.images.to(device), mean, std, knn.batch_size)
+    test = embed(frozen.features, bundle.test.images.to(device), mean, std, knn.batch_size)
     return weighted_knn(train, bundle.train.labels.to(device), test,
-                        bundle.test.labels.to(device), knn["k"], knn["temperature"],
+                        bundle.test.labels.to(device), knn.k, knn.temperature,
                         bundle.num_classes)
 
 
-def ensure_teacher(
-    teacher: Mapping[str, Any],
-    dataset: Mapping[str, Any],
-    knn: Mapping[str, Any],
-    cache_dir: str | Path,
-    device_name: str = "auto",
-    neighbour_pools: tuple[int, ...] = (),
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    threads: int | None = None,
-) -> TeacherReport:
-    """Run the stage for one teacher; safe to call from many processes at once."""
+def _cached_json(path: Path, compute: Any) -> Any:
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    write_json(path, value)
+    return value
+
+
+def ensure_teacher(teacher: TeacherConfig, dataset: DatasetConfig, knn: KnnConfig,
+                   cache_dir: str | Path, device_name: str = "auto",
+                   graph_sizes: tuple[int, ...] = (), threads: int | None = None
+                   ) -> TeacherReport:
+    """Run the stage for one teacher (a Ray task in a sweep); safe from many processes."""
+    report, _ = run_stage(teacher, dataset, knn, cache_dir, device_name, graph_sizes, threads)
+    return report
+
+
+def run_stage(teacher: TeacherConfig, dataset: DatasetConfig, knn: KnnConfig,
+              cache_dir: str | Path, device_name: str = "auto",
+              graph_sizes: tuple[int, ...] = (), threads: int | None = None,
+              needs: TeacherNeeds = TeacherNeeds()) -> tuple[TeacherReport, FrozenTeacher]:
+    """The stage, returning the loaded teacher too (loaded with ``needs``), so that a trial
+    run on its own loads its teacher once."""
     if threads is not None:
         torch.set_num_threads(threads)
-    directory = teacher_dir(cache_dir, teacher["key"])
+    directory = teacher_dir(cache_dir, teacher.key)
     device = resolve_device(device_name)
-    bundle = load_dataset(dataset["name"], dataset.get("root"), dataset.get("download", False))
-    channels = int(bundle.train.images.shape[1])
+    bundle = load_dataset(dataset.name, dataset.root, dataset.download)
     trained_now = False
     train_time = 0.0
     history: list[dict[str, float]] = []
     with file_lock(directory.with_suffix(".lock")):
         directory.mkdir(parents=True, exist_ok=True)
         meta_path = directory / "meta.json"
-        if teacher["source"] == "pretrain" and not (directory / "teacher.pt").is_file():
-            cfg = pretrain_config(teacher, channels)
-            labels = bundle.train.labels if dataset.get("labels", True) else None
-            started = time.perf_counter()
-
-            def record(epoch: int, metrics: dict[str, float]) -> None:
-                history.append({"epoch": epoch, **metrics})
-                if on_epoch is not None:
-                    on_epoch(epoch, metrics)
-
-            torch.manual_seed(cfg.seed)
-            backbone, head = pretrain_teacher(
-                cfg, bundle.train.images.to(device), None if labels is None else labels.to(device),
-                bundle.mean.to(device), bundle.std.to(device),
-                bundle.num_classes if cfg.recipe == "supervised" else None, device, record)
-            train_time = time.perf_counter() - started
-            save_teacher(directory / "teacher.pt", backbone.cpu(),
-                         None if head is None else head.cpu(),
-                         {"label": teacher["label"], "key": teacher["key"],
-                          "dataset": dataset["name"]})
+        source = teacher.source
+        if isinstance(source, PretrainSource) and not (directory / TEACHER_FILE).is_file():
+            train_time, history = _pretrain(teacher, source, dataset, bundle, device, directory)
             write_json(meta_path, {"train_time_s": train_time, "history": history,
-                                   "pretrain": teacher.get("pretrain")})
+                                   "pretrain": source.pretrain.to_dict()})
             trained_now = True
         elif meta_path.is_file():
             stored = json.loads(meta_path.read_text())
             train_time = float(stored.get("train_time_s", 0.0))
             history = list(stored.get("history", []))
-        frozen = load_frozen_teacher(teacher, cache_dir, bundle).to(device)
-        knn_path = directory / f"knn-{content_hash(dict(knn), 8)}.json"
-        if knn_path.is_file():
-            knn_metrics = json.loads(knn_path.read_text())
-        else:
-            knn_metrics = _knn_of(frozen, bundle, knn, device)
-            write_json(knn_path, knn_metrics)
-        test_top1 = _test_accuracy(frozen, bundle, device) if frozen.has_classifier else None
-        for pool in neighbour_pools:
-            graph_path = directory / f"neighbours-{pool}.pt"
+        frozen = load_frozen_teacher(teacher, cache_dir, bundle, needs).to(device)
+        knn_metrics = _cached_json(directory / f"knn-{content_hash(knn.to_dict(), 8)}.json",
+                                   lambda: _knn_of(frozen, bundle, knn, device))
+        test_top1 = None
+        if frozen.has_classifier:
+            test_top1 = _cached_json(directory / "test_top1.json",
+                                     lambda: _test_accuracy(frozen, bundle, device))
+        graphs: dict[int, str] = {}
+        for size in sorted(set(graph_sizes)):
+            graph_path = neighbour_graph_path(cache_dir, teacher.key, size)
             if not graph_path.is_file():
                 mean, std = bundle.mean.to(device), bundle.std.to(device)
                 feats = embed(frozen.features, bundle.train.images.to(device), mean, std)
-                torch_save(graph_path, neighbour_graph(feats, pool))
-    return TeacherReport(teacher["key"], teacher["label"], str(directory), trained_now,
-                         train_time, knn_metrics, history,
-                         {k: v for k, v in teacher.items() if k != "pretrain"}
-                         | {f"pretrain.{k}": v for k, v in (teacher.get("pretrain") or {}).items()},
-                         test_top1)
+                torch_save(graph_path, neighbour_graph(feats, size))
+            graphs[size] = str(graph_path)
+    report = TeacherReport(teacher.key, teacher.label, str(directory), knn_metrics, graphs,
+                           test_top1, trained_now, train_time, tuple(history))
+    return report, frozen
 
 
-def check_teacher_sources(teachers: Mapping[str, Any], spec_file: Path,
+def _pretrain(teacher: TeacherConfig, source: PretrainSource, dataset: DatasetConfig,
+              bundle: DatasetBundle, device: torch.device, directory: Path
+              ) -> tuple[float, list[dict[str, float]]]:
+    cfg = source.pretrain
+    labels = bundle.train.labels if dataset.labels and RECIPES[cfg.recipe].needs_labels else None
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+    backbone, head = pretrain_teacher(
+        cfg, bundle.train.images.to(device), None if labels is None else labels.to(device),
+        bundle.mean.to(device), bundle.std.to(device),
+        bundle.num_classes if cfg.recipe == "supervised" else None, device,
+        lambda epoch, metrics: history.append({"epoch": epoch, **metrics}))
+    train_time = time.perf_counter() - started
+    save_teacher(directory / TEACHER_FILE, backbone.cpu(), None if head is None else head.cpu(),
+                 {"label": teacher.label, "key": teacher.key, "dataset": dataset.name})
+    return train_time, history
+
+
+def check_teacher_sources(teachers: dict[str, TeacherConfig], spec_file: Path,
                           in_channels: int) -> None:
     """Before Ray starts: checkpoints must load into their architecture and torchvision
     weights must be cached or downloadable (offline: a message saying where the file goes)."""
     for label, teacher in teachers.items():
+        source = teacher.source
         try:
-            if teacher.source == "checkpoint":
-                build_teacher_from_checkpoint(teacher.arch, teacher.checkpoint, None, in_channels)
-            elif teacher.source == "torchvision":
-                fetch_weights(teacher.arch, teacher.weights)
+            if isinstance(source, CheckpointSource):
+                build_teacher_from_checkpoint(source.arch, source.checkpoint, None, in_channels)
+            elif not isinstance(source, PretrainSource):
+                fetch_weights(source.arch, source.weights)
         except (CheckpointError, WeightsUnavailableError) as exc:
-            key = "checkpoint" if teacher.source == "checkpoint" else "weights"
+            key = "checkpoint" if isinstance(source, CheckpointSource) else "weights"
             raise UserInputError(f"{spec_file} at `teachers.{label}.{key}`: {exc}") from None
 
 
@@ -200,6 +210,5 @@ def _test_accuracy(frozen: FrozenTeacher, bundle: DatasetBundle, device: torch.d
     return 100.0 * correct / images.shape[0]
 
 
-def neighbour_graph_path(cache_dir: str | Path, key: str, pool: int) -> Path:
-    return teacher_dir(cache_dir, key) / f"neighbours-{pool}.pt"
-
+def neighbour_graph_path(cache_dir: str | Path, key: str, size: int) -> Path:
+    return teacher_dir(cache_dir, key) / f"neighbours-{size}.pt"

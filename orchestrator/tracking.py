@@ -17,7 +17,14 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
 
-from orchestrator.grid import TrialConfig, flat_params
+from common import names as N
+from orchestrator.config import (
+    PretrainSource,
+    TeacherConfig,
+    TeacherReport,
+    TrialConfig,
+    flat_params,
+)
 
 MAX_BATCH = 900  # MLflow accepts up to 1000 metrics per log_batch
 # Keys Ray Tune adds to every reported result: not metrics of the trial.
@@ -30,7 +37,7 @@ TUNE_AUTO_KEYS = frozenset({
 
 
 def default_tracking_uri(output_dir: Path) -> str:
-    return f"sqlite:///{output_dir.resolve() / 'mlflow.db'}"
+    return f"sqlite:///{output_dir.resolve() / N.DEFAULT_DB}"
 
 
 def is_local_store(uri: str) -> bool:
@@ -75,12 +82,13 @@ class Tracker:
         """Create the parent run, or reopen the one of an earlier process of this sweep."""
         if parent_run_id is None:
             found = self._search(
-                f"tags.`ukd.kind` = 'sweep' and tags.`ukd.sweep_id` = '{sweep_id}'")
+                f"tags.`{N.TAG_KIND}` = '{N.KIND_SWEEP}' and "
+                f"tags.`{N.TAG_SWEEP_ID}` = '{sweep_id}'")
             parent_run_id = found[0].info.run_id if found else None
         if parent_run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=name,
-                                         tags={"ukd.kind": "sweep", "ukd.sweep_id": sweep_id,
-                                               **tags})
+                                         tags={N.TAG_KIND: N.KIND_SWEEP,
+                                               N.TAG_SWEEP_ID: sweep_id, **tags})
             parent_run_id = run.info.run_id
         else:
             self.client.update_run(parent_run_id, status="RUNNING")
@@ -101,11 +109,11 @@ class Tracker:
 
     def existing_trials(self) -> dict[str, list[Run]]:
         assert self.parent_run_id is not None
-        runs = self._search(f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' "
-                            "and tags.`ukd.kind` = 'trial'")
+        runs = self._search(f"tags.`{N.TAG_PARENT}` = '{self.parent_run_id}' "
+                            f"and tags.`{N.TAG_KIND}` = '{N.KIND_TRIAL}'")
         by_trial: dict[str, list[Run]] = {}
         for run in runs:
-            by_trial.setdefault(run.data.tags.get("ukd.trial_id", ""), []).append(run)
+            by_trial.setdefault(run.data.tags.get(N.TAG_TRIAL_ID, ""), []).append(run)
         return by_trial
 
     def reconcile(self, trials: Iterable[TrialConfig]) -> set[str]:
@@ -115,7 +123,7 @@ class Tracker:
         when its trial continues), so no run stays RUNNING and no trial gets a second run."""
         finished: set[str] = set()
         assert self.parent_run_id is not None
-        for run in self._search(f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' "
+        for run in self._search(f"tags.`{N.TAG_PARENT}` = '{self.parent_run_id}' "
                                 "and attributes.status = 'RUNNING'"):  # trials and teachers
             self.client.set_terminated(run.info.run_id, status="KILLED")
         existing = self.existing_trials()
@@ -130,22 +138,26 @@ class Tracker:
         return finished
 
     def _last_step(self, run_id: str) -> int:
-        history = self.client.get_metric_history(run_id, "loss/total")
+        history = self.client.get_metric_history(run_id, N.LOSS_TOTAL)
         return max((m.step for m in history), default=0)
 
-    def start_trial(self, trial: TrialConfig, teacher_knn: Mapping[str, float]) -> str:
+    def start_trial(self, trial: TrialConfig, group_id: str | None = None) -> str:
+        """Create (or reopen) the trial's run; the teacher's reference metrics from the
+        trial's stage report are logged once, at step 0."""
         assert self.parent_run_id is not None
         run_id = self.trial_runs.get(trial.trial_id)
         tags = {
-            "mlflow.parentRunId": self.parent_run_id,
-            "ukd.kind": "trial",
-            "ukd.sweep_id": self._parent_tag("ukd.sweep_id"),
-            "ukd.trial_id": trial.trial_id,
-            "ukd.teacher": str(trial.teacher["label"]),
-            "ukd.student": trial.student,
-            "ukd.objective": str(trial.loss["name"]),
-            "ukd.trial_dir": str(trial.runtime["trial_dir"]),
+            N.TAG_PARENT: self.parent_run_id,
+            N.TAG_KIND: N.KIND_TRIAL,
+            N.TAG_SWEEP_ID: self._parent_tag(N.TAG_SWEEP_ID),
+            N.TAG_TRIAL_ID: trial.trial_id,
+            N.TAG_TEACHER: trial.teacher.label,
+            N.TAG_STUDENT: trial.student.arch,
+            N.TAG_OBJECTIVE: trial.loss.name,
+            N.TAG_TRIAL_DIR: trial.runtime.trial_dir,
         }
+        if group_id is not None:
+            tags[N.TAG_GROUP_ID] = group_id
         if run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=f"{trial.index:03d} "
                                          f"{trial.label}", tags=tags)
@@ -161,13 +173,18 @@ class Tracker:
                        if k not in run.data.params]  # a process killed right after creating it
             if missing:
                 self.client.log_batch(run_id, params=missing)
-            for key in ("ukd.failure_reason", "ukd.failure_epoch", "ukd.resumed_from_epoch"):
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            for key in (N.TAG_FAILURE_REASON, N.TAG_FAILURE_EPOCH, N.TAG_RESUMED_FROM):
                 if key in run.data.tags:
                     self.client.delete_tag(run_id, key)
             known = set(run.data.metrics)
         self.open_runs.add(trial.trial_id)
-        fresh = {f"teacher_knn/{k}": v for k, v in teacher_knn.items()
-                 if f"teacher_knn/{k}" not in known}
+        report = trial.teacher_report
+        reference = {} if report is None else {N.TEACHER_KNN_PREFIX + k: v
+                                               for k, v in report.knn.items()}
+        if report is not None and report.test_top1 is not None:
+            reference[N.teacher_metric(N.TEACHER_TEST_TOP1)] = report.test_top1
+        fresh = {k: v for k, v in reference.items() if k not in known}
         if fresh:
             self.log_metrics(trial.trial_id, fresh, step=0)
         return run_id
@@ -204,7 +221,7 @@ class Tracker:
         run_id = self.trial_runs[trial.trial_id]
         self.log_metrics(trial.trial_id, _numeric(final, exclude=("epoch",)),
                          step=int(final.get("epoch", 0)))
-        trial_dir = Path(trial.runtime["trial_dir"])
+        trial_dir = Path(trial.runtime.trial_dir)
         for name in ("config.yaml", "student.pt"):
             if (trial_dir / name).is_file():
                 self.client.log_artifact(run_id, str(trial_dir / name))
@@ -217,11 +234,11 @@ class Tracker:
         run_id = self.trial_runs.get(trial_id)
         if run_id is None:
             return
-        tags = [RunTag("ukd.failure_reason", reason[:4000])]
+        tags = [RunTag(N.TAG_FAILURE_REASON, reason[:4000])]
         if epoch is not None:
-            tags.append(RunTag("ukd.failure_epoch", str(epoch)))
+            tags.append(RunTag(N.TAG_FAILURE_EPOCH, str(epoch)))
         if attempts is not None:
-            tags.append(RunTag("ukd.attempts", str(attempts)))
+            tags.append(RunTag(N.TAG_ATTEMPTS, str(attempts)))
         self.client.log_batch(run_id, tags=tags)
         if artifact is not None:
             self.client.log_artifact(run_id, str(artifact))
@@ -230,26 +247,31 @@ class Tracker:
 
     # ------------------------------------------------------------------ teachers
 
-    def log_teacher(self, report: Any) -> None:
+    def log_teacher(self, teacher: TeacherConfig, report: TeacherReport) -> None:
         """A freshly pretrained teacher as its own run (child of the sweep)."""
         assert self.parent_run_id is not None
         run = self.client.create_run(
             self.experiment_id, run_name=f"teacher {report.label}",
-            tags={"ukd.kind": "teacher", "ukd.teacher_hash": report.key,
-                  "ukd.teacher": report.label, "mlflow.parentRunId": self.parent_run_id,
-                  "ukd.teacher_dir": report.directory})
+            tags={N.TAG_KIND: N.KIND_TEACHER, N.TAG_TEACHER_HASH: report.key,
+                  N.TAG_TEACHER: report.label, N.TAG_PARENT: self.parent_run_id,
+                  N.TAG_TEACHER_DIR: report.directory})
         run_id = run.info.run_id
+        params: dict[str, Any] = {"label": teacher.label, "arch": teacher.arch,
+                                  "source": teacher.source.source, "key": teacher.key}
+        if isinstance(teacher.source, PretrainSource):
+            pretrain = teacher.source.pretrain.to_dict()
+            params.update({f"pretrain.{k}": v for k, v in pretrain.items()})
         self.client.log_batch(run_id, params=[Param(k, json.dumps(v) if isinstance(v, list | dict)
-                                                    else str(v))
-                                              for k, v in report.params.items()])
+                                                    else str(v)) for k, v in params.items()])
         stamp = _now_ms()
-        metrics = [Metric(f"pretrain/{k}", float(v), stamp, int(row["epoch"]))
+        metrics = [Metric(f"{N.PRETRAIN_PREFIX}{k}", float(v), stamp, int(row["epoch"]))
                    for row in report.history for k, v in row.items() if k != "epoch"]
         last = max((int(r["epoch"]) for r in report.history), default=0)
-        metrics += [Metric(f"knn/{k}", float(v), stamp, last) for k, v in report.knn.items()]
-        metrics.append(Metric("train_time_s", float(report.train_time_s), stamp, last))
+        metrics += [Metric(f"{N.KNN_PREFIX}{k}", float(v), stamp, last)
+                    for k, v in report.knn.items()]
+        metrics.append(Metric(N.TRAIN_TIME, float(report.train_time_s), stamp, last))
         if report.test_top1 is not None:
-            metrics.append(Metric("test/top1", float(report.test_top1), stamp, last))
+            metrics.append(Metric(N.TEACHER_TEST_TOP1, float(report.test_top1), stamp, last))
         for start in range(0, len(metrics), MAX_BATCH):
             self.client.log_batch(run_id, metrics=metrics[start:start + MAX_BATCH])
         self.client.set_terminated(run_id, status="FINISHED")

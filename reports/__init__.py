@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reports._io import write_text_atomic
+from common.atomic import write_text
 from reports.ablation import (
     Ablation,
     AblationFiles,
@@ -17,11 +17,25 @@ from reports.ablation import (
     plot_ablation,
     write_ablation,
 )
+from reports.charts import build_comparison_charts, write_comparison_charts
+from reports.curves import build_curves, plan_curves, write_curves
 from reports.html import build_index_html
+from reports.parallel import MIN_AXES, build_parallel, varying_axes, write_parallel
+from reports.pictures import Picture
+from reports.references import reference_values
 from reports.render import comparison_frame, to_csv, to_html, to_html_table, to_latex, to_markdown
-from reports.source import ReportError, SweepData, SweepRef, load_sweep, resolve_sweep
+from reports.source import (
+    ReportError,
+    SweepData,
+    SweepRef,
+    load_metric_histories,
+    load_references,
+    load_sweep,
+    resolve_sweep,
+)
 from reports.stats import ALPHA, WelchResult, welch_test
 from reports.tables import CellStats, ComparisonTable, build_comparison
+from reports.trials_table import build_trials_frame, trials_csv, trials_table_html
 
 DEFAULT_METRIC = "knn/top1_k10"
 REPORT_DIR = "report"
@@ -33,6 +47,7 @@ __all__ = [
     "AblationFiles",
     "CellStats",
     "ComparisonTable",
+    "Picture",
     "ReportError",
     "ReportResult",
     "SweepData",
@@ -70,6 +85,14 @@ class ReportResult:
     index_html: Path
     paths: list[Path] = field(default_factory=list)
     """Every file written, in writing order."""
+    charts: list[Picture] = field(default_factory=list)
+    """Comparison charts ``chart_<teacher>__<student>.png/.svg``, one per pair."""
+    curves: list[Picture] = field(default_factory=list)
+    """Learning curves ``curves_<teacher>__<student>.png/.svg``, one per pair with histories."""
+    parallel: Picture | None = None
+    """``parallel.png/.svg`` (only for sweeps with 3 or more varying axes)."""
+    trials_csv: Path | None = None
+    """``trials.csv``: the per-trial table of index.html."""
 
 
 def build_report(
@@ -101,14 +124,21 @@ def build_report(
     table = build_comparison(data, metric)
     # Validate every requested axis before writing anything.
     ablations = [build_ablation(data, axis, metric) for axis in _axes(data, axes)]
+    references = reference_values(load_references(ref), metric)
+    charts = build_comparison_charts(table, data, references)
+    plan = plan_curves(data, table)
+    curves = build_curves(plan, load_metric_histories(ref, plan.wanted))
+    parallel = build_parallel(data, metric)
+    superseded = {record.run_id for record in table.superseded}
+    trials = build_trials_frame(data, metric, superseded)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(table)
     comparison = {
-        "md": write_text_atomic(out_dir / "comparison.md", markdown),
-        "csv": write_text_atomic(out_dir / "comparison.csv", to_csv(table)),
-        "tex": write_text_atomic(out_dir / "comparison.tex", to_latex(table)),
-        "html": write_text_atomic(out_dir / "comparison.html", to_html(table)),
+        "md": write_text(out_dir / "comparison.md", markdown),
+        "csv": write_text(out_dir / "comparison.csv", to_csv(table)),
+        "tex": write_text(out_dir / "comparison.tex", to_latex(table)),
+        "html": write_text(out_dir / "comparison.html", to_html(table)),
     }
     paths = list(comparison.values())
     written: list[tuple[Ablation, AblationFiles]] = []
@@ -116,7 +146,25 @@ def build_report(
         files = write_ablation(ablation, out_dir)
         written.append((ablation, files))
         paths.extend(files.paths)
-    index = write_text_atomic(out_dir / "index.html", build_index_html(data, table, written))
+    chart_pictures = write_comparison_charts(charts, out_dir)
+    curve_pictures = write_curves(curves, plan, out_dir)
+    parallel_picture = write_parallel(parallel, out_dir) if parallel is not None else None
+    for picture in [*chart_pictures, *curve_pictures, parallel_picture]:
+        if picture is not None:
+            paths.extend(picture.paths)
+    trials_path = write_text(out_dir / "trials.csv", trials_csv(trials))
+    paths.append(trials_path)
+    page = build_index_html(
+        data,
+        table,
+        written,
+        charts=chart_pictures,
+        curves=curve_pictures,
+        parallel=parallel_picture,
+        parallel_note=_parallel_note(data),
+        trials_table=trials_table_html(trials, metric),
+    )
+    index = write_text(out_dir / "index.html", page)
     paths.append(index)
     return ReportResult(
         out_dir=out_dir,
@@ -125,6 +173,19 @@ def build_report(
         ablations={ablation.axis: files for ablation, files in written},
         index_html=index,
         paths=paths,
+        charts=chart_pictures,
+        curves=curve_pictures,
+        parallel=parallel_picture,
+        trials_csv=trials_path,
+    )
+
+
+def _parallel_note(data: SweepData) -> str:
+    count = len(varying_axes(data))
+    return (
+        f"Drawn for sweeps with {MIN_AXES} or more varying axes; this one has {count}."
+        if count < MIN_AXES
+        else ""
     )
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from reports._io import write_bytes_atomic, write_text_atomic
+from common.atomic import write_bytes, write_text
 from reports.records import (
     FINISHED,
     ColumnKey,
@@ -215,9 +215,9 @@ def write_ablation(ablation: Ablation, out_dir: Path) -> AblationFiles:
     stem = out_dir / ablation.stem
     return AblationFiles(
         axis=ablation.axis,
-        png=write_bytes_atomic(stem.with_name(stem.name + ".png"), png),
-        svg=write_bytes_atomic(stem.with_name(stem.name + ".svg"), svg),
-        csv=write_text_atomic(stem.with_name(stem.name + ".csv"), ablation.to_csv()),
-        markdown=write_text_atomic(stem.with_name(stem.name + ".md"), ablation.to_markdown()),
+        png=write_bytes(stem.with_name(stem.name + ".png"), png),
+        svg=write_bytes(stem.with_name(stem.name + ".svg"), svg),
+        csv=write_text(stem.with_name(stem.name + ".csv"), ablation.to_csv()),
+        markdown=write_text(stem.with_name(stem.name + ".md"), ablation.to_markdown()),
         png_bytes=png,
     )

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from reports.ablation import Ablation, AblationFiles
+from reports.pictures import Picture
 from reports.records import FINISHED, TrialRecord, value_sort_key
 from reports.render import html_document, to_html_table
 from reports.source import SweepData
@@ -22,6 +23,9 @@ dl.meta { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em
 dl.meta dt { font-weight: bold; } dl.meta dd { margin: 0; font-family: monospace; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 pre.spec { background: #f6f6f6; padding: 1em; overflow-x: auto; border: 1px solid #ddd; }
+div.trials { max-height: 48em; overflow: auto; }
+table.trials tr.status-failed td, table.trials tr.status-killed td { color: #a00; }
+table.trials code { font-size: 0.9em; }
 """.strip()
 
 
@@ -110,21 +114,48 @@ def _problems(table: ComparisonTable) -> str:
     return _frame_table(pd.DataFrame(rows), css_class="ukd problems")
 
 
+def _picture(picture: Picture) -> str:
+    """A ``<figure>`` with the picture as an inline PNG data URI (the page needs no file)."""
+    stem = html.escape(picture.stem, quote=True)
+    return (
+        f'<figure id="fig-{stem}"><img src="{picture.data_uri}" '
+        f'alt="{html.escape(picture.title, quote=True)}">'
+        f"<figcaption>{html.escape(picture.caption)} "
+        f"<small>({html.escape(picture.png.name)}, {html.escape(picture.svg.name)})</small>"
+        "</figcaption></figure>"
+    )
+
+
 def build_index_html(
     data: SweepData,
     table: ComparisonTable,
     ablations: Sequence[tuple[Ablation, AblationFiles]],
+    *,
+    charts: Sequence[Picture] = (),
+    curves: Sequence[Picture] = (),
+    parallel: Picture | None = None,
+    parallel_note: str = "",
+    trials_table: str = "",
 ) -> str:
-    """The report page; every text is escaped, every plot is an inline PNG data URI."""
+    """The report page; every text is escaped, every plot is an inline PNG data URI.
+
+    ``charts``: comparison charts (one per pair); ``curves``: learning curves;
+    ``parallel``: the parallel-coordinates picture, else ``parallel_note`` says why there is
+    none; ``trials_table``: the per-trial HTML table (already escaped).
+    """
     title = f"ukd report: {data.name}"
     parts = [
         f"<h1>{html.escape(title)}</h1>",
         _meta(data, table),
         "<h2>Comparison</h2>",
         to_html_table(table),
+        *[_picture(picture) for picture in charts],
         "<h2>Trials not finished</h2>",
         _problems(table),
     ]
+    if curves:
+        parts.append('<h2 id="curves">Learning curves</h2>')
+        parts.extend(_picture(picture) for picture in curves)
     if ablations:
         parts.append("<h2>Ablations</h2>")
     for ablation, files in ablations:
@@ -143,6 +174,13 @@ def build_index_html(
                 css_class="ukd ablation",
             ),
         ]
+    if parallel is not None:
+        parts += ['<h2 id="parallel">Parallel coordinates</h2>', _picture(parallel)]
+    elif parallel_note:
+        parts.append('<h2 id="parallel">Parallel coordinates</h2>')
+        parts.append(f"<p>{html.escape(parallel_note)}</p>")
+    if trials_table:
+        parts += ['<h2 id="trials">All trials</h2>', f'<div class="trials">{trials_table}</div>']
     parts.append("<h2>Sweep spec</h2>")
     if data.spec_text is not None:
         parts.append(f'<pre class="spec">{html.escape(data.spec_text)}</pre>')

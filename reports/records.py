@@ -9,6 +9,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from common.names import (
+    PARAM_OBJECTIVE,
+    PARAM_SEED,
+    PARAM_STUDENT,
+    PARAM_TEACHER,
+    teacher_metric,
+)
 from reports.source import ReportError, SweepData
 
 FINISHED = "FINISHED"
@@ -137,13 +144,6 @@ class TrialRecord:
         return self.status == FINISHED and self.value is not None
 
 
-def teacher_metric_for(metric: str) -> str | None:
-    """The teacher reference metric: ``knn/top1_k10`` -> ``teacher_knn/top1_k10``."""
-    if metric.startswith("knn/"):
-        return "teacher_" + metric
-    return None
-
-
 def sweep_axes(data: SweepData) -> list[str]:
     """The sweep's axes: the parent's ``ukd.axes`` tag, else the params that vary across runs."""
     if data.axes is not None:
@@ -186,7 +186,7 @@ def require_metric(frame: pd.DataFrame, metric: str) -> None:
 
 def records_from_frame(frame: pd.DataFrame, metric: str, axes: Sequence[str]) -> list[TrialRecord]:
     """Build :class:`TrialRecord` objects for every run of the runs frame."""
-    teacher_metric = teacher_metric_for(metric)
+    reference = teacher_metric(metric)  # logged by the runs when the teacher has it
     records: list[TrialRecord] = []
     for raw in frame.to_dict(orient="records"):
         params: dict[str, str] = {}
@@ -194,23 +194,22 @@ def records_from_frame(frame: pd.DataFrame, metric: str, axes: Sequence[str]) ->
             value = canonical(raw.get(f"params.{axis}"))
             if value is not None:
                 params[axis] = value
-        objective = _text(raw.get("objective")) or "?"
+        objective = text_value(raw.get("objective")) or "?"
         records.append(
             TrialRecord(
                 run_id=str(raw["run_id"]),
-                trial_id=_text(raw.get("trial_id")) or str(raw["run_id"])[:8],
-                row=RowKey(_text(raw.get("teacher")) or "?", _text(raw.get("student")) or "?"),
+                trial_id=text_value(raw.get("trial_id")) or str(raw["run_id"])[:8],
+                row=RowKey(text_value(raw.get("teacher")) or "?",
+                           text_value(raw.get("student")) or "?"),
                 objective=objective,
                 params=params,
                 seed=canonical(raw.get("seed")),
                 status=str(raw.get("status") or "UNKNOWN"),
-                value=_finite(raw.get(f"metrics.{metric}")),
-                teacher_value=_finite(raw.get(f"metrics.{teacher_metric}"))
-                if teacher_metric
-                else None,
-                start_time=_finite(raw.get("start_time")) or 0.0,
-                failure_reason=_text(raw.get("failure_reason")),
-                failure_epoch=_text(raw.get("failure_epoch")),
+                value=finite_value(raw.get(f"metrics.{metric}")),
+                teacher_value=finite_value(raw.get(f"metrics.{reference}")),
+                start_time=finite_value(raw.get("start_time")) or 0.0,
+                failure_reason=text_value(raw.get("failure_reason")),
+                failure_epoch=text_value(raw.get("failure_epoch")),
             )
         )
     return records
@@ -247,15 +246,16 @@ def dedupe(records: Iterable[TrialRecord], axes: Sequence[str]) -> list[TrialRec
 def expected_cells(
     trials: list[dict[str, str]] | None, axes: Sequence[str]
 ) -> dict[tuple[RowKey, ColumnKey], set[str]] | None:
-    """Expected seeds per (row, column) from ``trials.yaml``, or None if it cannot tell."""
+    """Expected seeds per (row, column) from ``trials.yaml`` (each trial's flat params), or
+    None if it cannot tell."""
     if not trials:
         return None
     cells: dict[tuple[RowKey, ColumnKey], set[str]] = {}
     for trial in trials:
-        teacher = _first(trial, "teacher", "teacher.label", "teacher.name")
-        student = _first(trial, "student", "student.name", "student.arch")
-        objective = _first(trial, "loss.name", "objective")
-        seed = canonical(trial.get("seed"))
+        teacher = _first(trial, PARAM_TEACHER)
+        student = _first(trial, PARAM_STUDENT)
+        objective = _first(trial, PARAM_OBJECTIVE)
+        seed = canonical(trial.get(PARAM_SEED))
         if teacher is None or student is None or objective is None or seed is None:
             return None
         settings = tuple(
@@ -270,7 +270,7 @@ def expected_seeds(trials: list[dict[str, str]] | None) -> set[str] | None:
     """Distinct seeds listed in ``trials.yaml`` (None when it lists none)."""
     if not trials:
         return None
-    seeds = {s for trial in trials if (s := canonical(trial.get("seed"))) is not None}
+    seeds = {s for trial in trials if (s := canonical(trial.get(PARAM_SEED))) is not None}
     return seeds or None
 
 
@@ -282,14 +282,16 @@ def _first(mapping: Mapping[str, str], *keys: str) -> str | None:
     return None
 
 
-def _text(value: object) -> str | None:
+def text_value(value: object) -> str | None:
+    """A param / tag value as text; None for missing ones (None, NaN, "")."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     text = str(value)
     return text or None
 
 
-def _finite(value: object) -> float | None:
+def finite_value(value: object) -> float | None:
+    """A metric value as a finite float, else None."""
     if value is None:
         return None
     try:

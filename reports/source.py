@@ -7,9 +7,10 @@ goes through :class:`mlflow.MlflowClient`. Ray's result files are never read.
 from __future__ import annotations
 
 import json
+import math
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,18 +21,21 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
-TAG_KIND = "ukd.kind"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_AXES = "ukd.axes"
-TAG_OUTPUT_DIR = "ukd.output_dir"
-TAG_SWEEP_ID = "ukd.sweep_id"
-KIND_SWEEP = "sweep"
-KIND_TRIAL = "trial"
-EXPERIMENT_PREFIX = "ukd/"
-SWEEP_JSON = "sweep.json"
-DEFAULT_DB = "mlflow.db"
-SPEC_ARTIFACT = "spec.yaml"
-TRIALS_ARTIFACT = "trials.yaml"
+from common import names
+from common.names import (
+    DEFAULT_DB,
+    EXPERIMENT_PREFIX,
+    KIND_SWEEP,
+    KIND_TRIAL,
+    SPEC_ARTIFACT,
+    SWEEP_JSON,
+    TAG_AXES,
+    TAG_KIND,
+    TAG_OUTPUT_DIR,
+    TAG_PARENT,
+    TAG_SWEEP_ID,
+    TRIALS_ARTIFACT,
+)
 
 _RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _SQLITE_PREFIX = "sqlite:///"
@@ -259,12 +263,12 @@ def load_sweep(ref: SweepRef, page_size: int = 1000) -> SweepData:
 
 
 def iter_child_runs(
-    client: MlflowClient, experiment_id: str, parent_run_id: str, page_size: int = 1000
+    client: MlflowClient, experiment_id: str, parent_run_id: str, page_size: int = 1000,
+    kind: str = KIND_TRIAL,
 ) -> Iterator[Run]:
-    """Child trial runs of a parent run, every status, following ``page_token``."""
-    filter_string = (
-        f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_KIND}` = '{KIND_TRIAL}'"
-    )
+    """Child runs of a parent run with ``ukd.kind = kind``, every status, following
+    ``page_token``."""
+    filter_string = f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_KIND}` = '{kind}'"
     token: str | None = None
     while True:
         page = client.search_runs(
@@ -279,6 +283,79 @@ def iter_child_runs(
         token = page.token
         if not token:
             return
+
+
+REFERENCE_COLUMN = "reference"
+"""Column of :func:`load_references`' frame: the run's ``ukd.reference`` tag."""
+
+History = list[tuple[int, float]]
+"""A metric's history: ``(step, value)`` pairs in step order, one value per step."""
+
+
+def load_references(ref: SweepRef, page_size: int = 1000) -> pd.DataFrame:
+    """The sweep's reference runs as a runs frame (see :func:`runs_to_frame`).
+
+    Reference rows (random_init, ssl_only, supervised_only) are children of the parent run
+    tagged ``ukd.kind=reference``, ``ukd.reference`` (which row) and ``ukd.student`` (the
+    student architecture they apply to), with param ``seed`` and the trials' metric names.
+    The frame has the base columns (``student`` from the tag, ``seed`` from the param), the
+    column ``reference`` (the ``ukd.reference`` tag, None when absent) and the usual
+    ``tags.*`` / ``params.*`` / ``metrics.*`` columns; it is empty when there are none.
+    """
+    client = MlflowClient(tracking_uri=ref.tracking_uri)
+    try:
+        runs = list(iter_child_runs(client, ref.experiment_id, ref.parent_run_id, page_size,
+                                    names.KIND_REFERENCE))
+    except MlflowException as exc:
+        raise ReportError(
+            f"cannot search the reference runs of {ref.parent_run_id} in {ref.tracking_uri}: {exc}"
+        ) from exc
+    frame = runs_to_frame(runs)
+    frame.insert(
+        1,
+        REFERENCE_COLUMN,
+        pd.Series(
+            [run.data.tags.get(names.TAG_REFERENCE) or None for run in runs],
+            index=frame.index,
+            dtype=object,
+        ),
+    )
+    return frame
+
+
+def load_metric_histories(
+    ref: SweepRef, wanted: Mapping[str, Iterable[str]]
+) -> dict[str, dict[str, History]]:
+    """Histories of just the requested metrics: ``{run_id: {metric: [(step, value), ...]}}``.
+
+    ``wanted`` maps a run id to the metric names to read for it (one
+    ``MlflowClient.get_metric_history`` call per pair; ask only for what is drawn). A step
+    logged more than once (a resumed trial) keeps its latest value; non-finite values are
+    dropped; a metric the run never logged gives an empty history.
+    """
+    client = MlflowClient(tracking_uri=ref.tracking_uri)
+    out: dict[str, dict[str, History]] = {}
+    for run_id, metrics in wanted.items():
+        per_run = out.setdefault(run_id, {})
+        for metric in dict.fromkeys(metrics):
+            try:
+                logged = client.get_metric_history(run_id, metric)
+            except MlflowException as exc:
+                raise ReportError(
+                    f"cannot read the history of {metric!r} of run {run_id} in "
+                    f"{ref.tracking_uri}: {exc}"
+                ) from exc
+            latest: dict[int, tuple[int, float]] = {}
+            for point in logged:
+                value = float(point.value)
+                if not math.isfinite(value):
+                    continue
+                step = int(point.step)
+                current = latest.get(step)
+                if current is None or point.timestamp >= current[0]:
+                    latest[step] = (int(point.timestamp), value)
+            per_run[metric] = [(step, latest[step][1]) for step in sorted(latest)]
+    return out
 
 
 def read_artifact_text(client: MlflowClient, run_id: str, path: str) -> str | None:
@@ -361,34 +438,16 @@ def parse_axes(value: str | None) -> list[str] | None:
 
 
 def parse_trials_yaml(text: str) -> list[dict[str, str]] | None:
-    """Flattened trial configs from the parent run's ``trials.yaml`` (None if unrecognised).
-
-    Accepted shapes: a list of trial mappings, ``{"trials": [...]}`` or ``{"trials": {id: ...}}``
-    or ``{id: mapping}``. A trial's nested ``params`` / ``config`` mapping is merged in.
-    """
+    """The sweep's trials from the parent run's ``trials.yaml``: a list with each trial's
+    flat params (the orchestrator's ``flat_params``, the same keys as the runs' params);
+    None when the file is not such a list."""
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError:
         return None
-    entries: Any = doc
-    if isinstance(doc, dict):
-        entries = doc.get("trials", doc)
-    if isinstance(entries, dict):
-        entries = list(entries.values())
-    if not isinstance(entries, list):
+    if not isinstance(doc, list) or not all(isinstance(entry, dict) for entry in doc):
         return None
-    trials: list[dict[str, str]] = []
-    for entry in entries:
-        if not isinstance(entry, dict):
-            return None
-        flat = _flatten(entry)
-        for nested in ("params", "config"):
-            value = entry.get(nested)
-            if isinstance(value, dict):
-                flat = {k: v for k, v in flat.items() if not k.startswith(nested + ".")}
-                flat.update(_flatten(value))
-        trials.append(flat)
-    return trials
+    return [_flatten(entry) for entry in doc]
 
 
 def _flatten(mapping: Mapping[Any, Any], prefix: str = "") -> dict[str, str]:

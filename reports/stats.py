@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,3 +67,23 @@ def welch_test(a: Sequence[float], b: Sequence[float]) -> WelchResult:
     if not (math.isfinite(t) and math.isfinite(p)):
         return WelchResult(n_a, n_b, None, None, "zero variance")
     return WelchResult(n_a, n_b, t, p)
+
+
+class SampleSummary:
+    """n, mean and sample standard deviation (ddof=1) of ``values`` (one home for the
+    statistics every table cell, chart point and reference row shows)."""
+
+    values: Sequence[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation (ddof=1); None with fewer than two values."""
+        return statistics.stdev(self.values) if len(self.values) >= 2 else None

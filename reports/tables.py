@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from common.names import teacher_metric
 from reports.records import (
     FAILED,
     FINISHED,
@@ -23,11 +24,10 @@ from reports.records import (
     records_from_frame,
     require_metric,
     sweep_axes,
-    teacher_metric_for,
     value_sort_key,
 )
 from reports.source import SweepData
-from reports.stats import TEST_DESCRIPTION, WelchResult, welch_test
+from reports.stats import TEST_DESCRIPTION, SampleSummary, WelchResult, welch_test
 
 DAGGER = "†"
 PLUS_MINUS = "±"
@@ -35,7 +35,7 @@ EMPTY = "—"
 
 
 @dataclass
-class CellStats:
+class CellStats(SampleSummary):
     """Aggregate of one (row, column) cell over seeds."""
 
     values: list[float] = field(default_factory=list)
@@ -55,18 +55,6 @@ class CellStats:
     def missing(self) -> int:
         return len(self.missing_seeds)
 
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.values) if self.values else None
-
-    @property
-    def std(self) -> float | None:
-        """Sample standard deviation (ddof=1); None with fewer than two values."""
-        return statistics.stdev(self.values) if len(self.values) >= 2 else None
 
     @property
     def incomplete(self) -> bool:
@@ -141,7 +129,7 @@ class ComparisonTable:
             f"Best vs runner-up: {TEST_DESCRIPTION}.",
         ]
         if self.teacher_metric:
-            parts.append(f"Teacher: the teacher's own kNN accuracy ({self.teacher_metric}).")
+            parts.append(f"Teacher: the teacher's own value ({self.teacher_metric}).")
         prefix = f"Sweep {self.sweep_name}. " if self.sweep_name else ""
         return prefix + " ".join(parts)
 
@@ -196,7 +184,8 @@ def build_comparison(data: SweepData, metric: str = "knn/top1_k10") -> Compariso
 
     return ComparisonTable(
         metric=metric,
-        teacher_metric=teacher_metric_for(metric),
+        teacher_metric=(teacher_metric(metric) if any(r.teacher_value is not None
+                                                      for r in records) else None),
         rows=row_list,
         columns=column_list,
         axes=axes,

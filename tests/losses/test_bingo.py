@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,9 +20,7 @@ from losses.bingo import (
     sample_bag_neighbours,
 )
 from models.teacher import FrozenTeacher
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _fakes_sskd import TinyNet, make_context, make_step
+from tests.losses.fakes import TinyNet, make_context, make_step
 
 N_IMAGES = 10
 
@@ -145,7 +141,7 @@ def test_terms_match_hand_computation(
     epoch: int, w_self: float, w_other: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     obj, student, teacher = _build(bn=False, bag_size=1)  # bag of 1: neighbour of i is i + 1
-    monkeypatch.setattr(obj, "draw_cutmix_box", lambda h, w: (2, 6, 1, 5))
+    monkeypatch.setattr(obj, "draw_cutmix_box", lambda h, w, gen=None: (2, 6, 1, 5))
     data = FakeData()
     step = data.step(student, teacher, [0, 4, 7], epoch=epoch)
     out = obj.compute(step)

@@ -9,16 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from losses.base import get_objective, make_params, param_fields
-from losses.coss import (
-    OFFICIAL_SCALE,
-    CoS,
-    CoSParams,
-    CoSS,
-    CoSSParams,
-    cosine_rows_loss,
-    space_similarity_loss,
-)
+from losses.base import NeighbourBatches, get_objective, make_params, param_fields
+from losses.coss import OFFICIAL_SCALE, CoS, CoSParams, CoSS, CoSSParams
+from losses.functional import cosine_rows_loss, space_similarity_loss
 
 S = [[1.0, 2.0, 2.0], [3.0, 0.0, 4.0]]
 T = [[2.0, 1.0, 2.0], [0.0, 3.0, 4.0]]
@@ -169,15 +162,14 @@ def test_finite_under_bf16_autocast(
         assert all(v.dtype == torch.float32 for v in out.terms.values())
 
 
-def test_requirements_and_neighbour_sampling(make_backbone, make_teacher, make_ctx) -> None:
+def test_requirements_and_neighbour_sampling() -> None:
     req = CoSS.requirements(CoSSParams())
-    assert req.neighbour_batches and req.min_batch_size == 16
+    assert req.neighbour_batches == NeighbourBatches(15, 31) and req.min_batch_size == 16
+    assert req.graph_size == 31  # the graph the teacher stage must build
     req = CoSS.requirements(CoSSParams(neighbours=0))
-    assert not req.neighbour_batches and req.min_batch_size == 2
+    assert req.neighbour_batches is None and req.min_batch_size == 2 and req.graph_size is None
     assert CoS.requirements(CoSParams(neighbours=0)).min_batch_size == 1
-    ctx = make_ctx(make_backbone(8), make_teacher(8))
-    assert CoSS(CoSSParams(), ctx).neighbour_sampling() == (15, 31)
-    assert CoS(CoSParams(neighbours=0), ctx).neighbour_sampling() is None
+    assert CoS.requirements(CoSParams(neighbours=3, neighbour_pool=7)).graph_size == 7
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,11 +10,11 @@ from torch import nn
 
 import losses
 from losses.base import make_params
-from losses.disco import DisCo, DisCoParams, moco_infonce, random_key_queue, sum_mse
+from losses.disco import DisCo, DisCoParams
+from losses.functional import moco_infonce, sum_mse
+from models.queue import FeatureQueue
 from models.teacher import FrozenTeacher
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _fakes_sskd import TinyNet, make_context, make_step
+from tests.losses.fakes import TinyNet, make_context, make_step
 
 
 def _build(
@@ -68,7 +66,7 @@ def test_sum_mse_by_hand() -> None:
 
 
 def test_key_queue_starts_full_of_random_unit_vectors() -> None:
-    q = random_key_queue(5, 3)
+    q = FeatureQueue(5, 3).fill_random_()
     assert len(q) == 5 and q.is_full and int(q.ptr) == 0
     assert torch.allclose(q.valid().norm(dim=1), torch.ones(5))
     keys = torch.nn.functional.normalize(torch.randn(2, 3), dim=1)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +15,7 @@ import losses
 from losses.base import make_params, param_fields
 from losses.sskd import SSKD, SSKDParams, rotate_batch, similarity_matrix, split_copies
 from models.teacher import FrozenTeacher
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _fakes_sskd import TinyNet, make_context, make_step
+from tests.losses.fakes import TinyNet, make_context, make_step
 
 NUM_CLASSES = 5
 

@@ -12,16 +12,9 @@ from torchvision import models as tvm
 
 from models import build_model
 from models.base import Backbone
-from models.checkpoints import (
-    CheckpointError,
-    build_teacher_from_checkpoint,
-    load_backbone_weights,
-    load_teacher,
-    read_checkpoint,
-    save_teacher,
-    ssl_head_from_state,
-)
-from models.heads import mlp_dims, mlp_head
+from models.checkpoint_format import CheckpointError, load_teacher, read_checkpoint, save_teacher
+from models.heads import mlp_dims, mlp_head, ssl_head_from_state
+from models.weights import build_teacher_from_checkpoint, load_backbone_weights
 
 
 def _trained_like(name: str, num_classes: int | None = None, in_channels: int = 3) -> Backbone:

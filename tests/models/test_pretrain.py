@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import models.pretrain as pretrain_module
 from models import build_model
 from models.augment import normalise
 from models.base import Backbone
@@ -64,7 +65,7 @@ def test_config_rejects_bad_values(bad: dict[str, object]) -> None:
         PretrainConfig(**bad)  # type: ignore[arg-type]
 
 
-def test_content_hash() -> None:
+def test_content_hash(monkeypatch: pytest.MonkeyPatch) -> None:
     base = PretrainConfig(arch="resnet20", lr=1)
     assert base.lr == 1.0 and isinstance(base.lr, float)
     h = base.content_hash()
@@ -72,6 +73,8 @@ def test_content_hash() -> None:
     assert PretrainConfig(arch="resnet20", lr=1.0).content_hash() == h
     assert PretrainConfig(arch="resnet20", lr=1.0, augment="ssl").content_hash() == h  # auto
     assert PretrainConfig(arch="resnet20", lr=1.0, seed=1).content_hash() != h
+    monkeypatch.setattr(pretrain_module, "RECIPE_VERSION", pretrain_module.RECIPE_VERSION + 1)
+    assert base.content_hash() != h  # a changed recipe never reuses a cached teacher
 
 
 def test_nt_xent_prefers_matching_views() -> None:

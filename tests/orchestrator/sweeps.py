@@ -1,9 +1,11 @@
 """Helpers for the reliability tests: tiny specs, the real `ukd` CLI in a subprocess, the
 processes it starts, and the MLflow store it writes.
 
-Every process these helpers signal is the `ukd` process a test started or one of its
-descendants (recorded while it ran, matched by pid *and* start time, so a recycled pid is
-never touched).
+`start_ukd` puts each `ukd` process in a session of its own: every process it starts (Ray's
+GCS, raylet, agents and workers, whatever they are named and whoever they are reparented to)
+keeps that session id, so "no process of the sweep is left" is a question about the session,
+and the teardown signals nothing outside it. The in-process Ray test tracks the test's own
+descendants instead (matched by pid *and* start time, so a recycled pid is never touched).
 """
 
 from __future__ import annotations
@@ -57,8 +59,10 @@ def write_spec(path: Path, spec: dict[str, Any]) -> Path:
 
 
 def start_ukd(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """`ukd` in a new session (its pid is the session id; see :class:`Session`)."""
     return subprocess.Popen([UKD, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                            cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            start_new_session=True)
 
 
 def run_ukd(args: list[str], cwd: Path | None = None, timeout: float = 600
@@ -70,9 +74,10 @@ def run_ukd(args: list[str], cwd: Path | None = None, timeout: float = 600
 # ----------------------------------------------------------------------------- processes
 
 
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, start time in clock ticks), from /proc."""
-    table: dict[int, tuple[int, int]] = {}
+def _stat_table() -> dict[int, list[str]]:
+    """pid -> the fields of /proc/<pid>/stat after "pid (comm)" (state, ppid, pgrp, session,
+    ..., start time at index 19)."""
+    table: dict[int, list[str]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -80,9 +85,48 @@ def _proc_table() -> dict[int, tuple[int, int]]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-        table[int(entry)] = (int(fields[1]), int(fields[19]))
+        table[int(entry)] = stat[stat.rindex(")") + 2:].split()
     return table
+
+
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, start time in clock ticks), from /proc."""
+    return {pid: (int(f[1]), int(f[19])) for pid, f in _stat_table().items()}
+
+
+@dataclass
+class Session:
+    """The processes of one `ukd` started by :func:`start_ukd` (session id = its pid)."""
+
+    sid: int
+    seen: dict[int, str] = field(default_factory=dict)  # pid -> command line, from sample()
+
+    def members(self) -> dict[int, str]:
+        """Live (not zombie) processes of the session: pid -> command line."""
+        return {pid: cmdline(pid) for pid, f in _stat_table().items()
+                if int(f[3]) == self.sid and f[0] != "Z"}
+
+    def sample(self) -> dict[int, str]:
+        now = self.members()
+        self.seen.update(now)
+        return now
+
+    def wait_empty(self, timeout: float) -> dict[int, str]:
+        """Wait (polling, up to ``timeout`` s) until no process of the session is alive;
+        returns what is left. A bound, not a measurement: Ray's agents give up on a dead
+        GCS after about a minute."""
+        deadline = time.monotonic() + timeout
+        while (left := self.members()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return left
+
+    def kill_all(self) -> None:
+        """Teardown: SIGKILL every process left in the session (never anything else)."""
+        for pid in self.members():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def start_time(pid: int) -> int | None:
@@ -121,14 +165,18 @@ class ProcessWatcher:
     names: dict[int, str] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _before: set[tuple[int, int]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        # Children the root had before (e.g. multiprocessing's resource tracker in the test
+        # process) are not what the test watches.
+        self._before = set(descendants(self.root).items())
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
     def sample(self) -> None:
         for pid, started in descendants(self.root).items():
-            if pid not in self.seen:
+            if pid not in self.seen and (pid, started) not in self._before:
                 self.seen[pid] = started
                 self.names[pid] = cmdline(pid)
 

@@ -13,7 +13,7 @@ from orchestrator.grid import expand, flat_params
 from orchestrator.spec import load_spec
 from tests.orchestrator.sweeps import (
     Finished,
-    ProcessWatcher,
+    Session,
     Store,
     shared_cache,
     start_ukd,
@@ -35,18 +35,17 @@ def eight_at_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     # state (e.g. token auth), which later tests attaching to a cluster must not inherit.
     log = tmp / "sweep.log"
     proc = start_ukd(["sweep", str(path)], log)
-    watcher = ProcessWatcher(proc.pid)
+    session = Session(proc.pid)
     try:
         proc.wait(timeout=480)
-        watcher.stop()
         result = Finished(proc.returncode, log.read_text())
         yield {"result": result, "trials": expand(load_spec(path)), "out": tmp / "out",
-               "watcher": watcher}
+               "session": session}
     finally:
         if proc.poll() is None:
             proc.kill()  # the ukd process this test started
             proc.wait(timeout=30)
-        watcher.kill_leftovers()
+        session.kill_all()
 
 
 def test_all_trials_ran_at_once(eight_at_once: dict[str, Any]) -> None:
@@ -79,7 +78,5 @@ def test_no_run_param_or_metric_is_lost(eight_at_once: dict[str, Any]) -> None:
 
 
 def test_ray_processes_are_gone(eight_at_once: dict[str, Any]) -> None:
-    watcher: ProcessWatcher = eight_at_once["watcher"]
-    assert any("raylet" in name for name in watcher.names.values())
-    assert len(watcher.seen) >= TRIALS  # a worker per trial, besides Ray's own processes
-    assert watcher.wait_gone(60) == {}
+    session: Session = eight_at_once["session"]
+    assert session.wait_empty(300) == {}

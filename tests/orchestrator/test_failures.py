@@ -17,7 +17,7 @@ from orchestrator.grid import expand
 from orchestrator.spec import load_spec
 from tests.orchestrator.sweeps import (
     Finished,
-    ProcessWatcher,
+    Session,
     Store,
     shared_cache,
     start_ukd,
@@ -36,31 +36,30 @@ def failed_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         "recipe": "simclr", "epochs": 1, "batch_size": 256, "lr": 1.0e6}}
     path = write_spec(tmp / "failures.yaml", spec)
     trials = expand(load_spec(path))
-    ours = [t for t in trials if t.teacher["label"] == "t"]
-    good = next(t for t in ours if t.train["lr"] == 0.05)
-    nan = next(t for t in ours if t.train["lr"] == 1.0e6)
-    damaged = next(t for t in ours if t.train["lr"] == 1.0e7)
+    ours = [t for t in trials if t.teacher.label == "t"]
+    good = next(t for t in ours if t.train.lr == 0.05)
+    nan = next(t for t in ours if t.train.lr == 1.0e6)
+    damaged = next(t for t in ours if t.train.lr == 1.0e7)
     # A checkpoint that does not load: that trial raises as soon as it starts (before its
     # learning rate could make the loss non-finite).
-    trial_dir = Path(damaged.runtime["trial_dir"])
+    trial_dir = Path(damaged.runtime.trial_dir)
     trial_dir.mkdir(parents=True)
     (trial_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
     # Its own process (as users run it): Ray started in-process changes the test process's
     # state (e.g. token auth), which later tests attaching to a cluster must not inherit.
     log = tmp / "sweep.log"
     proc = start_ukd(["sweep", str(path)], log)
-    watcher = ProcessWatcher(proc.pid)
+    session = Session(proc.pid)
     try:
         proc.wait(timeout=480)
-        watcher.stop()
         result = Finished(proc.returncode, log.read_text())
         yield {"result": result, "trials": trials, "good": good, "nan": nan,
-               "damaged": damaged, "out": tmp / "out", "watcher": watcher}
+               "damaged": damaged, "out": tmp / "out", "session": session}
     finally:
         if proc.poll() is None:
             proc.kill()  # the ukd process this test started
             proc.wait(timeout=30)
-        watcher.kill_leftovers()
+        session.kill_all()
 
 
 def test_sweep_exits_1_and_names_the_failed_trials(failed_sweep: dict[str, Any]) -> None:
@@ -90,7 +89,7 @@ def test_failures_are_recorded_and_the_rest_finish(failed_sweep: dict[str, Any])
         tags = run.data.tags
         assert run.info.status == "FAILED"
         assert "knn/top1_k10" not in run.data.metrics
-        if t.teacher["label"] == "diverges":  # never reached Tune
+        if t.teacher.label == "diverges":  # never reached Tune
             assert tags["ukd.failure_reason"].startswith("teacher stage failed:"), tags
             assert tags["ukd.failure_epoch"] == "0"
             continue
@@ -110,6 +109,5 @@ def test_report_shows_the_failed_trials(failed_sweep: dict[str, Any]) -> None:
 
 
 def test_no_ray_process_is_left(failed_sweep: dict[str, Any]) -> None:
-    watcher: ProcessWatcher = failed_sweep["watcher"]
-    assert any("raylet" in name for name in watcher.names.values())
-    assert watcher.wait_gone(60) == {}
+    session: Session = failed_sweep["session"]
+    assert session.wait_empty(300) == {}

@@ -10,10 +10,10 @@ def test_expansion_crosses_every_axis(write_spec: Any) -> None:
     # 1 teacher x 2 students x (coss x 2 lambdas + cos) x 2 seeds
     assert len(trials) == 2 * 3 * 2
     assert len({t.trial_id for t in trials}) == len(trials)
-    lambdas = sorted(t.loss["lambda"] for t in trials if t.loss["name"] == "coss")
+    lambdas = sorted(t.loss.yaml_params()["lambda"] for t in trials if t.loss.name == "coss")
     assert lambdas == [0.5] * 4 + [1.0] * 4
-    assert all(t.loss["scale"] > 0 for t in trials)  # defaults filled in
-    assert {t.train["seed"] for t in trials} == {0, 1}
+    assert all(t.loss.yaml_params()["scale"] > 0 for t in trials)  # defaults filled in
+    assert {t.train.seed for t in trials} == {0, 1}
 
 
 def test_expansion_is_deterministic_and_ids_are_content_hashes(write_spec: Any) -> None:
@@ -32,7 +32,7 @@ def test_pairs_instead_of_cross_product(write_spec: Any) -> None:
     data["grid"].pop("student")
     data["grid"]["pairs"] = [{"teacher": "t", "student": "resnet8x4"}]
     trials = expand(load_spec(write_spec(data)))
-    assert {t.student for t in trials} == {"resnet8x4"}
+    assert {t.student.arch for t in trials} == {"resnet8x4"}
 
 
 def test_flat_params_and_axes(write_spec: Any) -> None:

@@ -16,11 +16,11 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.fsutil import exclusive_lock
 from orchestrator.grid import expand
+from orchestrator.locks import exclusive_lock
 from orchestrator.spec import load_spec
 from tests.orchestrator.sweeps import (
-    ProcessWatcher,
+    Session,
     Store,
     shared_cache,
     start_ukd,
@@ -38,9 +38,9 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
                      grid={"epochs": [1, 3]})
     path = write_spec(tmp / "resume.yaml", spec)
     first = expand(load_spec(path))
-    short = next(t for t in first if t.train["epochs"] == 1)
-    long = next(t for t in first if t.train["epochs"] == 3)
-    short_dir, long_dir = Path(short.runtime["trial_dir"]), Path(long.runtime["trial_dir"])
+    short = next(t for t in first if t.train.epochs == 1)
+    long = next(t for t in first if t.train.epochs == 3)
+    short_dir, long_dir = Path(short.runtime.trial_dir), Path(long.runtime.trial_dir)
 
     def one_finished_one_checkpointed() -> bool:
         # FINISHED is written to MLflow before the finished trial's checkpoint is deleted.
@@ -49,19 +49,18 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
                 and not (long_dir / "student.pt").exists())
 
     procs = []
-    watchers: list[ProcessWatcher] = []
+    sessions: list[Session] = []
     try:
         log1 = tmp / "killed.log"
         proc = start_ukd(["sweep", str(path)], log1)
         procs.append(proc)
-        watchers.append(ProcessWatcher(proc.pid))
+        sessions.append(Session(proc.pid))
         wait_for(one_finished_one_checkpointed, 420, "a finished and a checkpointed trial",
                  proc, log1)
-        watchers[0].sample()
+        sessions[0].sample()  # mid-sweep: its Ray is up, a trial is training
         os.kill(proc.pid, signal.SIGKILL)  # the ukd process this test started, nothing else
         proc.wait(timeout=30)
         killed_at_ms = int(time.time() * 1000)
-        watchers[0].stop()
         store = Store.of(tmp / "out")
         before = {r.data.tags["ukd.trial_id"]: (r.info.run_id, r.info.status)
                   for r in store.runs()}
@@ -71,20 +70,19 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         log2 = tmp / "resumed.log"
         proc2 = start_ukd(["sweep", str(path), "--resume"], log2)
         procs.append(proc2)
-        watchers.append(ProcessWatcher(proc2.pid))
+        sessions.append(Session(proc2.pid))
         rc = proc2.wait(timeout=480)
-        watchers[1].stop()
         yield {"tmp": tmp, "path": path, "spec": spec, "short": short, "long": long,
                "before": before, "killed_at_ms": killed_at_ms, "rc": rc,
-               "output": log2.read_text(), "killed": watchers[0], "resumed": watchers[1],
+               "output": log2.read_text(), "killed": sessions[0], "resumed": sessions[1],
                "out": tmp / "out"}
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait(timeout=30)
-        for w in watchers:
-            w.kill_leftovers()
+        for session in sessions:
+            session.kill_all()
 
 
 def test_kill_left_one_finished_and_one_running_run(killed_and_resumed: dict[str, Any]) -> None:
@@ -146,12 +144,14 @@ def test_finished_trials_keep_weights_not_checkpoints(killed_and_resumed: dict[s
 
 
 def test_killed_driver_leaves_no_ray_process(killed_and_resumed: dict[str, Any]) -> None:
-    killed: ProcessWatcher = killed_and_resumed["killed"]
-    names = " ".join(killed.names.values())
-    assert "gcs_server" in names and "raylet" in names and "default_worker" in names, names
-    assert killed.wait_gone(90) == {}  # GCS, raylet, agents, trial workers all exited
-    resumed: ProcessWatcher = killed_and_resumed["resumed"]
-    assert resumed.wait_gone(60) == {}
+    """Every process of the killed sweep's session exits: Ray's GCS and raylet (which were
+    up when it was killed) and whatever workers and agents it had, whatever their names."""
+    killed: Session = killed_and_resumed["killed"]
+    names = " ".join(killed.seen.values())
+    assert "gcs_server" in names and "raylet" in names, names
+    assert killed.wait_empty(300) == {}
+    resumed: Session = killed_and_resumed["resumed"]
+    assert resumed.wait_empty(300) == {}
 
 
 def test_grid_may_grow_but_not_change(killed_and_resumed: dict[str, Any]) -> None:

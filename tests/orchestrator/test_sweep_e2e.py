@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.config import TrialConfig
 from orchestrator.grid import expand
 from orchestrator.spec import load_spec
 from orchestrator.teachers import ensure_teacher
@@ -112,9 +113,8 @@ def test_dry_run_prints_stage_and_trials(finished_sweep: dict[str, Any], tmp_pat
 
 
 def _stage_in_subprocess(args: tuple[dict[str, Any], str], queue: Any) -> None:
-    trial, cache = args
-    report = ensure_teacher(trial["teacher"], trial["dataset"], trial["knn"], cache, "cpu", (),
-                            None, 1)
+    trial = TrialConfig.from_dict(args[0])
+    report = ensure_teacher(trial.teacher, trial.dataset, trial.eval.knn, args[1], "cpu", (), 1)
     queue.put(report.trained_now)
 
 

@@ -42,8 +42,8 @@ def test_matching_checkpoint_with_prefix_passes_preflight(tmp_path: Path) -> Non
     spec = _spec_with_teacher(tmp_path, {"arch": "resnet20", "source": "checkpoint",
                                          "checkpoint": str(ckpt)})
     from orchestrator.grid import expand
+    from orchestrator.preflight import preflight
     from orchestrator.spec import load_spec
-    from orchestrator.sweep import preflight
 
     loaded = load_spec(spec)
     preflight(loaded, expand(loaded))  # raises on failure

@@ -22,12 +22,14 @@ import yaml
 from losses import objective_names
 from losses.sskd import SSKD
 from orchestrator import teachers as teachers_module
-from orchestrator import trial as trial_module
+from orchestrator.config import TrialConfig
 from orchestrator.datasets import DatasetBundle, Split
 from orchestrator.datasets import load_dataset as real_load_dataset
-from orchestrator.grid import TrialConfig, expand
+from orchestrator.engine import group as group_module
+from orchestrator.engine.group import run_trial
+from orchestrator.engine.member import CHECKPOINT
+from orchestrator.grid import expand
 from orchestrator.spec import load_spec
-from orchestrator.trial import CHECKPOINT, run_trial
 
 TRAIN_IMAGES = 256
 SMALL_QUEUE = 1024  # > 2 epochs of 256 keys: a queue that was not restored cannot catch up
@@ -107,14 +109,14 @@ def trials(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str,
         return small
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trial_module, "load_dataset", load)
+        mp.setattr(group_module, "load_dataset", load)
         mp.setattr(teachers_module, "load_dataset", load)
         path = tmp / "objectives.yaml"
         path.write_text(yaml.safe_dump(_spec(tmp)))
         by_case: dict[tuple[str, str | None], TrialConfig] = {}
         for t in expand(load_spec(path)):
-            variant = t.loss.get("variant") if t.loss["name"] == "compress" else None
-            by_case[(t.loss["name"], variant)] = t
+            variant = t.loss.yaml_params().get("variant") if t.loss.name == "compress" else None
+            by_case[(t.loss.name, variant)] = t
         yield by_case
 
 

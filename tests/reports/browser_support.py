@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
 import shutil
 
 import pytest
@@ -33,3 +36,40 @@ def chromium_or_skip(path: str | None) -> str:
     if require_browser():
         pytest.fail(f"UKD_REQUIRE_BROWSER is set but {message}", pytrace=False)
     pytest.skip(f"{message} (set UKD_REQUIRE_BROWSER=1 to make this a failure)")
+
+
+# --------------------------------------------------------------------------- image check
+
+IMAGE_CHECK_ID = "ukd-image-check"
+_IMAGE_CHECK_SCRIPT = f"""<script>
+window.addEventListener("load", () => {{
+  const images = Array.from(document.images).map((img) => ({{
+    alt: img.alt, complete: img.complete,
+    naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight,
+  }}));
+  const out = document.createElement("pre");
+  out.id = "{IMAGE_CHECK_ID}";
+  out.textContent = JSON.stringify(images);
+  document.body.appendChild(out);
+}});
+</script>
+"""
+_IMAGE_CHECK_RE = re.compile(rf'<pre id="{IMAGE_CHECK_ID}">(.*?)</pre>', re.S)
+
+
+def with_image_check(page: str) -> str:
+    """``page`` plus a script that, once the page has loaded, lists every ``<img>`` with its
+    ``naturalWidth`` / ``naturalHeight`` in a ``<pre id="ukd-image-check">`` (the report
+    itself has no script: the check runs on a copy)."""
+    head, sep, tail = page.rpartition("</body>")
+    assert sep, "the page has no </body>"
+    return head + _IMAGE_CHECK_SCRIPT + sep + tail
+
+
+def image_check_results(dom: str) -> list[dict[str, object]]:
+    """What the script of :func:`with_image_check` found, from Chromium's ``--dump-dom``."""
+    match = _IMAGE_CHECK_RE.search(dom)
+    assert match is not None, "the image check did not run: " + dom[-2000:]
+    results = json.loads(html.unescape(match.group(1)))
+    assert isinstance(results, list)
+    return results

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from report_builders import Store, build_store
+
+from tests.reports.report_builders import Store, build_store
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,10 @@ import io
 from pathlib import Path
 
 import pytest
-from report_builders import Store, multi_value
 
 from reports.ablation import ablation_axes, ablation_stem, build_ablation, write_ablation
 from reports.source import ReportError, SweepData, load_sweep, resolve_sweep
+from tests.reports.report_builders import Store, multi_value
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from browser_support import chromium_or_skip, find_chromium
-from report_builders import Store
 
 from reports import ReportResult, build_report
+from tests.reports.browser_support import (
+    chromium_or_skip,
+    find_chromium,
+    image_check_results,
+    with_image_check,
+)
+from tests.reports.report_builders import Store
 
 pytestmark = pytest.mark.browser
 
@@ -57,11 +62,27 @@ def test_dump_dom_has_tables_and_images(
     done = _run(chromium, tmp_path, "--dump-dom", report.index_html.as_uri())
     assert done.returncode == 0, done.stderr[-2000:]
     dom = done.stdout
-    assert dom.count("<table") == 3, dom[:2000]
-    assert 'class="ukd comparison"' in dom
+    assert dom.count("<table") == 4, dom[:2000]
+    assert 'class="ukd comparison"' in dom and 'class="ukd trials"' in dom
     assert "<strong>62.0 ± 2.0</strong>" in dom
-    assert dom.count('<img src="data:image/png;base64,') == 1
+    # ablation, 2 comparison charts, 2 learning curves, parallel coordinates
+    assert dom.count('<img src="data:image/png;base64,') == 6
     assert "&lt;script&gt;" in dom  # the spec's text stayed text
+
+
+def test_every_image_loads(chromium: str, report: ReportResult, tmp_path: Path) -> None:
+    page = report.index_html.read_text(encoding="utf-8")
+    checked = tmp_path / "index-check.html"  # a copy: the report itself has no script
+    checked.write_text(with_image_check(page), encoding="utf-8")
+    done = _run(chromium, tmp_path, "--virtual-time-budget=10000", "--dump-dom", checked.as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    images = image_check_results(done.stdout)
+    assert len(images) == page.count("<img ") == 6
+    for image in images:
+        assert image["complete"] is True, image
+        width, height = image["naturalWidth"], image["naturalHeight"]
+        assert isinstance(width, int) and width > 0, image
+        assert isinstance(height, int) and height > 0, image
 
 
 def test_screenshot_is_a_png(chromium: str, report: ReportResult, tmp_path: Path) -> None:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from browser_support import chromium_or_skip
+
+from tests.reports.browser_support import chromium_or_skip, find_chromium
 
 
-def test_found_chromium_is_used() -> None:
-    assert chromium_or_skip("/usr/bin/chromium") == "/usr/bin/chromium"
+def test_chromium_is_found_where_ukd_chromium_points(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "chromium"
+    fake.write_text("#!/bin/sh\n")
+    monkeypatch.setenv("UKD_CHROMIUM", str(fake))
+    assert find_chromium() != str(fake)  # not executable: not a browser
+    fake.chmod(0o755)
+    assert find_chromium() == str(fake)
+    assert chromium_or_skip(find_chromium()) == str(fake)
 
 
 def test_absent_chromium_skips(monkeypatch: pytest.MonkeyPatch) -> None:

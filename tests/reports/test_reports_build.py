@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from report_builders import Store
 
 from reports import ReportError, ReportResult, build_report
+from tests.reports.report_builders import Store
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +23,34 @@ def test_writes_everything_into_sweep_report_dir(store: Store, result: ReportRes
         "ablation_loss.lambda.md",
         "ablation_loss.lambda.png",
         "ablation_loss.lambda.svg",
+        "chart_dino_r50__mobilenet_v3.png",
+        "chart_dino_r50__mobilenet_v3.svg",
+        "chart_dino_r50__resnet18.png",
+        "chart_dino_r50__resnet18.svg",
         "comparison.csv",
         "comparison.html",
         "comparison.md",
         "comparison.tex",
+        "curves_dino_r50__mobilenet_v3.png",
+        "curves_dino_r50__mobilenet_v3.svg",
+        "curves_dino_r50__resnet18.png",
+        "curves_dino_r50__resnet18.svg",
         "index.html",
+        "parallel.png",
+        "parallel.svg",
+        "trials.csv",
     ]
     assert sorted(p.name for p in result.paths) == names
     assert result.index_html == result.out_dir / "index.html"
     assert set(result.comparison) == {"md", "csv", "tex", "html"}
     assert list(result.ablations) == ["loss.lambda"]
+    assert [p.stem for p in result.charts] == [
+        "chart_dino_r50__mobilenet_v3",
+        "chart_dino_r50__resnet18",
+    ]
+    assert len(result.curves) == 2 and result.parallel is not None
+    assert result.trials_csv == result.out_dir / "trials.csv"
+    assert result.paths[-1] == result.index_html  # written last
     for path in result.paths:
         assert path.stat().st_size > 0
 
@@ -44,7 +62,8 @@ def test_markdown_returned_and_written(result: ReportResult) -> None:
 
 def test_index_html_is_self_contained_and_escaped(result: ReportResult) -> None:
     page = result.index_html.read_text(encoding="utf-8")
-    assert page.count('<img src="data:image/png;base64,') == 1
+    # ablation, 2 comparison charts, 2 learning curves, parallel coordinates
+    assert page.count('<img src="data:image/png;base64,') == 6
     assert 'src="http' not in page and "<link" not in page and "<script" not in page
     # The spec holds "<script>alert('x')</script> & co": shown escaped in a <pre>.
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; co" in page
@@ -54,7 +73,8 @@ def test_index_html_is_self_contained_and_escaped(result: ReportResult) -> None:
     assert "<td>FAILED (retried)</td>" in page and "NaN loss" in page
     assert "<td>KILLED</td>" in page
     assert "<td>MISSING</td>" in page
-    assert page.count("<table") == 3  # comparison, trials not finished, ablation
+    # comparison, trials not finished, ablation, all trials
+    assert page.count("<table") == 4
 
 
 def test_explicit_out_dir_axes_metric_and_tracking_uri(store: Store, tmp_path: Path) -> None:

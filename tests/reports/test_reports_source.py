@@ -7,8 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from report_builders import Store
+import yaml
 
+from orchestrator.config import flat_params
+from orchestrator.driver import write_trials_manifest
+from orchestrator.grid import expand
+from orchestrator.spec import load_spec
 from reports.source import (
     ReportError,
     load_sweep,
@@ -16,6 +20,8 @@ from reports.source import (
     parse_trials_yaml,
     resolve_sweep,
 )
+from tests.orchestrator.specs import minimal_spec
+from tests.reports.report_builders import Store
 
 
 def test_resolve_directory_uses_default_store(store: Store) -> None:
@@ -133,20 +139,16 @@ def test_parse_axes() -> None:
     assert parse_axes('{"a": 1}') is None
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "- {seed: 0, loss: {name: coss, lambda: 0.5}}\n",
-        "trials:\n  - {seed: 0, loss.name: coss, loss.lambda: 0.5}\n",
-        "trials:\n  t0: {params: {seed: 0, loss.name: coss, loss.lambda: 0.5}}\n",
-    ],
-)
-def test_parse_trials_yaml_shapes(text: str) -> None:
-    trials = parse_trials_yaml(text)
-    assert trials is not None and len(trials) == 1
-    assert trials[0]["seed"] == "0"
-    assert trials[0]["loss.name"] == "coss"
-    assert trials[0]["loss.lambda"] == "0.5"
+def test_trials_yaml_from_the_real_writer_reads_back_as_flat_params(tmp_path: Path) -> None:
+    """The driver writes trials.yaml; the report reads the same keys the runs' params have."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(minimal_spec(output_dir=str(tmp_path / "out"))))
+    trials = expand(load_spec(spec))
+    write_trials_manifest(tmp_path / "trials.yaml", trials)
+    parsed = parse_trials_yaml((tmp_path / "trials.yaml").read_text())
+    assert parsed == [flat_params(t) for t in trials]
+    assert {(p["teacher"], p["student"], p["loss.name"], p["seed"]) for p in parsed} == {
+        (t.teacher.label, t.student.arch, t.loss.name, str(t.train.seed)) for t in trials}
 
 
 def test_parse_trials_yaml_rejects_other_shapes() -> None:

@@ -7,13 +7,13 @@ import io
 import statistics
 
 import pytest
-from report_builders import TEACHER, Store, multi_value
 
 from reports.records import ColumnKey, RowKey
 from reports.render import comparison_frame, to_csv, to_html, to_latex, to_markdown
 from reports.source import ReportError, SweepData, load_sweep, resolve_sweep
 from reports.stats import welch_test
 from reports.tables import ComparisonTable, build_comparison
+from tests.reports.report_builders import TEACHER, Store, multi_value
 
 R18 = RowKey(TEACHER, "resnet18")
 MOB = RowKey(TEACHER, "mobilenet_v3")
@@ -204,4 +204,5 @@ def test_expected_seeds_from_runs_without_trials_yaml(store: Store) -> None:
     rkd = table.cell(row, ColumnKey("rkd"))
     assert rkd is not None and rkd.text() == "66.0 (n=1, 1 running) †"
     assert table.teacher_ref[row] is None
-    assert "| — |" in to_markdown(table)
+    assert table.teacher_metric is None  # no run logged a teacher reference: no column
+    assert "| teacher |" not in to_markdown(table)

@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from losses.queue import FeatureQueue
+from models.queue import FeatureQueue
 
 
 def _rows(start: int, n: int, dim: int = 2) -> torch.Tensor:

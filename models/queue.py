@@ -7,10 +7,11 @@ The memory is three registered buffers, so it follows ``.to(device)`` and is sav
 - ``ptr``    (long scalar): where the next row is written;
 - ``filled`` (long scalar): how many rows hold real entries (``min(enqueued, size)``).
 
-Unlike the official SEED / CompRess code, which start from a memory of random vectors, the
-memory starts empty and :meth:`valid` returns only the rows written so far. Two queues that
-always receive batches of the same length stay aligned row by row (CompRess's teacher and
-student memories rely on this).
+A memory starts empty (:meth:`valid` returns only the rows written so far) or, as in MoCo and
+the official SEED / CompRess / DisCo / BINGO code, full of random unit vectors
+(:meth:`fill_random_`). Two queues that always receive batches of the same length stay aligned
+row by row (CompRess's teacher and student memories rely on this). One home for the MoCo-style
+memory: the pretraining recipes and the objectives both use it.
 """
 
 from __future__ import annotations
@@ -69,6 +70,17 @@ class FeatureQueue(nn.Module):
         self.data.index_copy_(0, idx, rows.to(device=self.data.device, dtype=self.data.dtype))
         self.ptr.fill_((start + n) % self.size)
         self.filled.fill_(min(int(self.filled) + n, self.size))
+
+    @torch.no_grad()
+    def fill_random_(self, generator: torch.Generator | None = None) -> FeatureQueue:
+        """Fill every row with a random unit vector (normalised Gaussian) and mark the memory
+        full, as MoCo's ``F.normalize(torch.randn(dim, K), dim=0)``."""
+        rows = torch.randn(self.size, self.dim, generator=generator,
+                           device=generator.device if generator is not None else None)
+        self.data.copy_(torch.nn.functional.normalize(rows, dim=1))
+        self.ptr.zero_()
+        self.filled.fill_(self.size)
+        return self
 
     @torch.no_grad()
     def reset(self) -> None:

@@ -1,0 +1,74 @@
+"""MLflow names: tags, params, metrics and artifacts that the orchestrator writes and the
+reports read (docs/CONTRACTS.md). One home, so writer and reader cannot drift apart."""
+
+from __future__ import annotations
+
+EXPERIMENT_PREFIX = "ukd/"  # experiment of a sweep: ukd/<sweep name>
+
+# ---- tags
+TAG_PARENT = "mlflow.parentRunId"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3 opens the runs view, not GenAI's
+TAG_KIND = "ukd.kind"
+KIND_SWEEP = "sweep"
+KIND_TRIAL = "trial"
+KIND_TEACHER = "teacher"
+KIND_REFERENCE = "reference"  # a reference row: random_init / ssl_only / supervised_only
+TAG_SWEEP_ID = "ukd.sweep_id"
+TAG_AXES = "ukd.axes"  # JSON list of the flattened param keys that vary in the grid
+TAG_OUTPUT_DIR = "ukd.output_dir"
+TAG_SPEC_PATH = "ukd.spec_path"
+TAG_RAY_ADDRESS = "ukd.ray_address"
+TAG_TRIAL_ID = "ukd.trial_id"
+TAG_GROUP_ID = "ukd.group_id"  # the fused group a trial ran in
+TAG_TEACHER = "ukd.teacher"  # teacher label
+TAG_STUDENT = "ukd.student"  # student architecture
+TAG_OBJECTIVE = "ukd.objective"
+TAG_REFERENCE = "ukd.reference"  # which reference row a reference run is
+TAG_TRIAL_DIR = "ukd.trial_dir"
+TAG_FAILURE_REASON = "ukd.failure_reason"
+TAG_FAILURE_EPOCH = "ukd.failure_epoch"
+TAG_ATTEMPTS = "ukd.attempts"
+TAG_RESUMED_FROM = "ukd.resumed_from_epoch"
+TAG_TEACHER_HASH = "ukd.teacher_hash"
+TAG_TEACHER_DIR = "ukd.teacher_dir"
+
+# ---- params (flattened trial config; see orchestrator.config.flat_params)
+PARAM_TEACHER = "teacher"
+PARAM_STUDENT = "student"
+PARAM_OBJECTIVE = "loss.name"
+PARAM_SEED = "seed"
+PARAM_TRIAL_ID = "trial_id"
+PARAM_TEACHER_KEY = "teacher.key"
+
+# ---- metrics
+LOSS_PREFIX = "loss/"  # per epoch: loss/<term>, loss/total
+LOSS_TOTAL = "loss/total"
+LR = "lr"
+EPOCH_TIME = "epoch_time_s"
+TRAIN_TIME = "train_time_s"
+KNN_PREFIX = "knn/"
+TEACHER_PREFIX = "teacher_"  # teacher_<metric>: the teacher's own value of a metric
+TEACHER_KNN_PREFIX = TEACHER_PREFIX + KNN_PREFIX
+PRETRAIN_PREFIX = "pretrain/"
+TEACHER_TEST_TOP1 = "test/top1"
+BEST_SUFFIX = "_best"  # <metric>_best: best value over the periodic evaluations
+BEST_EPOCH_SUFFIX = "_best_epoch"
+
+
+def knn_metric(top: int, k: int) -> str:
+    """``knn/top1_k10``-style name of a kNN accuracy."""
+    return f"{KNN_PREFIX}top{top}_k{k}"
+
+
+def teacher_metric(metric: str) -> str:
+    """The teacher's reference value of ``metric``: ``knn/top1_k10`` -> ``teacher_knn/...``."""
+    return TEACHER_PREFIX + metric
+
+
+# ---- artifacts and files of a sweep's output directory
+SPEC_ARTIFACT = "spec.yaml"
+TRIALS_ARTIFACT = "trials.yaml"
+REPORT_ARTIFACTS = "report"
+SWEEP_JSON = "sweep.json"
+DEFAULT_DB = "mlflow.db"

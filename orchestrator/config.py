@@ -1,0 +1,307 @@
+"""The typed trial contract: everything one trial needs, as frozen dataclasses.
+
+The spec loader (orchestrator/spec.py) validates the YAML into these sections, the grid
+(orchestrator/grid.py) crosses them into :class:`TrialConfig` objects, and the trial runner
+reads them as they are -- no string keys, no casts. The module needs neither pydantic nor Ray:
+the trial engine and the benchmarks import it on machines that have only torch.
+
+:func:`flat_params` is the one flattener of a trial: MLflow params, ``trials.yaml`` and the
+report's expected cells all come from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from common.fields import Bounds, Choice, Config, plain, rebuild
+from common.hashing import content_hash
+from losses import ObjectiveRequirements, get_objective, make_params, params_to_yaml
+from models import model_names
+from models.augment import AUGMENT_PRESETS
+from models.pretrain import PretrainConfig
+from orchestrator.datasets import dataset_names
+
+SCHEDULES = ("cosine", "step", "constant")
+PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on CUDA, fp32 on CPU
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def augment_names() -> tuple[str, ...]:
+    return tuple(AUGMENT_PRESETS)
+
+
+def _dataset_names() -> tuple[str, ...]:
+    return tuple(dataset_names())
+
+
+def _model_names() -> tuple[str, ...]:
+    return tuple(model_names())
+
+
+@dataclass(frozen=True)
+class DatasetConfig(Config):
+    name: Annotated[str, Choice(_dataset_names)]
+    root: str | None = None
+    download: bool = False
+    labels: bool = True  # may trials use training labels? (kNN evaluation always does)
+
+
+@dataclass(frozen=True)
+class PretrainSource(Config):
+    """A teacher the sweep pretrains itself (cached by the resolved config's hash)."""
+
+    arch: Annotated[str, Choice(_model_names)]
+    pretrain: PretrainConfig
+    source: Literal["pretrain"] = "pretrain"
+
+    def identity(self) -> dict[str, Any]:
+        return {"source": self.source, "pretrain": self.pretrain.content_hash()}
+
+
+@dataclass(frozen=True)
+class CheckpointSource(Config):
+    """A teacher loaded from a checkpoint file (ukd's own format or third-party weights)."""
+
+    arch: Annotated[str, Choice(_model_names)]
+    checkpoint: str  # absolute path
+    source: Literal["checkpoint"] = "checkpoint"
+
+    def identity(self) -> dict[str, Any]:
+        return {"source": self.source, "arch": self.arch, "checkpoint": self.checkpoint}
+
+
+@dataclass(frozen=True)
+class TorchvisionSource(Config):
+    """A teacher with torchvision's pretrained weights (by enum member name)."""
+
+    arch: Annotated[str, Choice(_model_names)]
+    weights: str = "DEFAULT"
+    source: Literal["torchvision"] = "torchvision"
+
+    def identity(self) -> dict[str, Any]:
+        return {"source": self.source, "arch": self.arch, "weights": self.weights}
+
+
+TeacherSource = PretrainSource | CheckpointSource | TorchvisionSource
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """A teacher of the sweep by label; ``key`` is the hash its caches are stored under."""
+
+    label: str
+    source: TeacherSource
+    dataset: str
+
+    @property
+    def arch(self) -> str:
+        return self.source.arch
+
+    @property
+    def key(self) -> str:
+        return content_hash({"teacher": self.source.identity(), "dataset": self.dataset}, 16)
+
+    @property
+    def has_classifier(self) -> bool:
+        """Known before loading: pretrained teachers have one from the supervised recipe only;
+        a checkpoint is checked again when it is loaded (its classifier keys decide)."""
+        if isinstance(self.source, PretrainSource):
+            return self.source.pretrain.recipe == "supervised"
+        return isinstance(self.source, CheckpointSource)
+
+
+@dataclass(frozen=True)
+class StudentConfig(Config):
+    arch: Annotated[str, Choice(_model_names)]
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """An objective by name with its own typed ``Params`` (defaults filled)."""
+
+    name: str
+    params: Config
+
+    @classmethod
+    def of(cls, name: str, values: Mapping[str, Any]) -> LossConfig:
+        return cls(name, make_params(name, values))
+
+    @classmethod
+    def from_plain(cls, data: Mapping[str, Any]) -> LossConfig:
+        fields = {f.name for f in dataclasses.fields(get_objective(data["name"]).Params)}
+        values = {k: v for k, v in data["params"].items() if k in fields}
+        return cls(data["name"], get_objective(data["name"]).Params(**values))
+
+    def yaml_params(self) -> dict[str, Any]:
+        return params_to_yaml(self.params)
+
+    @property
+    def requirements(self) -> ObjectiveRequirements:
+        return get_objective(self.name).requirements(self.params)
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    epochs: Annotated[int, Bounds(gt=0)] = 10
+    batch_size: Annotated[int, Bounds(gt=0)] = 128
+    lr: Annotated[float, Bounds(gt=0)] = 0.05
+    momentum: Annotated[float, Bounds(ge=0)] = 0.9
+    weight_decay: Annotated[float, Bounds(ge=0)] = 5e-4
+    schedule: Annotated[str, Choice(SCHEDULES)] = "cosine"
+    milestones: tuple[float, ...] = (0.625, 0.75, 0.875)  # fractions of epochs (150/180/210)
+    gamma: Annotated[float, Bounds(gt=0)] = 0.1
+    augment: Annotated[str, Choice(augment_names)] = "crop_flip"
+    seed: Annotated[int, Bounds(ge=0)] = 0
+    precision: Annotated[str, Choice(PRECISIONS)] = "auto"
+    compile: bool = False  # torch.compile the student and the teacher (CUDA)
+
+    def check(self) -> None:
+        if any(not 0 < m < 1 for m in self.milestones):
+            raise ValueError("milestones are fractions of the epochs, in (0, 1)")
+
+
+@dataclass(frozen=True)
+class KnnConfig(Config):
+    k: tuple[int, ...] = (10, 20, 200)
+    temperature: Annotated[float, Bounds(gt=0)] = 0.07
+    batch_size: Annotated[int, Bounds(gt=0)] = 512
+
+    def check(self) -> None:
+        if not self.k or any(k <= 0 for k in self.k):
+            raise ValueError(f"need one or more positive k, got {list(self.k)}")
+
+    @property
+    def headline(self) -> str:
+        """The metric a display shows: top-1 at the first configured k."""
+        return f"knn/top1_k{self.k[0]}"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    knn: KnnConfig = field(default_factory=KnnConfig)
+
+    @property
+    def headline(self) -> str:
+        return self.knn.headline
+
+
+@dataclass(frozen=True)
+class ResourcesConfig(Config):
+    cpu: Annotated[float, Bounds(gt=0)] = 1.0
+    gpu: Annotated[float, Bounds(ge=0)] = 0.0
+    max_concurrent: Annotated[int, Bounds(ge=0)] = 0  # 0: as many as resources allow
+    retries: Annotated[int, Bounds(ge=0)] = 0
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    threads: Annotated[int, Bounds(gt=0)] = 1  # torch intra-op threads per trial
+    stage_cpu: Annotated[float, Bounds(gt=0)] = 1.0  # CPUs of each stage task (its threads too)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how a trial runs; not part of its identity."""
+
+    device: str
+    threads: int
+    trial_dir: str
+    cache_dir: str
+
+
+@dataclass(frozen=True)
+class TeacherReport:
+    """What the teacher stage made available, handed to every trial of that teacher."""
+
+    key: str
+    label: str
+    directory: str
+    knn: dict[str, float]  # the teacher's own kNN accuracy (reference column)
+    graphs: dict[int, str] = field(default_factory=dict)  # neighbours per image -> file
+    test_top1: float | None = None  # supervised teachers: classifier accuracy on test
+    trained_now: bool = False
+    train_time_s: float = 0.0
+    history: tuple[dict[str, float], ...] = ()
+
+    @property
+    def weights(self) -> str:
+        return f"{self.directory}/teacher.pt"
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs; paths are absolute."""
+
+    trial_id: str
+    index: int
+    sweep: str
+    dataset: DatasetConfig
+    teacher: TeacherConfig
+    student: StudentConfig
+    loss: LossConfig
+    train: TrainConfig
+    eval: EvalConfig
+    runtime: RuntimeConfig
+    teacher_report: TeacherReport | None = None  # filled by the driver after the stage
+
+    def to_dict(self) -> dict[str, Any]:
+        out = plain(self)
+        assert isinstance(out, dict)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialConfig:
+        return rebuild(cls, dict(data))
+
+    def with_report(self, report: TeacherReport) -> TrialConfig:
+        return dataclasses.replace(self, teacher_report=report)
+
+    @functools.cached_property
+    def requirements(self) -> ObjectiveRequirements:
+        return self.loss.requirements
+
+    @property
+    def label(self) -> str:
+        """Short human label: the loss shows only the parameters set away from defaults."""
+        defaults = params_to_yaml(get_objective(self.loss.name).Params())
+        changed = ",".join(f"{k}={v}" for k, v in self.loss.yaml_params().items()
+                           if defaults.get(k) != v)
+        loss = self.loss.name + (f"({changed})" if changed else "")
+        return f"{self.teacher.label}->{self.student.arch} {loss} seed={self.train.seed}"
+
+
+def trial_identity(dataset: DatasetConfig, teacher: TeacherConfig, student: StudentConfig,
+                   loss: LossConfig, train: TrainConfig, evaluation: EvalConfig) -> str:
+    """The trial id: a hash of everything that decides the trial's result."""
+    return content_hash({"teacher": teacher.key, "student": student.arch,
+                         "loss": {"name": loss.name, **loss.yaml_params()},
+                         "train": train.to_dict(), "dataset": dataset.to_dict(),
+                         "eval": plain(evaluation)})
+
+
+def flat_params(trial: TrialConfig) -> dict[str, str]:
+    """Dotted params of a trial (docs/CONTRACTS.md): MLflow params, trials.yaml, reports."""
+    source = trial.teacher.source
+    out: dict[str, Any] = {
+        "teacher": trial.teacher.label,
+        "teacher.arch": source.arch,
+        "teacher.source": source.source,
+        "teacher.key": trial.teacher.key,
+    }
+    if isinstance(source, PretrainSource):
+        out.update({f"teacher.pretrain.{k}": v for k, v in source.pretrain.to_dict().items()
+                    if k not in ("arch",)})
+    elif isinstance(source, CheckpointSource):
+        out["teacher.checkpoint"] = source.checkpoint
+    else:
+        out["teacher.weights"] = source.weights
+    out["student"] = trial.student.arch
+    out["loss.name"] = trial.loss.name
+    out.update({f"loss.{k}": v for k, v in trial.loss.yaml_params().items()})
+    out.update(trial.train.to_dict())
+    out.update({f"dataset.{k}": v for k, v in trial.dataset.to_dict().items()})
+    out.update({f"knn.{k}": v for k, v in trial.eval.knn.to_dict().items()})
+    out["trial_id"] = trial.trial_id
+    return {k: json.dumps(v) if isinstance(v, list | dict) else str(v) for k, v in out.items()}

@@ -1,0 +1,281 @@
+"""The sweep driver: stages, Ray Tune trials, MLflow from the driver, resume.
+
+Resume is keyed on content: a trial's id hashes its config, its run in MLflow carries that id,
+and its checkpoint lives in ``<output>/trials/<id>/``. Running the same spec again skips
+FINISHED trials, continues the others from their last epoch and reuses their MLflow runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from rich.markup import escape
+
+from common import names as N
+from common.atomic import remove_stale_temps, write_json, write_yaml
+from orchestrator.callback import GROUP_KEY, SweepCallback, group_trainable, short
+from orchestrator.config import TeacherReport, TrialConfig, flat_params
+from orchestrator.engine.member import CHECKPOINT, STUDENT_WEIGHTS
+from orchestrator.errors import UserInputError
+from orchestrator.grid import varying_axes
+from orchestrator.locks import LockBusy, exclusive_lock
+from orchestrator.preflight import preflight
+from orchestrator.progress import SweepProgress
+from orchestrator.ray_runtime import check_dashboard, dashboard_url, ray_session
+from orchestrator.spec import SweepSpec
+from orchestrator.teachers import ensure_teacher
+from orchestrator.tracking import Tracker, default_tracking_uri, is_local_store
+
+LOCK_FILE = "sweep.lock"
+
+
+@dataclass
+class SweepOutcome:
+    total: int
+    skipped: int
+    finished: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # "<id> [<index> <label>]" -> reason
+    wall_s: float = 0.0
+    tracking_uri: str = ""
+    parent_run_id: str = ""
+    output_dir: str = ""
+    disk_bytes: int = 0
+    teachers: list[TeacherReport] = field(default_factory=list)
+    interrupted: int = 0  # trials left unfinished by SIGINT / SIGTERM (KILLED, resumable)
+
+
+def graph_sizes(trials: list[TrialConfig]) -> dict[str, set[int]]:
+    """Per teacher key, the neighbour-graph sizes its trials' objectives ask for."""
+    sizes: dict[str, set[int]] = {}
+    for t in trials:
+        entry = sizes.setdefault(t.teacher.key, set())
+        if t.requirements.graph_size is not None:
+            entry.add(t.requirements.graph_size)
+    return sizes
+
+
+def describe(t: TrialConfig, axes: list[str]) -> str:
+    """Unique, readable trial name: id, index, label and the axes the label leaves out."""
+    flat = flat_params(t)
+    extra = [f"{a}={flat[a]}" for a in axes if a in flat and a not in (
+        "teacher", "student", "loss.name", "seed") and not a.startswith("loss.")]
+    return f"{t.trial_id} [{t.index:03d} {t.label}{' ' + ' '.join(extra) if extra else ''}]"
+
+
+def write_trials_manifest(path: Path, trials: list[TrialConfig]) -> None:
+    """``trials.yaml``: every trial of the sweep as its flat params (what the report reads to
+    count cells whose trials never started)."""
+    write_yaml(path, [flat_params(t) for t in trials])
+
+
+def record_sweep(spec: SweepSpec, trials: list[TrialConfig], uri: str) -> tuple[Tracker, str]:
+    """Open (or reopen) the sweep's parent run and write what describes the sweep: the
+    manifest ``sweep.json``, ``spec.yaml`` and ``trials.yaml``, the last two also as the
+    parent run's artifacts."""
+    out = spec.output_dir
+    manifest_path = out / N.SWEEP_JSON
+    previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    sweep_id = previous.get("sweep_id") or uuid.uuid4().hex[:12]
+    tracker = Tracker(uri, f"{N.EXPERIMENT_PREFIX}{spec.name}",
+                      out / "artifacts" if is_local_store(uri) else None)
+    parent = tracker.open_sweep(
+        sweep_id, spec.name,
+        {N.TAG_AXES: json.dumps(varying_axes(trials)), N.TAG_OUTPUT_DIR: str(out),
+         N.TAG_SPEC_PATH: str(spec.source_path)},
+        previous.get("parent_run_id") if previous.get("tracking_uri") == uri else None)
+    write_json(manifest_path, {
+        "sweep_id": sweep_id, "parent_run_id": parent, "experiment_id": tracker.experiment_id,
+        "tracking_uri": uri, "name": spec.name, "spec_path": str(spec.source_path),
+        "trial_ids": [t.trial_id for t in trials],
+    })
+    shutil.copyfile(spec.source_path, out / N.SPEC_ARTIFACT)
+    write_trials_manifest(out / N.TRIALS_ARTIFACT, trials)
+    tracker.log_sweep_artifact(out / N.SPEC_ARTIFACT)
+    tracker.log_sweep_artifact(out / N.TRIALS_ARTIFACT)
+    return tracker, sweep_id
+
+
+def disk_usage(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def run_sweep(spec: SweepSpec, trials: list[TrialConfig], *, tracking_uri: str | None = None,
+              address: str | None = None, progress: SweepProgress | None = None,
+              dashboard: bool = False) -> SweepOutcome:
+    started = time.perf_counter()
+    preflight(spec, trials, tracking_uri)
+    if dashboard:
+        check_dashboard(address)
+    out = spec.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with exclusive_lock(out / LOCK_FILE):
+            return _run_locked(spec, trials, started, tracking_uri, address, progress,
+                               dashboard)
+    except LockBusy as exc:
+        raise UserInputError(
+            f"another ukd sweep (pid {exc.holder or '?'}) is running on {out}; wait for it to "
+            "end, or use another --output") from None
+
+
+def _run_locked(spec: SweepSpec, trials: list[TrialConfig], started: float,
+                tracking_uri: str | None, address: str | None,
+                progress: SweepProgress | None, dashboard: bool) -> SweepOutcome:
+    """The sweep proper, with the output directory locked: no other ukd process writes it,
+    so every run of this sweep still RUNNING in MLflow was left by a dead process."""
+    out = spec.output_dir
+    uri = tracking_uri or default_tracking_uri(out)
+    tracker, sweep_id = record_sweep(spec, trials, uri)
+    parent = tracker.parent_run_id
+    assert parent is not None
+    axes = varying_axes(trials)
+
+    finished = tracker.reconcile(trials)
+    for t in trials:
+        trial_dir = Path(t.runtime.trial_dir)
+        remove_stale_temps(trial_dir)  # half-written files of a killed process
+        if t.trial_id in finished and (trial_dir / STUDENT_WEIGHTS).is_file():
+            (trial_dir / CHECKPOINT).unlink(missing_ok=True)  # killed before its clean-up
+    to_run = [t for t in trials if t.trial_id not in finished]
+    outcome = SweepOutcome(total=len(trials), skipped=len(finished), tracking_uri=uri,
+                           parent_run_id=parent, output_dir=str(out))
+    names = {t.trial_id: describe(t, axes) for t in trials}
+    view = progress or SweepProgress(len(trials), spec.eval.headline)
+    view.total, view.skipped = len(trials), len(finished)
+    for t in to_run:
+        view.add(t.trial_id, f"{t.index:03d} {t.label}", t.train.epochs)
+    if not to_run:
+        tracker.close_sweep("FINISHED")
+        outcome.wall_s = time.perf_counter() - started
+        outcome.disk_bytes = disk_usage(out)
+        return outcome
+
+    status = "KILLED"  # unless the sweep gets to its end
+    try:
+        with ray_session(address, dashboard) as connected:
+            import ray
+
+            tracker.client.set_tag(parent, N.TAG_RAY_ADDRESS,
+                                   ray.get_runtime_context().gcs_address)
+            if dashboard and connected:
+                view.console.print(f"Ray dashboard: {dashboard_url()}", highlight=False)
+            reports, teacher_failed = _run_stages(spec, to_run, tracker, outcome, view)
+            for t in [t for t in to_run if t.teacher.key in teacher_failed]:
+                reason = teacher_failed[t.teacher.key]
+                tracker.start_trial(t)
+                tracker.fail_trial(t.trial_id, reason, 0)
+                outcome.failed[names[t.trial_id]] = short(reason)
+                view.update(t.trial_id, status="failed", reason=short(reason, 120))
+            runnable = [t.with_report(reports[t.teacher.key]) for t in to_run
+                        if t.teacher.key not in teacher_failed]
+            if runnable:
+                _fit(spec, sweep_id, out, runnable, tracker, view, outcome, names)
+        outcome.interrupted = sum(1 for t in to_run if t.trial_id not in outcome.finished
+                                  and names[t.trial_id] not in outcome.failed)
+        status = ("KILLED" if outcome.interrupted else "FAILED" if outcome.failed
+                  else "FINISHED")
+    finally:
+        # Runs this process opened and did not end (an interrupted fit) are not left RUNNING.
+        tracker.kill_unfinished()
+        tracker.close_sweep(status)
+    outcome.wall_s = time.perf_counter() - started
+    outcome.disk_bytes = disk_usage(out)
+    return outcome
+
+
+def _fit(spec: SweepSpec, sweep_id: str, out: Path, runnable: list[TrialConfig],
+         tracker: Tracker, view: SweepProgress, outcome: SweepOutcome,
+         names: dict[str, str]) -> None:
+    groups = [[t] for t in runnable]
+    trainable = tune.with_resources(group_trainable, {"cpu": spec.resources.cpu,
+                                                      "gpu": spec.resources.gpu})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={GROUP_KEY: tune.grid_search([[t.to_dict() for t in g] for g in groups])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent or None),
+        run_config=tune.RunConfig(
+            name=f"{spec.name}-{sweep_id}",
+            storage_path=str(out / "ray"),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.resources.retries),
+            callbacks=[SweepCallback(tracker, {t.trial_id: t for t in runnable}, view, outcome,
+                                     names, spec.eval.headline)],
+        ),
+    )
+    with view, _sigterm_as_sigint():
+        tuner.fit()  # SIGINT / SIGTERM: Tune stops the trials and returns
+
+
+@contextmanager
+def _sigterm_as_sigint() -> Iterator[None]:
+    """SIGTERM stops the sweep like Ctrl+C (Tune ends the trials, their runs are marked
+    KILLED, Ray shuts down) instead of ending the process on the spot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM,
+                             lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_stages(spec: SweepSpec, trials: list[TrialConfig], tracker: Tracker,
+                outcome: SweepOutcome, view: SweepProgress
+                ) -> tuple[dict[str, TeacherReport], dict[str, str]]:
+    """One Ray task per distinct teacher: pretrain (cached), kNN reference, neighbour graphs.
+
+    Returns each teacher's report, and the reason for each teacher whose stage failed.
+    """
+    import ray
+
+    teachers = {t.teacher.key: t for t in trials}
+    sizes = graph_sizes(trials)
+    # Any: Ray's stubs type remote functions of at most a few positional parameters.
+    stage: Any = ray.remote(num_cpus=spec.resources.stage_cpu,
+                            num_gpus=spec.resources.gpu)(ensure_teacher)
+    view.console.print(f"[bold]stage[/bold]: {len(teachers)} teacher(s) "
+                       f"({', '.join(t.teacher.label for t in teachers.values())})")
+    futures = {key: stage.remote(t.teacher, t.dataset, t.eval.knn, t.runtime.cache_dir,
+                                 t.runtime.device, tuple(sorted(sizes[key])),
+                                 max(1, math.ceil(spec.resources.stage_cpu)))
+               for key, t in teachers.items()}
+    reports: dict[str, TeacherReport] = {}
+    failed: dict[str, str] = {}
+    for key, future in futures.items():
+        try:
+            report: TeacherReport = ray.get(future)
+        except Exception as exc:  # its trials fail with this reason, the others go on
+            cause = getattr(exc, "cause", None) or exc
+            failed[key] = f"teacher stage failed: {type(cause).__name__}: {cause}"[:2000]
+            view.console.print(f"  teacher {teachers[key].teacher.label}: "
+                               f"[red]failed[/red] ({escape(short(failed[key]))})",
+                               highlight=False, soft_wrap=True)
+            continue
+        outcome.teachers.append(report)
+        if report.trained_now:
+            tracker.log_teacher(teachers[key].teacher, report)
+        reports[key] = report
+        view.console.print(teacher_line(report, spec.eval.headline), highlight=False)
+    return reports, failed
+
+
+def teacher_line(report: TeacherReport, headline: str) -> str:
+    """The stage's line for one teacher, with its value of the display's metric."""
+    state = "trained" if report.trained_now else "cached"
+    value = report.knn.get(headline.removeprefix(N.KNN_PREFIX), float("nan"))
+    return (f"  teacher {report.label}: {state}, {headline} {value:.2f}% "
+            f"({report.train_time_s:.0f}s training)")

@@ -1,0 +1,229 @@
+"""Run a group of trials that see the same batch stream: one data pipeline, one teacher pass,
+every member its own step.
+
+:func:`run_group` is a plain function (no Ray): it takes trial configs and a ``report``
+callback and returns each member's outcome. Every member checkpoints atomically after every
+epoch in its trial directory and resumes from there, so a killed group continues each member
+where it stopped; a member that fails stops alone. :func:`run_trial` is a group of one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from models.augment import AUGMENT_PRESETS
+from orchestrator.config import CheckpointSource, TeacherReport, TrialConfig
+from orchestrator.datasets import DATASETS, load_dataset
+from orchestrator.engine.batches import BatchStream
+from orchestrator.engine.member import Member, autocast, build_member, failing_as
+from orchestrator.engine.teacher_pass import SharedTeacher
+from orchestrator.errors import TrialFailure
+from orchestrator.knn import embed, weighted_knn
+from orchestrator.teachers import (
+    TeacherNeeds,
+    load_frozen_teacher,
+    resolve_device,
+    run_stage,
+)
+
+# (trial id, metrics): metrics["kind"] is "epoch", "final" or "failed".
+GroupReporter = Callable[[str, dict[str, Any]], None]
+Reporter = Callable[[dict[str, Any]], None]
+CHECK_EVERY_CUDA = 25  # steps between non-finite checks on CUDA (each is a host sync)
+
+
+@dataclass
+class MemberOutcome:
+    trial_id: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    failure: TrialFailure | None = None
+
+
+def group_key(trial: TrialConfig) -> tuple[Any, ...]:
+    """Trials with equal keys see the same batches: same data, teacher, seed, batch size,
+    epochs, augmentation, batch builder (and what they need of a checkpoint teacher)."""
+    req = trial.requirements
+    needs = teacher_needs([trial]) if isinstance(trial.teacher.source, CheckpointSource) \
+        else None
+    return (trial.dataset, trial.teacher.key, trial.train.seed, trial.train.batch_size,
+            trial.train.epochs, trial.train.augment, req.neighbour_batches, needs,
+            trial.runtime.device, trial.train.precision)
+
+
+def teacher_needs(trials: Sequence[TrialConfig]) -> TeacherNeeds:
+    return TeacherNeeds(classifier=any(t.requirements.teacher_classifier for t in trials),
+                        ssl_head=any(t.requirements.teacher_embedding for t in trials))
+
+
+def run_trial(config: TrialConfig | Mapping[str, Any], report: Reporter | None = None
+              ) -> dict[str, float]:
+    """One trial on its own (a group of one); raises TrialFailure when it fails."""
+    trial = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
+    emit = report or (lambda _metrics: None)
+    outcome = run_group([trial], lambda _id, metrics: emit(metrics))[trial.trial_id]
+    if outcome.failure is not None:
+        raise outcome.failure
+    return outcome.metrics
+
+
+def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
+              check_every: int | None = None) -> dict[str, MemberOutcome]:
+    if not trials:
+        return {}
+    keys = {group_key(t) for t in trials}
+    if len(keys) != 1:
+        raise ValueError("a group's trials must share one batch stream (see group_key)")
+    first = trials[0]
+    torch.set_num_threads(first.runtime.threads)
+    device = resolve_device(first.runtime.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    data = first.dataset
+    bundle = load_dataset(data.name, data.root, data.download)
+    use_labels = DATASETS[data.name].has_labels and data.labels
+
+    teacher_report, frozen = _teacher(trials, bundle)
+    frozen = frozen.to(device)
+    if device.type == "cuda":
+        frozen = frozen.to(memory_format=torch.channels_last)
+    shared = SharedTeacher(frozen)
+    graphs = _GraphCache(teacher_report, device)
+    images = bundle.train.images.to(device)
+    labels = bundle.train.labels.to(device) if use_labels else None
+    mean, std = bundle.mean.to(device), bundle.std.to(device)
+    stream = BatchStream(
+        images, labels, mean, std, AUGMENT_PRESETS[first.train.augment], first.train.seed,
+        first.train.batch_size, first.requirements.neighbour_batches,
+        graphs.cpu(first.requirements.neighbour_batches.pool)
+        if first.requirements.neighbour_batches else None,
+        torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+
+    members: list[Member] = []
+    outcomes: dict[str, MemberOutcome] = {}
+    for trial in trials:
+        outcomes[trial.trial_id] = MemberOutcome(trial.trial_id)
+        try:
+            members.append(build_member(
+                trial, teacher=shared, images=images, labels=labels,
+                num_classes=bundle.num_classes, mean=mean, std=std, device=device,
+                graphs=graphs.device))
+        except Exception as exc:  # e.g. an unreadable checkpoint: this member only
+            failure = exc if isinstance(exc, TrialFailure) else TrialFailure(
+                f"{type(exc).__name__}: {exc}", 1)
+            outcomes[trial.trial_id].failure = failure
+            report(trial.trial_id, {"kind": "failed", "reason": failure.reason,
+                                    "epoch": failure.epoch})
+    every = check_every or (CHECK_EVERY_CUDA if device.type == "cuda" else 1)
+
+    epochs = first.train.epochs
+    start = min((m.start_epoch for m in members), default=epochs)
+    for epoch in range(start, epochs):
+        running = [m for m in members if m.runs_in(epoch)]
+        if not running:
+            continue
+        lrs = {m.trial_id: m.begin_epoch(epoch) for m in running}
+        for batch in stream.epoch(epoch):
+            shared.new_step()
+            for m in running:
+                if m.active:
+                    with failing_as(m, epoch):
+                        m.step(batch, shared)
+                        if (batch.step + 1) % every == 0:
+                            m.check_finite(epoch)
+            running = [m for m in running if m.active]
+            if not running:
+                break
+        shared.new_step()
+        for m in running:
+            with failing_as(m, epoch):
+                metrics = m.end_epoch(epoch, lrs[m.trial_id])
+                resumed = {}
+                if m.start_epoch and epoch == m.start_epoch:
+                    resumed = {"resumed_from_epoch": m.start_epoch,
+                               "resumed_metrics": m.resumed_metrics}
+                report(m.trial_id, {"kind": "epoch", **metrics, **resumed})
+        _report_failures(members, outcomes, report)
+
+    for m in members:
+        if not m.active:
+            continue
+        with failing_as(m, epochs - 1):
+            final = _evaluate(m, bundle, images, device)
+            final.update({f"teacher_knn/{k}": v for k, v in teacher_report.knn.items()})
+            m.save_weights()
+            m.finished = True
+            final["train_time_s"] = m.train_time_s
+            extra = ({"resumed_from_epoch": m.start_epoch, "resumed_metrics": m.resumed_metrics}
+                     if m.start_epoch == epochs else {})
+            report(m.trial_id, {"kind": "final", "epoch": epochs, **final, **extra})
+            outcomes[m.trial_id].metrics = final
+    _report_failures(members, outcomes, report)
+    return outcomes
+
+
+def _report_failures(members: list[Member], outcomes: dict[str, MemberOutcome],
+                     report: GroupReporter) -> None:
+    for m in members:
+        out = outcomes[m.trial_id]
+        if m.failure is not None and out.failure is None:
+            out.failure = m.failure
+            report(m.trial_id, {"kind": "failed", "reason": m.failure.reason,
+                                "epoch": m.failure.epoch})
+
+
+def _teacher(trials: Sequence[TrialConfig], bundle: Any) -> tuple[TeacherReport, Any]:
+    """The group's teacher, loaded once: from the stage's report when the driver ran it,
+    else by running the (cached, locked) stage here."""
+    first = trials[0]
+    needs = teacher_needs(trials)
+    sizes = tuple(sorted({s for t in trials if (s := t.requirements.graph_size)}))
+    report = first.teacher_report
+    if report is not None and all(s in report.graphs for s in sizes):
+        return report, load_frozen_teacher(first.teacher, first.runtime.cache_dir, bundle,
+                                           needs)
+    return run_stage(first.teacher, first.dataset, first.eval.knn, first.runtime.cache_dir,
+                     first.runtime.device, sizes, needs=needs)
+
+
+class _GraphCache:
+    """Teacher neighbour graphs by size, read from the stage's files once per group."""
+
+    def __init__(self, report: TeacherReport, device: torch.device) -> None:
+        self.report = report
+        self.device_ = device
+        self._cpu: dict[int, Tensor] = {}
+        self._dev: dict[int, Tensor] = {}
+
+    def cpu(self, size: int) -> Tensor:
+        if size not in self._cpu:
+            graph: Tensor = torch.load(self.report.graphs[size], weights_only=True)
+            self._cpu[size] = graph
+        return self._cpu[size]
+
+    def device(self, size: int) -> Tensor:
+        if size not in self._dev:
+            self._dev[size] = self.cpu(size).to(self.device_)
+        return self._dev[size]
+
+
+@torch.no_grad()
+def _evaluate(member: Member, bundle: Any, images: Tensor,
+              device: torch.device) -> dict[str, float]:
+    """Weighted kNN on the student backbone; the teacher's reference comes with the run."""
+    trial = member.trial
+    knn = trial.eval.knn
+    student = member.student.eval()
+    mean, std = bundle.mean.to(device), bundle.std.to(device)
+    with autocast(device, trial.train.precision):
+        train_feats = embed(student.forward_features, images, mean, std, knn.batch_size)
+        test_feats = embed(student.forward_features, bundle.test.images.to(device), mean, std,
+                           knn.batch_size)
+    scores = weighted_knn(train_feats, bundle.train.labels.to(device), test_feats,
+                          bundle.test.labels.to(device), knn.k, knn.temperature,
+                          bundle.num_classes)
+    return {f"knn/{k}": v for k, v in scores.items()}

@@ -1,0 +1,249 @@
+"""A member of a group: one trial's student, objective, optimiser, schedule and checkpoint.
+
+Its loss terms are summed on the device over an epoch (no host read-back inside the steps);
+the non-finite check reads the sums back every ``check_every`` steps and at the epoch's end,
+and a member whose loss goes non-finite or whose step raises fails alone, with its reason and
+epoch, while the other members of its group go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from common.atomic import torch_save, write_yaml
+from common.schedules import cosine_factor, step_factor
+from losses import LossTerms, Objective, ObjectiveContext, StepInputs, build_objective
+from models.augment import AUGMENT_PRESETS, augment, normalise
+from models.base import Backbone, build_model
+from models.teacher import TeacherOutputs
+from orchestrator.config import TrainConfig, TrialConfig
+from orchestrator.engine.batches import Batch
+from orchestrator.engine.streams import generator, seeded_init
+from orchestrator.errors import TrialFailure
+
+CHECKPOINT = "checkpoint.pt"
+STUDENT_WEIGHTS = "student.pt"
+CONFIG_FILE = "config.yaml"
+
+
+def lr_factor(train: TrainConfig, epoch: int) -> float:
+    """Learning-rate multiplier for a 0-based epoch."""
+    if train.schedule == "cosine":
+        return cosine_factor(epoch, train.epochs)
+    if train.schedule == "step":
+        return step_factor(epoch, [round(m * train.epochs) for m in train.milestones],
+                           train.gamma)
+    return 1.0
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast for the forwards on CUDA (losses compute in float32 themselves)."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class Member:
+    trial: TrialConfig
+    student: Backbone
+    objective: Objective[Any]
+    optimizer: torch.optim.Optimizer
+    rng: torch.Generator  # the model stream, on the device
+    device: torch.device
+    graph: Tensor | None = None  # the teacher graph an objective reads in its step (BINGO)
+    start_epoch: int = 0
+    resumed_metrics: dict[str, float] = field(default_factory=dict)
+    failure: TrialFailure | None = None
+    finished: bool = False
+    _sums: Tensor | None = None
+    _names: list[str] = field(default_factory=list)
+    _steps: int = 0
+    _epoch_started: float = 0.0
+    _started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def trial_id(self) -> str:
+        return self.trial.trial_id
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.trial.runtime.trial_dir)
+
+    @property
+    def active(self) -> bool:
+        return self.failure is None and not self.finished
+
+    def runs_in(self, epoch: int) -> bool:
+        return self.active and epoch >= self.start_epoch
+
+    # ------------------------------------------------------------------ an epoch
+
+    def begin_epoch(self, epoch: int) -> float:
+        lr = self.trial.train.lr * lr_factor(self.trial.train, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.student.train()
+        self.objective.train()
+        self._sums, self._steps = None, 0
+        self._epoch_started = time.perf_counter()
+        return lr
+
+    def step(self, batch: Batch, teacher: TeacherOutputs) -> None:
+        req = self.trial.requirements
+        inputs = StepInputs(
+            views=batch.views(req.num_views),
+            indices=batch.indices,
+            labels=batch.labels,
+            student=self.student,
+            teacher=teacher,
+            fetch=batch.fetcher(),
+            neighbours=self.graph,
+            epoch=batch.epoch,
+            step=batch.step,
+            rng=self.rng,
+        )
+        with autocast(self.device, self.trial.train.precision):
+            terms: LossTerms = self.objective.compute(inputs)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        self.optimizer.step()
+        self.objective.after_step(inputs)
+        values = terms.stacked()
+        if self._sums is None:
+            self._sums, self._names = values, terms.names()
+        else:
+            self._sums += values
+        self._steps += 1
+
+    def check_finite(self, epoch: int) -> None:
+        """Raise TrialFailure naming the non-finite terms (one host read-back)."""
+        if self._sums is None:
+            return
+        finite = torch.isfinite(self._sums).tolist()
+        if not all(finite):
+            bad = [n.removeprefix("loss/") for n, ok in zip(self._names, finite, strict=True)
+                   if not ok and n != "loss/total"]
+            raise TrialFailure(f"non-finite loss (terms: {', '.join(bad) or 'total'})",
+                               epoch + 1)
+
+    def end_epoch(self, epoch: int, lr: float) -> dict[str, float]:
+        self.check_finite(epoch)
+        metrics: dict[str, float] = {}
+        if self._sums is not None:
+            means = (self._sums / max(1, self._steps)).tolist()
+            metrics = dict(zip(self._names, means, strict=True))
+        metrics.update({"epoch": float(epoch + 1), "lr": lr,
+                        "epoch_time_s": time.perf_counter() - self._epoch_started})
+        torch_save(self.directory / CHECKPOINT, {
+            "epoch": epoch + 1,
+            "student": self.student.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.get_state(),
+            "metrics": metrics,
+        })
+        return metrics
+
+    def fail(self, exc: BaseException, epoch: int) -> TrialFailure:
+        if isinstance(exc, TrialFailure):
+            self.failure = exc
+        else:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            self.failure = TrialFailure(f"{type(exc).__name__}: {first}", epoch + 1)
+        self.student.zero_grad(set_to_none=True)
+        return self.failure
+
+    def save_weights(self) -> None:
+        torch_save(self.directory / STUDENT_WEIGHTS, self.student.state_dict())
+
+    @property
+    def train_time_s(self) -> float:
+        return time.perf_counter() - self._started
+
+
+@contextlib.contextmanager
+def failing_as(member: Member, epoch: int) -> Iterator[None]:
+    """Exceptions inside become the member's failure (the group goes on)."""
+    try:
+        yield
+    except Exception as exc:
+        member.fail(exc, epoch)
+
+
+def build_member(trial: TrialConfig, *, teacher: TeacherOutputs, images: Tensor,
+                 labels: Tensor | None, num_classes: int, mean: Tensor, std: Tensor,
+                 device: torch.device, graphs: Callable[[int], Tensor]) -> Member:
+    """Student, objective and optimiser of a trial, restored from its checkpoint if any."""
+    directory = Path(trial.runtime.trial_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_yaml(directory / CONFIG_FILE, trial.to_dict())
+    req = trial.requirements
+    seed = trial.train.seed
+    rng = generator(seed, "model", device=device)
+    with seeded_init(seed):
+        student = build_model(trial.student.arch, num_classes if req.student_classifier
+                              else None, int(images.shape[1]))
+        ctx = ObjectiveContext(
+            student_dim=student.feature_dim,
+            teacher_dim=teacher.feature_dim,
+            teacher_embedding_dim=teacher.embedding_dim,
+            num_classes=num_classes if labels is not None else None,
+            teacher_has_classifier=teacher.has_classifier,
+            student_has_classifier=student.has_classifier,
+            dataset_size=int(images.shape[0]),
+            generator=generator(seed, "model", 1),
+        )
+        objective = build_objective(trial.loss.name, trial.loss.params, ctx)
+    memory = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    student = student.to(device).to(memory_format=memory)
+    objective = objective.to(device)
+    params = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=trial.train.lr, momentum=trial.train.momentum,
+                                weight_decay=trial.train.weight_decay,
+                                foreach=device.type != "cuda", fused=device.type == "cuda")
+    member = Member(trial, student, objective, optimizer, rng, device,
+                    graph=graphs(req.neighbour_graph) if req.neighbour_graph else None)
+    state = _read_checkpoint(directory / CHECKPOINT, device)
+    if state is not None:
+        student.load_state_dict(state["student"])
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+    # One-off stages run after the restore, so that a resumed objective can skip what its
+    # checkpoint already holds (SSKD's trained teacher SS head).
+    aug = AUGMENT_PRESETS[trial.train.augment]
+    prepare_calls = iter(range(1 << 30))
+
+    def prepare_view(x: Tensor) -> Tensor:
+        gen = generator(seed, "prepare", next(prepare_calls), device=device)
+        return normalise(augment(x, aug, gen), mean, std)
+
+    objective.prepare(teacher, images, labels, prepare_view, device,
+                      generator(seed, "prepare", -1))
+    if state is not None:
+        rng.set_state(state["rng"].cpu())
+        member.start_epoch = int(state["epoch"])
+        member.resumed_metrics = dict(state.get("metrics", {}))
+        if member.start_epoch >= trial.train.epochs:
+            member.start_epoch = trial.train.epochs  # trained, only the evaluation is left
+    return member
+
+
+def _read_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        state: dict[str, Any] = torch.load(path, weights_only=True, map_location=device)
+        return state
+    except Exception as exc:  # written atomically, so damaged by something else
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise TrialFailure(f"unreadable checkpoint {path} ({type(exc).__name__}: {first}); "
+                           "delete it to restart the trial from scratch", 1) from None

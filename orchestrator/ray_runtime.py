@@ -1,0 +1,118 @@
+"""The Ray runtime of a sweep: a fresh local Ray of this process, or an existing cluster.
+
+The only module that touches Ray's private settings (``ray._private``): the local node's
+address and the dashboard's dependencies. Ray is pinned below its next major version in
+pyproject.toml because of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+from orchestrator.errors import UserInputError
+
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray node on 127.0.0.1 only
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+
+
+def check_dashboard(address: str | None) -> None:
+    """``--dashboard`` can be served: a local Ray, and Ray's dashboard packages installed."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        raise UserInputError("--dashboard starts the dashboard of the local Ray only; a "
+                             "cluster (--address / RAY_ADDRESS) serves its own")
+    from ray._private.utils import get_dashboard_dependency_error
+
+    missing = get_dashboard_dependency_error()
+    if missing is not None:
+        raise UserInputError(f"--dashboard: the Ray dashboard needs ray[default] ({missing}); "
+                             "allowed: pip install 'ray[default]', or run without --dashboard")
+
+
+def _quiet() -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # failure.json has the trace
+    # Tune's result analysis looks for the per-trial JSON/CSV loggers disabled above and
+    # warns once per trial; MLflow holds the results.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # On SIGINT/SIGTERM Tune suggests Tuner.restore(...); continuing is `ukd sweep` again.
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+
+
+def init_ray(address: str | None, dashboard: bool = False) -> bool:
+    """Start a local Ray of this process or attach to a cluster; True if this call connected
+    (False: Ray was already initialised by the caller).
+
+    The local Ray's servers (GCS, raylet, the dashboard when asked for) listen on 127.0.0.1
+    only, unless the user sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1. Its processes share the
+    driver's fate: when the driver dies, even by SIGKILL, its GCS and raylet die with it and
+    the workers and agents exit on their own shortly after (tests/orchestrator/test_resume.py).
+    """
+    import ray
+
+    _quiet()
+    if ray.is_initialized():
+        return False
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        try:
+            ray.init(address=target, logging_level=logging.WARNING, log_to_driver=False)
+        except ConnectionError as exc:
+            raise UserInputError(
+                f"cannot attach to the Ray cluster at {target}: {exc}. If the cluster uses "
+                "token authentication, set RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN or "
+                "~/.ray/auth_token) before running ukd") from None
+        return True
+    # address="local": always a fresh local instance, never another sweep's Ray (plain
+    # ray.init() would attach to the newest Ray found on this machine).
+    from ray._private import ray_constants
+
+    # Ray binds its gRPC servers to every interface unless the node's address is 127.0.0.1,
+    # which it picks only while this setting (read at import) is off; the started processes
+    # are given the address, so the setting is restored afterwards.
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ.get(LOCAL_ONLY_ENV, "0").lower() in (
+        "1", "true")
+    try:
+        ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 logging_level=logging.WARNING, log_to_driver=False)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+    return True
+
+
+def dashboard_url() -> str:
+    from ray._private.worker import get_dashboard_url
+
+    return f"http://{get_dashboard_url()}"
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, dashboard: bool = False) -> Iterator[bool]:
+    """Ray for the length of the block; shut down (a local Ray) or disconnected (a cluster)
+    afterwards if this block connected it.
+
+    A local ray.init() turns on token auth for the rest of this process (RAY_AUTH_MODE); it
+    is put back after the shutdown, or a later sweep of this process could not attach to a
+    cluster that runs without tokens.
+    """
+    import ray
+
+    auth_mode = os.environ.get(AUTH_MODE_ENV)
+    started = False
+    try:
+        started = init_ray(address, dashboard)
+        yield started
+    finally:
+        if started:
+            ray.shutdown()
+            if auth_mode is None:
+                os.environ.pop(AUTH_MODE_ENV, None)
+            else:
+                os.environ[AUTH_MODE_ENV] = auth_mode
