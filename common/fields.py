@@ -57,9 +57,12 @@ class Bounds:
 
 @dataclass(frozen=True)
 class Choice:
-    """Allowed strings of a field; ``source`` may be a callable (a registry read late)."""
+    """Allowed strings of a field; ``source`` may be a callable (a registry read late).
+    ``booleans`` maps the YAML booleans a user may write (YAML reads a bare ``off`` as false)
+    onto choices."""
 
     source: tuple[str, ...] | Callable[[], Iterable[str]]
+    booleans: tuple[tuple[bool, str], ...] = ()
 
     @property
     def choices(self) -> tuple[str, ...]:

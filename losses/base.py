@@ -133,6 +133,10 @@ class Objective(nn.Module, Generic[P]):
     name: ClassVar[str]
     Params: ClassVar[type[Config]]
     summary: ClassVar[str] = ""
+    # Stateless objectives whose loss terms depend on params only through their weights
+    # declare those params here and implement term_weights: trials that differ only in them
+    # can run as one stacked (vmapped) model (orchestrator/engine/stacked.py).
+    weight_fields: ClassVar[frozenset[str] | None] = None
     params: P
 
     def __init__(self, params: P, ctx: ObjectiveContext) -> None:
@@ -143,6 +147,11 @@ class Objective(nn.Module, Generic[P]):
     @classmethod
     def requirements(cls, params: P) -> ObjectiveRequirements:
         return ObjectiveRequirements()
+
+    @classmethod
+    def term_weights(cls, params: P, epoch: int) -> dict[str, float] | None:
+        """Each term's weight at an epoch (None: the objective cannot be stacked)."""
+        return None
 
     def compute(self, step: StepInputs) -> LossTerms:
         raise NotImplementedError

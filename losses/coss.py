@@ -77,10 +77,19 @@ class _CosineDistillation(Objective[Cosine]):
         super().__init__(params, ctx)
         self.head = coss_projection(ctx.student_dim, ctx.teacher_dim, params.hidden_dim)
 
+    weight_fields: ClassVar[frozenset[str] | None] = frozenset({"lambda_", "scale"})
+
     @staticmethod
     def space_weight(params: Cosine) -> float:
         """lambda, the weight of L_ss relative to L_co."""
         raise NotImplementedError
+
+    @classmethod
+    def term_weights(cls, params: Cosine, epoch: int) -> dict[str, float]:
+        weights = {"co": params.scale}
+        if cls.space_weight(params) > 0:
+            weights["ss"] = params.scale * cls.space_weight(params)
+        return weights
 
     @classmethod
     def requirements(cls, params: Cosine) -> ObjectiveRequirements:
@@ -96,13 +105,10 @@ class _CosineDistillation(Objective[Cosine]):
         with torch.no_grad():
             target = step.teacher.features(images)
         projected = self.head(step.student.forward_features(images))
-        scale = self.params.scale
+        weights = self.term_weights(self.params, step.epoch)
         terms = {"co": cosine_rows_loss(projected, target)}
-        weights = {"co": scale}
-        space = self.space_weight(self.params)
-        if space > 0:
+        if "ss" in weights:
             terms["ss"] = space_similarity_loss(projected, target)
-            weights["ss"] = scale * space
         return LossTerms(terms, weights)
 
 

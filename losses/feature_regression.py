@@ -74,6 +74,13 @@ Regression = TypeVar("Regression", bound=MSEParams | CosineParams)
 class _Regression(Objective[Regression]):
     """Shared part: head (only when dims differ), teacher raw features, one view."""
 
+    weight_fields: ClassVar[frozenset[str] | None] = frozenset({"weight"})
+    term: ClassVar[str]
+
+    @classmethod
+    def term_weights(cls, params: Regression, epoch: int) -> dict[str, float]:
+        return {cls.term: params.weight}
+
     def __init__(self, params: Regression, ctx: ObjectiveContext) -> None:
         super().__init__(params, ctx)
         self.head = coss_projection(ctx.student_dim, ctx.teacher_dim, params.hidden_dim)
@@ -90,13 +97,14 @@ class MSE(_Regression[MSEParams]):
     """Mean squared error between projected student and raw teacher features."""
 
     name: ClassVar[str] = "mse"
+    term: ClassVar[str] = "mse"
     Params: ClassVar[type[Config]] = MSEParams
     summary: ClassVar[str] = "MSE feature regression (raw by default) onto teacher features"
 
     def compute(self, step: StepInputs) -> LossTerms:
         student, teacher = self._pair(step)
         loss = mse_loss(student, teacher, self.params.normalise)
-        return LossTerms({"mse": loss}, {"mse": self.params.weight})
+        return LossTerms({"mse": loss}, self.term_weights(self.params, step.epoch))
 
 
 @register_objective
@@ -104,10 +112,11 @@ class Cosine(_Regression[CosineParams]):
     """Negative mean cosine between projected student and raw teacher features."""
 
     name: ClassVar[str] = "cosine"
+    term: ClassVar[str] = "cos"
     Params: ClassVar[type[Config]] = CosineParams
     summary: ClassVar[str] = "-cos feature regression onto teacher features (no neighbours)"
 
     def compute(self, step: StepInputs) -> LossTerms:
         student, teacher = self._pair(step)
         loss = cosine_rows_loss(student, teacher)
-        return LossTerms({"cos": loss}, {"cos": self.params.weight})
+        return LossTerms({"cos": loss}, self.term_weights(self.params, step.epoch))

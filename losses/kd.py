@@ -48,6 +48,11 @@ class KD(Objective[KDParams]):
     name: ClassVar[str] = "kd"
     Params: ClassVar[type[Config]] = KDParams
     summary: ClassVar[str] = "tau^2 KL(teacher || student) on logits (Hinton), optional CE"
+    weight_fields: ClassVar[frozenset[str] | None] = frozenset({"kd", "ce"})
+
+    @classmethod
+    def term_weights(cls, params: KDParams, epoch: int) -> dict[str, float]:
+        return {"kd": params.kd, **({"ce": params.ce} if params.ce > 0 else {})}
 
     def __init__(self, params: KDParams, ctx: ObjectiveContext) -> None:
         super().__init__(params, ctx)
@@ -67,12 +72,11 @@ class KD(Objective[KDParams]):
         with torch.no_grad():
             teacher_logits = step.teacher.logits(step.teacher.features(images))
         student_logits = step.student.forward_logits(step.student.forward_features(images))
+        weights = self.term_weights(self.params, step.epoch)
         terms = {"kd": distill_kl(student_logits, teacher_logits, self.params.tau)}
-        weights = {"kd": self.params.kd}
-        if self.params.ce > 0:
+        if "ce" in weights:
             if step.labels is None:
                 raise ValueError("kd with ce > 0 needs labels, but the batch has none")
             with torch.autocast(student_logits.device.type, enabled=False):
                 terms["ce"] = F.cross_entropy(student_logits.float(), step.labels)
-            weights["ce"] = self.params.ce
         return LossTerms(terms, weights)

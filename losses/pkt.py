@@ -67,6 +67,11 @@ class PKT(Objective[PKTParams]):
     name: ClassVar[str] = "pkt"
     Params: ClassVar[type[Config]] = PKTParams
     summary: ClassVar[str] = "PKT: KL between cosine-kernel neighbour distributions"
+    weight_fields: ClassVar[frozenset[str] | None] = frozenset({"weight"})
+
+    @classmethod
+    def term_weights(cls, params: PKTParams, epoch: int) -> dict[str, float]:
+        return {"pkt": params.weight}
 
     @classmethod
     def requirements(cls, params: PKTParams) -> ObjectiveRequirements:
@@ -78,4 +83,5 @@ class PKT(Objective[PKTParams]):
         with torch.no_grad():
             target = step.teacher.features(images)
         feats = step.student.forward_features(images)
-        return LossTerms({"pkt": pkt_loss(feats, target)}, {"pkt": self.params.weight})
+        return LossTerms({"pkt": pkt_loss(feats, target)},
+                         self.term_weights(self.params, step.epoch))

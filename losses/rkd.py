@@ -105,6 +105,12 @@ class RKD(Objective[RKDParams]):
     name: ClassVar[str] = "rkd"
     Params: ClassVar[type[Config]] = RKDParams
     summary: ClassVar[str] = "RKD distance (25) + angle (50) on pooled features"
+    weight_fields: ClassVar[frozenset[str] | None] = frozenset({"distance", "angle"})
+
+    @classmethod
+    def term_weights(cls, params: RKDParams, epoch: int) -> dict[str, float]:
+        return {k: w for k, w in (("distance", params.distance), ("angle", params.angle))
+                if w > 0}
 
     @classmethod
     def requirements(cls, params: RKDParams) -> ObjectiveRequirements:
@@ -115,12 +121,10 @@ class RKD(Objective[RKDParams]):
         with torch.no_grad():
             target = step.teacher.features(images)
         feats = step.student.forward_features(images)
+        weights = self.term_weights(self.params, step.epoch)
         terms: dict[str, Tensor] = {}
-        weights: dict[str, float] = {}
-        if self.params.distance > 0:
+        if "distance" in weights:
             terms["distance"] = rkd_distance_loss(feats, target)
-            weights["distance"] = self.params.distance
-        if self.params.angle > 0:
+        if "angle" in weights:
             terms["angle"] = rkd_angle_loss(feats, target)
-            weights["angle"] = self.params.angle
         return LossTerms(terms, weights)

@@ -19,6 +19,7 @@ from common.atomic import write_json
 from orchestrator.config import TrialConfig
 from orchestrator.engine.group import run_group
 from orchestrator.engine.member import CHECKPOINT
+from orchestrator.gpu import wait_for_memory
 from orchestrator.progress import SweepProgress
 from orchestrator.tracking import Tracker
 
@@ -53,6 +54,7 @@ def group_trainable(config: dict[str, Any]) -> None:
         tune.report({MEMBER_KEY: trial_id, **metrics})
 
     try:
+        wait_for_memory(todo)  # a shared GPU: until the previous trial freed its share
         outcomes = run_group(todo, report)
     except Exception as exc:  # the group itself broke (data, teacher): every member fails
         reason = f"{type(exc).__name__}: {exc}"
@@ -152,13 +154,14 @@ class SweepCallback(tune.Callback):
                 self.tracker.log_epoch(t.trial_id, {**replay, "epoch": epoch})
             result = {k: v for k, v in result.items()
                       if k not in ("resumed_from_epoch", "resumed_metrics")}
-        if kind == "epoch":
+        if kind == "eval":  # periodic evaluation: its metrics at step = epoch
+            self.tracker.log_eval(t.trial_id, result)
+        elif kind == "epoch":
             self.tracker.log_epoch(t.trial_id, result)
             self.progress.update(t.trial_id, epoch=int(result["epoch"]),
                                  loss=result.get("loss/total"))
         elif kind == "final" and t.trial_id not in self.done:
-            final = {k: v for k, v in result.items()
-                     if k.startswith(("knn/", "train_")) or k == "epoch"}
+            final = {k: v for k, v in result.items() if not k.startswith("teacher_")}
             self.tracker.finish_trial(t, final)
             # FINISHED is final (never resumed): the weights are the artifact, the optimiser
             # checkpoint only served resuming.

@@ -19,6 +19,7 @@ from orchestrator.errors import UserInputError
 
 if TYPE_CHECKING:
     from orchestrator.config import TrialConfig
+    from orchestrator.spec import SweepSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Unsupervised knowledge distillation sweeps: YAML grid -> Ray Tune -> "
@@ -65,7 +66,7 @@ def sweep(
         except ValueError as exc:  # e.g. two grid points that are the same experiment
             raise UserInputError(f"{spec.source_path} at `grid`: {exc}") from None
         if dry_run:
-            _print_plan(trials)
+            _print_plan(spec, trials)
             return
         if resume and not (spec.output_dir / SWEEP_JSON).is_file():
             _fail(f"--resume: {spec.output_dir} holds no sweep to resume")
@@ -99,7 +100,7 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-def _print_plan(trials: list[TrialConfig]) -> None:
+def _print_plan(spec: SweepSpec, trials: list[TrialConfig]) -> None:
     from orchestrator.config import CheckpointSource, PretrainSource, flat_params
     from orchestrator.driver import graph_sizes
     from orchestrator.grid import varying_axes
@@ -142,11 +143,33 @@ def _print_plan(trials: list[TrialConfig]) -> None:
                       t.loss.name + (f" ({shown})" if shown else ""),
                       *(flat.get(a, "-") for a in other_axes))
     out.print(table)
+    _print_groups(spec, trials)
     first = trials[0]
     fixed = {k: v for k, v in first.train.to_dict().items() if k not in other_axes}
     out.print(f"fixed: dataset {first.dataset.name}, train "
               + ", ".join(f"{k}={v}" for k, v in fixed.items()), highlight=False,
               soft_wrap=True)
+
+
+def _print_groups(spec: SweepSpec, trials: list[TrialConfig]) -> None:
+    """How the trials run: fused groups (one batch stream and teacher pass each)."""
+    from orchestrator.engine.group import make_groups
+
+    res = spec.resources
+    groups = make_groups(trials, res.fuse, res.max_group)
+    level = {"auto": "auto: stacked per student architecture on CUDA, members of a group "
+                     "on CPU", "stack": "stacked per student architecture",
+             "group": "members of a group", "off": "each trial alone"}[res.fuse]
+    table = Table(title=f"{len(groups)} Ray Tune trial(s) for {len(trials)} trials "
+                        f"(resources.fuse: {res.fuse} -- {level}; at most {res.max_group} "
+                        "a group)")
+    for col in ("group", "trials (#)", "students", "objectives"):
+        table.add_column(col)
+    for i, group in enumerate(groups):
+        table.add_row(str(i), " ".join(str(t.index) for t in group),
+                      ", ".join(dict.fromkeys(t.student.arch for t in group)),
+                      ", ".join(dict.fromkeys(t.loss.name for t in group)))
+    out.print(table)
 
 
 @app.command()
@@ -162,15 +185,19 @@ def report(
                                                  "SWEEP/report).")] = None,
 ) -> None:
     """Comparison table and ablation reports from the sweep's MLflow runs."""
-    from reports import ReportError, build_report
+    from orchestrator.tracking import log_report
+    from reports import ReportError, build_report, resolve_sweep
 
     try:
         result = build_report(sweep_ref, out_dir=out_dir, tracking_uri=tracking_uri,
                               metric=metric, axes=axis)
+        ref = resolve_sweep(sweep_ref, tracking_uri)
     except (ReportError, UserInputError) as exc:
         _fail(str(exc))
+    log_report(ref.tracking_uri, ref.parent_run_id, result.out_dir)  # the parent's report/
     out.print(result.comparison_markdown, highlight=False, soft_wrap=True)
-    out.print(f"\nwritten to {result.out_dir}:", highlight=False)
+    out.print(f"\nwritten to {result.out_dir} (and to MLflow: parent run {ref.parent_run_id}, "
+              "artifacts report/):", highlight=False, soft_wrap=True)
     for path in result.paths:
         out.print(f"  {path}", highlight=False, soft_wrap=True)
 

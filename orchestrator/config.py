@@ -29,6 +29,9 @@ from orchestrator.datasets import dataset_names
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on CUDA, fp32 on CPU
 DEVICES = ("auto", "cpu", "cuda")
+# How trials that share a batch stream run: stacked into one model per student architecture
+# (torch.func), as members of one group (one data pipeline and teacher pass), or each alone.
+FUSE_LEVELS = ("auto", "stack", "group", "off")
 
 
 def augment_names() -> tuple[str, ...]:
@@ -184,6 +187,7 @@ class KnnConfig(Config):
 @dataclass(frozen=True)
 class EvalConfig:
     knn: KnnConfig = field(default_factory=KnnConfig)
+    every: int = 0  # also evaluate every N epochs (learning curves); 0: at the end only
 
     @property
     def headline(self) -> str:
@@ -199,6 +203,8 @@ class ResourcesConfig(Config):
     device: Annotated[str, Choice(DEVICES)] = "auto"
     threads: Annotated[int, Bounds(gt=0)] = 1  # torch intra-op threads per trial
     stage_cpu: Annotated[float, Bounds(gt=0)] = 1.0  # CPUs of each stage task (its threads too)
+    fuse: Annotated[str, Choice(FUSE_LEVELS, booleans=((False, "off"), (True, "auto")))] = "auto"
+    max_group: Annotated[int, Bounds(ge=1)] = 8  # trials per fused group at most
 
 
 @dataclass(frozen=True)
@@ -209,6 +215,8 @@ class RuntimeConfig:
     threads: int
     trial_dir: str
     cache_dir: str
+    fuse: str = "off"  # resources.fuse: how the members of its group run (engine/group.py)
+    gpu_fraction: float = 0.0  # resources.gpu of its group (orchestrator/gpu.py: memory cap)
 
 
 @dataclass(frozen=True)

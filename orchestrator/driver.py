@@ -27,14 +27,23 @@ from common import names as N
 from common.atomic import remove_stale_temps, write_json, write_yaml
 from orchestrator.callback import GROUP_KEY, SweepCallback, group_trainable, short
 from orchestrator.config import TeacherReport, TrialConfig, flat_params
+from orchestrator.engine.group import make_groups
 from orchestrator.engine.member import CHECKPOINT, STUDENT_WEIGHTS
 from orchestrator.errors import UserInputError
 from orchestrator.grid import varying_axes
 from orchestrator.locks import LockBusy, exclusive_lock
 from orchestrator.preflight import preflight
 from orchestrator.progress import SweepProgress
-from orchestrator.ray_runtime import check_dashboard, dashboard_url, ray_session
+from orchestrator.ray_runtime import (
+    check_address,
+    check_dashboard,
+    cluster_session,
+    dashboard_url,
+    ray_session,
+    run_on_each_node,
+)
 from orchestrator.spec import SweepSpec
+from orchestrator.storage import check_shared_storage
 from orchestrator.teachers import ensure_teacher
 from orchestrator.tracking import Tracker, default_tracking_uri, is_local_store
 
@@ -115,19 +124,29 @@ def run_sweep(spec: SweepSpec, trials: list[TrialConfig], *, tracking_uri: str |
               address: str | None = None, progress: SweepProgress | None = None,
               dashboard: bool = False) -> SweepOutcome:
     started = time.perf_counter()
+    check_address(address)
     preflight(spec, trials, tracking_uri)
     if dashboard:
         check_dashboard(address)
     out = spec.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        with exclusive_lock(out / LOCK_FILE):
-            return _run_locked(spec, trials, started, tracking_uri, address, progress,
-                               dashboard)
-    except LockBusy as exc:
-        raise UserInputError(
-            f"another ukd sweep (pid {exc.holder or '?'}) is running on {out}; wait for it to "
-            "end, or use another --output") from None
+    progress = progress or SweepProgress(len(trials), spec.eval.headline)
+    # SIGTERM or a closed terminal (SIGHUP) stops the sweep like Ctrl+C, wherever it is.
+    # With a cluster, Ray is connected first: before anything is written, every node must
+    # see the output, cache and dataset directories as this driver does.
+    with _sigterm_as_sigint(), cluster_session(address) as attached:
+        if attached:
+            nodes = check_shared_storage(spec, run_on_each_node)
+            progress.console.print(f"shared storage: output, cache and dataset directories "
+                                   f"checked from {nodes} node(s)", highlight=False)
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            with exclusive_lock(out / LOCK_FILE):
+                return _run_locked(spec, trials, started, tracking_uri, address, progress,
+                                   dashboard)
+        except LockBusy as exc:
+            raise UserInputError(
+                f"another ukd sweep (pid {exc.holder or '?'}) is running on {out}; wait for "
+                "it to end, or use another --output") from None
 
 
 def _run_locked(spec: SweepSpec, trials: list[TrialConfig], started: float,
@@ -198,7 +217,7 @@ def _run_locked(spec: SweepSpec, trials: list[TrialConfig], started: float,
 def _fit(spec: SweepSpec, sweep_id: str, out: Path, runnable: list[TrialConfig],
          tracker: Tracker, view: SweepProgress, outcome: SweepOutcome,
          names: dict[str, str]) -> None:
-    groups = [[t] for t in runnable]
+    groups = make_groups(runnable, spec.resources.fuse, spec.resources.max_group)
     trainable = tune.with_resources(group_trainable, {"cpu": spec.resources.cpu,
                                                       "gpu": spec.resources.gpu})
     tuner = tune.Tuner(
@@ -218,19 +237,25 @@ def _fit(spec: SweepSpec, sweep_id: str, out: Path, runnable: list[TrialConfig],
         tuner.fit()  # SIGINT / SIGTERM: Tune stops the trials and returns
 
 
+# Stop the sweep like Ctrl+C: `kill`, a scheduler's preemption (SIGTERM), and a closed
+# terminal or a killed tmux / ssh session (SIGHUP).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 @contextmanager
 def _sigterm_as_sigint() -> Iterator[None]:
-    """SIGTERM stops the sweep like Ctrl+C (Tune ends the trials, their runs are marked
-    KILLED, Ray shuts down) instead of ending the process on the spot."""
+    """SIGTERM and SIGHUP stop the sweep like Ctrl+C (Tune ends the trials, their runs are
+    marked KILLED, Ray shuts down) instead of ending the process on the spot."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM,
-                             lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    previous = {sig: signal.signal(sig, lambda signum, frame: signal.raise_signal(
+        signal.SIGINT)) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_stages(spec: SweepSpec, trials: list[TrialConfig], tracker: Tracker,

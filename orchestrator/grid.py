@@ -46,6 +46,8 @@ def expand(spec: SweepSpec) -> list[TrialConfig]:
                         threads=spec.resources.threads,
                         trial_dir=str(spec.output_dir / "trials" / trial_id),
                         cache_dir=str(spec.cache_dir),
+                        fuse=spec.resources.fuse,
+                        gpu_fraction=spec.resources.gpu,
                     )
                     trials.append(TrialConfig(trial_id, len(trials), spec.name, spec.dataset,
                                               teacher, student, loss, train, spec.eval,

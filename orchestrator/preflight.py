@@ -14,7 +14,7 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from common.names import SWEEP_JSON
+from common.names import EXPERIMENT_PREFIX, SWEEP_JSON
 from orchestrator.config import TrialConfig
 from orchestrator.datasets import DATASETS, check_available
 from orchestrator.errors import UserInputError
@@ -43,6 +43,9 @@ def preflight(spec: SweepSpec, trials: list[TrialConfig],
     check_writable(spec.cache_dir, f"{src} at `cache_dir`", "cache directory")
     if tracking_uri:
         check_tracking_uri(tracking_uri)
+        from orchestrator.tracking import check_artifact_store
+
+        check_artifact_store(tracking_uri, f"{EXPERIMENT_PREFIX}{spec.name}")
     manifest = spec.output_dir / SWEEP_JSON
     if not manifest.exists():
         return

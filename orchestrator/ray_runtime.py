@@ -10,12 +10,35 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from orchestrator.errors import UserInputError
 
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray node on 127.0.0.1 only
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
+CLIENT_SCHEME = "ray://"
+# Resources every node reports: the rest (custom resources) tell nodes apart in messages.
+_STANDARD = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def cluster_address(address: str | None) -> str | None:
+    """The cluster a sweep attaches to (--address, else RAY_ADDRESS), None for a local Ray."""
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    return None if target in (None, "local") else target
+
+
+def check_address(address: str | None) -> None:
+    """Ray Client addresses (ray://) are refused: the sweep's driver (Tune's loop and the
+    MLflow callback) must run on a node of the cluster, beside its raylet."""
+    target = cluster_address(address)
+    if target and target.startswith(CLIENT_SCHEME):
+        option = "--address" if address else "RAY_ADDRESS"
+        raise UserInputError(
+            f"{option} {target}: Ray Client (ray://) is not supported; allowed: the cluster's "
+            "GCS address HOST:6379 (or auto), with ukd run on a node of the cluster (e.g. the "
+            "head: docs/CLUSTER.md)")
 
 
 def check_dashboard(address: str | None) -> None:
@@ -116,3 +139,83 @@ def ray_session(address: str | None, dashboard: bool = False) -> Iterator[bool]:
                 os.environ.pop(AUTH_MODE_ENV, None)
             else:
                 os.environ[AUTH_MODE_ENV] = auth_mode
+
+
+@contextlib.contextmanager
+def cluster_session(address: str | None) -> Iterator[bool]:
+    """Attached to the cluster (--address / RAY_ADDRESS) for the block, yielding True; no
+    cluster: nothing happens and it yields False (the sweep starts its local Ray later).
+    A :func:`ray_session` inside the block reuses this connection."""
+    if cluster_address(address) is None:
+        yield False
+        return
+    with ray_session(address):
+        yield True
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """An alive node of the connected cluster, as Ray reports it."""
+
+    node_id: str
+    address: str
+    hostname: str
+    resources: tuple[tuple[str, float], ...]
+
+    def __str__(self) -> str:
+        shown = [f"{k} {v:g}" for k, v in self.resources if k in ("CPU", "GPU")]
+        shown += [f"{k} {v:g}" for k, v in self.resources
+                  if k not in _STANDARD and not k.startswith(("node:", "accelerator_type"))]
+        host = f", {self.hostname}" if self.hostname and self.hostname != self.address else ""
+        return (f"node {self.node_id[:8]} ({self.address}{host}"
+                f"{'; ' + ', '.join(shown) if shown else ''})")
+
+
+def alive_nodes() -> list[NodeInfo]:
+    """The alive nodes of the cluster this process is connected to."""
+    import ray
+
+    return [NodeInfo(str(n["NodeID"]), str(n.get("NodeManagerAddress", "")),
+                     str(n.get("NodeManagerHostname", "")),
+                     tuple(sorted((str(k), float(v)) for k, v in n.get("Resources", {}).items())))
+            for n in ray.nodes() if n.get("Alive")]
+
+
+def run_on_each_node(fn: Callable[..., Any], *args: Any, timeout: float
+                     ) -> list[tuple[NodeInfo, Any]]:
+    """``fn(*args)`` as a tiny task (no CPU) pinned to each alive node; per node its value,
+    or the exception it raised, or a TimeoutError when it had not run within ``timeout``
+    seconds. ``fn`` must be importable on the nodes (a module-level function)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task: Any = ray.remote(num_cpus=0, max_retries=0)(fn)
+    pending = [(node, task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node.node_id, soft=False)).remote(*args)) for node in alive_nodes()]
+    if not pending:
+        return []
+    ready, _ = ray.wait([ref for _, ref in pending], num_returns=len(pending), timeout=timeout)
+    done = set(ready)
+    results: list[tuple[NodeInfo, Any]] = []
+    for node, ref in pending:
+        if ref not in done:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+            results.append((node, TimeoutError(f"{node} did not answer within {timeout:.0f}s")))
+            continue
+        try:
+            results.append((node, ray.get(ref)))
+        except Exception as exc:  # the node's error, reported by the caller
+            results.append((node, exc))
+    return results
+
+
+def cluster_nodes(address: str | None) -> list[dict[str, float]] | None:
+    """Per-node resources (``{"CPU": 16.0, "GPU": 4.0, ...}``) of the cluster at --address /
+    RAY_ADDRESS, connecting for the call; None without a cluster (a local Ray: the machine
+    itself, orchestrator.gpu.local_nodes). For ``ukd sweep --dry-run``."""
+    check_address(address)
+    if cluster_address(address) is None:
+        return None
+    with ray_session(address):
+        return [dict(n.resources) for n in alive_nodes()]

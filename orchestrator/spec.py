@@ -330,7 +330,12 @@ def _build(model: SweepSpecModel, raw: Mapping[str, Any], file: Path,
         dataset = dataclasses.replace(dataset,
                                       root=str(Path(dataset.root).expanduser().resolve()))
     train: TrainConfig = _config(TrainConfig, model.train, file, "train")
-    knn: KnnConfig = _config(KnnConfig, model.knn, file, "knn.k")
+    if model.knn is not None and model.eval.knn is not None:
+        raise SpecError(file, "knn", "give the kNN settings once: `knn` or `eval.knn`")
+    knn_path = "knn.k" if model.knn is not None else "eval.knn.k"
+    knn_model = model.knn if model.knn is not None else model.eval.knn
+    knn: KnnConfig = (KnnConfig() if knn_model is None
+                      else _config(KnnConfig, knn_model, file, knn_path))
     resources: ResourcesConfig = _config(ResourcesConfig, model.resources, file, "resources")
     channels = DATASETS[dataset.name].channels
     teachers = {label: TeacherConfig(label, _source(body, label, file, train.seed, channels),
@@ -346,7 +351,7 @@ def _build(model: SweepSpecModel, raw: Mapping[str, Any], file: Path,
         teachers=teachers,
         grid=grid,
         train=train,
-        eval=EvalConfig(knn=knn),
+        eval=EvalConfig(knn=knn, every=model.eval.every),
         resources=resources,
         raw=raw,
     )

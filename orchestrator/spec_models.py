@@ -61,6 +61,11 @@ def field_type(info: FieldInfo) -> Any:
         out: Any = tuple[item, ...]  # type: ignore[valid-type]
     else:
         out = _scalar_type(info.kind, choices, info.bounds)
+    if info.choice is not None and info.choice.booleans:
+        mapping = dict(info.choice.booleans)
+        out = Annotated[out, BeforeValidator(
+            lambda v: mapping.get(v, v) if isinstance(v, bool) else v,
+            json_schema_input_type=out | bool)]
     return out | None if info.optional else out
 
 
@@ -239,6 +244,14 @@ class GridSpecModel(BaseModel):
     weight_decay: NonNegativeFloatAxis | None = None
 
 
+class EvalSpecModel(BaseModel):
+    """How trials are evaluated: kNN (always), every N epochs too when ``every`` > 0."""
+
+    model_config = FORBID
+    every: Annotated[StrictInt, Field(ge=0)] = 0
+    knn: KnnField | None = None
+
+
 class SweepSpecModel(BaseModel):
     """A sweep spec file (experiments/*.yaml)."""
 
@@ -250,7 +263,8 @@ class SweepSpecModel(BaseModel):
     teachers: Annotated[dict[str, TeacherSpec], Field(min_length=1)]
     grid: GridSpecModel
     train: TrainField = Field(default_factory=TrainSpecModel)
-    knn: KnnField = Field(default_factory=KnnSpecModel)
+    knn: KnnField | None = None  # the same as eval.knn
+    eval: EvalSpecModel = Field(default_factory=EvalSpecModel)
     resources: ResourcesField = Field(default_factory=ResourcesSpecModel)
 
 

@@ -37,6 +37,7 @@ from orchestrator.config import (
     TeacherReport,
 )
 from orchestrator.datasets import DatasetBundle, load_dataset
+from orchestrator.engine.precision import autocast
 from orchestrator.errors import UserInputError
 from orchestrator.knn import embed, neighbour_graph, weighted_knn
 from orchestrator.locks import file_lock
@@ -89,8 +90,11 @@ def load_frozen_teacher(teacher: TeacherConfig, cache_dir: str | Path, bundle: D
 def _knn_of(frozen: FrozenTeacher, bundle: DatasetBundle, knn: KnnConfig,
             device: torch.device) -> dict[str, float]:
     mean, std = bundle.mean.to(device), bundle.std.to(device)
-    train = embed(frozen.features, bundle.train.images.to(device), mean, std, knn.batch_size)
-    test = embed(frozen.features, bundle.test.images.to(device), mean, std, knn.batch_size)
+    with autocast(device, "auto"):  # bf16 forwards on CUDA, as the trials' evaluation
+        train = embed(frozen.features, bundle.train.images.to(device), mean, std,
+                      knn.batch_size)
+        test = embed(frozen.features, bundle.test.images.to(device), mean, std,
+                     knn.batch_size)
     return weighted_knn(train, bundle.train.labels.to(device), test,
                         bundle.test.labels.to(device), knn.k, knn.temperature,
                         bundle.num_classes)
@@ -152,7 +156,8 @@ def run_stage(teacher: TeacherConfig, dataset: DatasetConfig, knn: KnnConfig,
             graph_path = neighbour_graph_path(cache_dir, teacher.key, size)
             if not graph_path.is_file():
                 mean, std = bundle.mean.to(device), bundle.std.to(device)
-                feats = embed(frozen.features, bundle.train.images.to(device), mean, std)
+                with autocast(device, "auto"):
+                    feats = embed(frozen.features, bundle.train.images.to(device), mean, std)
                 torch_save(graph_path, neighbour_graph(feats, size))
             graphs[size] = str(graph_path)
     report = TeacherReport(teacher.key, teacher.label, str(directory), knn_metrics, graphs,

@@ -9,6 +9,7 @@ holds two runs of one trial, and runs a dead process left RUNNING are marked KIL
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -44,6 +45,69 @@ def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:///")
 
 
+def is_server(uri: str) -> bool:
+    """An MLflow tracking server (artifacts go through it, or to its object store)."""
+    return uri.startswith(("http://", "https://"))
+
+
+def is_local_location(location: str) -> bool:
+    """An artifact location that is a path of the machine writing it (file:, a bare path)."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(location).scheme
+    return scheme in ("", "file") or len(scheme) == 1  # len 1: a Windows drive letter
+
+
+def serves_artifacts(uri: str) -> bool | None:
+    """Whether the MLflow server at ``uri`` proxies artifacts (``mlflow server`` with
+    artifact serving, its default; --artifacts-destination says where they go); None when it
+    cannot be told (e.g. the endpoint needs credentials)."""
+    from urllib.error import HTTPError, URLError
+    from urllib.request import urlopen
+
+    try:
+        with urlopen(f"{uri.rstrip('/')}/api/2.0/mlflow-artifacts/artifacts", timeout=30):
+            return True
+    except HTTPError as exc:
+        return False if exc.code == 503 else None  # 503: --no-serve-artifacts
+    except (URLError, OSError):
+        return None
+
+
+def check_artifact_store(uri: str, experiment_name: str) -> None:
+    """With an MLflow server, every artifact (configs, weights, failure reports, the report)
+    goes through the server or to an object store, never to a path of this machine's disk
+    (the server's other users could not read it). Checked before anything is written."""
+    from orchestrator.errors import UserInputError
+
+    if not is_server(uri):
+        return
+    allowed = ("allowed: a server started with --artifacts-destination DIR_OR_BUCKET "
+               "(proxied artifacts, `mlflow server`'s default), or an experiment created "
+               f"beforehand with an object-store location (mlflow experiments create -n "
+               f"{experiment_name} -l s3://BUCKET/PATH)")
+    existing = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment_name)
+    if existing is not None:
+        if is_local_location(existing.artifact_location):
+            raise UserInputError(
+                f"--tracking-uri {uri}: the experiment {experiment_name} keeps its artifacts "
+                f"at {existing.artifact_location}, a path on the disk of whoever logs them, "
+                f"not on the server; {allowed}, or another sweep name")
+        return
+    if serves_artifacts(uri) is False:
+        raise UserInputError(
+            f"--tracking-uri {uri}: the MLflow server does not serve artifacts "
+            "(--no-serve-artifacts), so its default artifact root is a path this machine would "
+            f"write to; {allowed}")
+
+
+def log_report(tracking_uri: str, parent_run_id: str, folder: Path) -> None:
+    """The report folder as the parent run's ``report/`` artifacts (through the server when
+    the tracking URI is one)."""
+    MlflowClient(tracking_uri=tracking_uri).log_artifacts(parent_run_id, str(folder),
+                                                          artifact_path="report")
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -52,6 +116,9 @@ class Tracker:
     def __init__(self, tracking_uri: str, experiment_name: str,
                  artifact_dir: Path | None = None) -> None:
         self.uri = tracking_uri
+        # MLflow prints a "View run at <url>" line per ended run against a server: the
+        # sweep's display and summary already say where the runs are.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client = MlflowClient(tracking_uri=tracking_uri)
         existing = self.client.get_experiment_by_name(experiment_name)
         if existing is not None:
@@ -59,6 +126,16 @@ class Tracker:
         else:
             location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
             self.experiment_id = self.client.create_experiment(experiment_name, location)
+        if is_server(tracking_uri):  # preflight checked; a server that answered "unknown"
+            location = self.client.get_experiment(self.experiment_id).artifact_location
+            if is_local_location(location):
+                from orchestrator.errors import UserInputError
+
+                raise UserInputError(
+                    f"--tracking-uri {tracking_uri}: the experiment {experiment_name} keeps "
+                    f"its artifacts at {location}, a path on this machine, not on the server; "
+                    "allowed: a server started with --artifacts-destination (proxied "
+                    "artifacts) or an object-store artifact location")
         self.parent_run_id: str | None = None
         self.trial_runs: dict[str, str] = {}  # trial_id -> run_id
         self.logged_steps: dict[str, int] = {}  # trial_id -> last epoch already in MLflow
@@ -216,6 +293,11 @@ class Tracker:
             return  # already logged before a crash; the resumed trial repeats no epoch
         self.log_metrics(trial_id, _numeric(metrics, exclude=("epoch",)), step=epoch)
         self.logged_steps[trial_id] = epoch
+
+    def log_eval(self, trial_id: str, metrics: Mapping[str, Any]) -> None:
+        """A periodic evaluation's metrics at step = epoch."""
+        self.log_metrics(trial_id, _numeric(metrics, exclude=("epoch",)),
+                         step=int(metrics["epoch"]))
 
     def finish_trial(self, trial: TrialConfig, final: Mapping[str, Any]) -> None:
         run_id = self.trial_runs[trial.trial_id]

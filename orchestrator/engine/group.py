@@ -20,10 +20,13 @@ from models.augment import AUGMENT_PRESETS
 from orchestrator.config import CheckpointSource, TeacherReport, TrialConfig
 from orchestrator.datasets import DATASETS, load_dataset
 from orchestrator.engine.batches import BatchStream
-from orchestrator.engine.member import Member, autocast, build_member, failing_as
+from orchestrator.engine.evaluate import evaluate
+from orchestrator.engine.member import Member, build_member, failing_as
+from orchestrator.engine.precision import memory_format
+from orchestrator.engine.stacked import Stack, plan_stacks
 from orchestrator.engine.teacher_pass import SharedTeacher
 from orchestrator.errors import TrialFailure
-from orchestrator.knn import embed, weighted_knn
+from orchestrator.gpu import cap_memory
 from orchestrator.teachers import (
     TeacherNeeds,
     load_frozen_teacher,
@@ -55,6 +58,21 @@ def group_key(trial: TrialConfig) -> tuple[Any, ...]:
             trial.runtime.device, trial.train.precision)
 
 
+def make_groups(trials: Sequence[TrialConfig], fuse: str, max_group: int
+                ) -> list[list[TrialConfig]]:
+    """Trials that share a batch stream (:func:`group_key`), in grid order, in groups of at
+    most ``max_group``; every trial alone with ``fuse: off``."""
+    if fuse == "off" or max_group <= 1:
+        return [[t] for t in trials]
+    by_key: dict[tuple[Any, ...], list[TrialConfig]] = {}
+    for t in trials:
+        by_key.setdefault(group_key(t), []).append(t)
+    groups: list[list[TrialConfig]] = []
+    for members in by_key.values():
+        groups.extend(list(members[i:i + max_group]) for i in range(0, len(members), max_group))
+    return sorted(groups, key=lambda g: g[0].index)
+
+
 def teacher_needs(trials: Sequence[TrialConfig]) -> TeacherNeeds:
     return TeacherNeeds(classifier=any(t.requirements.teacher_classifier for t in trials),
                         ssl_head=any(t.requirements.teacher_embedding for t in trials))
@@ -71,8 +89,19 @@ def run_trial(config: TrialConfig | Mapping[str, Any], report: Reporter | None =
     return outcome.metrics
 
 
+def fuse_level(fuse: str, device: torch.device) -> str:
+    """``resources.fuse`` on a device: ``auto`` stacks on CUDA (launch-bound small students)
+    and groups on CPU (compute-bound: stacking saves no arithmetic there)."""
+    if fuse == "auto":
+        return "stack" if device.type == "cuda" else "group"
+    return fuse
+
+
 def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
-              check_every: int | None = None) -> dict[str, MemberOutcome]:
+              check_every: int | None = None, level: str | None = None
+              ) -> dict[str, MemberOutcome]:
+    """Train and evaluate the trials of one group; ``level`` overrides the trials'
+    ``runtime.fuse`` (``stack`` or anything else: members step one after the other)."""
     if not trials:
         return {}
     keys = {group_key(t) for t in trials}
@@ -81,6 +110,7 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
     first = trials[0]
     torch.set_num_threads(first.runtime.threads)
     device = resolve_device(first.runtime.device)
+    cap_memory(device, first.runtime.gpu_fraction)  # a shared GPU: this group's share only
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     data = first.dataset
@@ -88,20 +118,19 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
     use_labels = DATASETS[data.name].has_labels and data.labels
 
     teacher_report, frozen = _teacher(trials, bundle)
-    frozen = frozen.to(device)
-    if device.type == "cuda":
-        frozen = frozen.to(memory_format=torch.channels_last)
+    frozen = frozen.to(device).to(memory_format=memory_format(device))
+    if first.train.compile:  # CUDA graphs where shapes allow (mode reduce-overhead)
+        frozen.backbone.compile(mode="reduce-overhead" if device.type == "cuda" else None)
     shared = SharedTeacher(frozen)
     graphs = _GraphCache(teacher_report, device)
     images = bundle.train.images.to(device)
     labels = bundle.train.labels.to(device) if use_labels else None
     mean, std = bundle.mean.to(device), bundle.std.to(device)
+    batches = first.requirements.neighbour_batches
     stream = BatchStream(
         images, labels, mean, std, AUGMENT_PRESETS[first.train.augment], first.train.seed,
-        first.train.batch_size, first.requirements.neighbour_batches,
-        graphs.cpu(first.requirements.neighbour_batches.pool)
-        if first.requirements.neighbour_batches else None,
-        torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+        first.train.batch_size, batches, graphs.cpu(batches.pool) if batches else None,
+        memory_format(device))
 
     members: list[Member] = []
     outcomes: dict[str, MemberOutcome] = {}
@@ -118,7 +147,9 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
             outcomes[trial.trial_id].failure = failure
             report(trial.trial_id, {"kind": "failed", "reason": failure.reason,
                                     "epoch": failure.epoch})
-    every = check_every or (CHECK_EVERY_CUDA if device.type == "cuda" else 1)
+    check = check_every or (CHECK_EVERY_CUDA if device.type == "cuda" else 1)
+    stacking = fuse_level(level or first.runtime.fuse, device) == "stack"
+    evaluate_every = first.eval.every
 
     epochs = first.train.epochs
     start = min((m.start_epoch for m in members), default=epochs)
@@ -126,34 +157,54 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
         running = [m for m in members if m.runs_in(epoch)]
         if not running:
             continue
-        lrs = {m.trial_id: m.begin_epoch(epoch) for m in running}
+        stacks, alone = plan_stacks(running) if stacking else ([], running)
+        lrs = {m.trial_id: m.begin_epoch(epoch) for m in alone}
+        for stack in stacks:
+            stack.begin_epoch(epoch)
         for batch in stream.epoch(epoch):
             shared.new_step()
-            for m in running:
+            for stack in stacks:
+                if any(m.active for m in stack.members):
+                    _step_stack(stack, batch, shared, epoch, check)
+            for m in alone:
                 if m.active:
                     with failing_as(m, epoch):
                         m.step(batch, shared)
-                        if (batch.step + 1) % every == 0:
+                        if (batch.step + 1) % check == 0:
                             m.check_finite(epoch)
-            running = [m for m in running if m.active]
-            if not running:
+            if not any(m.active for m in running):
                 break
         shared.new_step()
+        for stack in stacks:
+            stack.unstack()
+            lrs.update({m.trial_id: m.optimizer.param_groups[0]["lr"] for m in stack.members})
         for m in running:
+            if not m.active:
+                continue
             with failing_as(m, epoch):
                 metrics = m.end_epoch(epoch, lrs[m.trial_id])
+                periodic = {}
+                if evaluate_every and (epoch + 1) % evaluate_every == 0 and epoch + 1 < epochs:
+                    periodic = evaluate(m.trial, m.student, bundle, images, device)
+                    m.best.update(periodic, epoch + 1)
+                m.save_checkpoint(epoch, metrics)
                 resumed = {}
                 if m.start_epoch and epoch == m.start_epoch:
                     resumed = {"resumed_from_epoch": m.start_epoch,
                                "resumed_metrics": m.resumed_metrics}
                 report(m.trial_id, {"kind": "epoch", **metrics, **resumed})
+                if periodic:
+                    report(m.trial_id, {"kind": "eval", "epoch": epoch + 1, **periodic})
         _report_failures(members, outcomes, report)
 
     for m in members:
         if not m.active:
             continue
         with failing_as(m, epochs - 1):
-            final = _evaluate(m, bundle, images, device)
+            final = evaluate(m.trial, m.student, bundle, images, device)
+            if evaluate_every:
+                m.best.update(final, epochs)
+                final.update(m.best.metrics())
             final.update({f"teacher_knn/{k}": v for k, v in teacher_report.knn.items()})
             m.save_weights()
             m.finished = True
@@ -164,6 +215,24 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
             outcomes[m.trial_id].metrics = final
     _report_failures(members, outcomes, report)
     return outcomes
+
+
+def _step_stack(stack: Stack, batch: Any, teacher: SharedTeacher, epoch: int,
+                check: int) -> None:
+    """One stacked step; an exception fails every member of the stack (it is the same code
+    for all), a non-finite loss only the member it belongs to."""
+    try:
+        stack.step(batch, teacher)
+    except Exception as exc:
+        for m in stack.members:
+            if m.active:
+                m.fail(exc, epoch)
+        return
+    if (batch.step + 1) % check == 0:
+        for m in stack.members:
+            if m.active:
+                with failing_as(m, epoch):
+                    m.check_finite(epoch)
 
 
 def _report_failures(members: list[Member], outcomes: dict[str, MemberOutcome],
@@ -209,21 +278,3 @@ class _GraphCache:
         if size not in self._dev:
             self._dev[size] = self.cpu(size).to(self.device_)
         return self._dev[size]
-
-
-@torch.no_grad()
-def _evaluate(member: Member, bundle: Any, images: Tensor,
-              device: torch.device) -> dict[str, float]:
-    """Weighted kNN on the student backbone; the teacher's reference comes with the run."""
-    trial = member.trial
-    knn = trial.eval.knn
-    student = member.student.eval()
-    mean, std = bundle.mean.to(device), bundle.std.to(device)
-    with autocast(device, trial.train.precision):
-        train_feats = embed(student.forward_features, images, mean, std, knn.batch_size)
-        test_feats = embed(student.forward_features, bundle.test.images.to(device), mean, std,
-                           knn.batch_size)
-    scores = weighted_knn(train_feats, bundle.train.labels.to(device), test_feats,
-                          bundle.test.labels.to(device), knn.k, knn.temperature,
-                          bundle.num_classes)
-    return {f"knn/{k}": v for k, v in scores.items()}

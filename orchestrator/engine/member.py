@@ -26,6 +26,8 @@ from models.base import Backbone, build_model
 from models.teacher import TeacherOutputs
 from orchestrator.config import TrainConfig, TrialConfig
 from orchestrator.engine.batches import Batch
+from orchestrator.engine.evaluate import BestTracker
+from orchestrator.engine.precision import autocast, memory_format
 from orchestrator.engine.streams import generator, seeded_init
 from orchestrator.errors import TrialFailure
 
@@ -44,13 +46,6 @@ def lr_factor(train: TrainConfig, epoch: int) -> float:
     return 1.0
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast for the forwards on CUDA (losses compute in float32 themselves)."""
-    if device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @dataclass
 class Member:
     trial: TrialConfig
@@ -62,8 +57,10 @@ class Member:
     graph: Tensor | None = None  # the teacher graph an objective reads in its step (BINGO)
     start_epoch: int = 0
     resumed_metrics: dict[str, float] = field(default_factory=dict)
+    best: BestTracker = field(default_factory=lambda: BestTracker({}))
     failure: TrialFailure | None = None
     finished: bool = False
+    last_terms: Tensor | None = None  # the last step's [total, terms...] (on the device)
     _sums: Tensor | None = None
     _names: list[str] = field(default_factory=list)
     _steps: int = 0
@@ -117,12 +114,7 @@ class Member:
         terms.total.backward()
         self.optimizer.step()
         self.objective.after_step(inputs)
-        values = terms.stacked()
-        if self._sums is None:
-            self._sums, self._names = values, terms.names()
-        else:
-            self._sums += values
-        self._steps += 1
+        self.add_terms(terms.stacked(), terms.names())
 
     def check_finite(self, epoch: int) -> None:
         """Raise TrialFailure naming the non-finite terms (one host read-back)."""
@@ -135,7 +127,17 @@ class Member:
             raise TrialFailure(f"non-finite loss (terms: {', '.join(bad) or 'total'})",
                                epoch + 1)
 
+    def add_terms(self, values: Tensor, names: list[str]) -> None:
+        """Sum one step's ``[total, terms...]`` on the device."""
+        self.last_terms = values
+        if self._sums is None:
+            self._sums, self._names = values, names
+        else:
+            self._sums += values
+        self._steps += 1
+
     def end_epoch(self, epoch: int, lr: float) -> dict[str, float]:
+        """The epoch's mean loss terms (one host read-back), after the non-finite check."""
         self.check_finite(epoch)
         metrics: dict[str, float] = {}
         if self._sums is not None:
@@ -143,6 +145,9 @@ class Member:
             metrics = dict(zip(self._names, means, strict=True))
         metrics.update({"epoch": float(epoch + 1), "lr": lr,
                         "epoch_time_s": time.perf_counter() - self._epoch_started})
+        return metrics
+
+    def save_checkpoint(self, epoch: int, metrics: dict[str, float]) -> None:
         torch_save(self.directory / CHECKPOINT, {
             "epoch": epoch + 1,
             "student": self.student.state_dict(),
@@ -150,8 +155,8 @@ class Member:
             "optimizer": self.optimizer.state_dict(),
             "rng": self.rng.get_state(),
             "metrics": metrics,
+            "best": {k: list(v) for k, v in self.best.best.items()},
         })
-        return metrics
 
     def fail(self, exc: BaseException, epoch: int) -> TrialFailure:
         if isinstance(exc, TrialFailure):
@@ -203,8 +208,9 @@ def build_member(trial: TrialConfig, *, teacher: TeacherOutputs, images: Tensor,
             generator=generator(seed, "model", 1),
         )
         objective = build_objective(trial.loss.name, trial.loss.params, ctx)
-    memory = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    student = student.to(device).to(memory_format=memory)
+    student = student.to(device).to(memory_format=memory_format(device))
+    if trial.train.compile:  # in place: state_dict keys (checkpoints) stay the same
+        student.compile(mode="reduce-overhead" if device.type == "cuda" else None)
     objective = objective.to(device)
     params = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=trial.train.lr, momentum=trial.train.momentum,
@@ -232,6 +238,7 @@ def build_member(trial: TrialConfig, *, teacher: TeacherOutputs, images: Tensor,
         rng.set_state(state["rng"].cpu())
         member.start_epoch = int(state["epoch"])
         member.resumed_metrics = dict(state.get("metrics", {}))
+        member.best = BestTracker.restored(state.get("best"))
         if member.start_epoch >= trial.train.epochs:
             member.start_epoch = trial.train.epochs  # trained, only the evaluation is left
     return member

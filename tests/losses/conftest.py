@@ -8,6 +8,7 @@ Fixtures return factories so that a test states the dims it needs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import pytest
 import torch
@@ -33,12 +34,46 @@ class FakeBackbone(Backbone):
         return out
 
 
-BackboneFactory = Callable[..., FakeBackbone]
-TeacherFactory = Callable[..., FrozenTeacher]
+class MakeBackbone(Protocol):
+    def __call__(
+        self, dim: int, num_classes: int | None = None, batchnorm: bool = False, seed: int = 0
+    ) -> FakeBackbone: ...
+
+
+class MakeTeacher(Protocol):
+    def __call__(
+        self,
+        dim: int,
+        embedding_dim: int | None = None,
+        num_classes: int | None = None,
+        seed: int = 1,
+    ) -> FrozenTeacher: ...
+
+
+class MakeCtx(Protocol):
+    def __call__(
+        self, student: Backbone, teacher: FrozenTeacher, dataset_size: int = 64
+    ) -> ObjectiveContext: ...
+
+
+class MakeStep(Protocol):
+    def __call__(
+        self,
+        student: Backbone,
+        teacher: FrozenTeacher,
+        batch: int = 6,
+        views: int = 1,
+        labels: Tensor | None = None,
+        epoch: int = 0,
+        seed: int = 2,
+    ) -> StepInputs: ...
+
+
+AssertTerms = Callable[[Objective[Any], StepInputs], LossTerms]
 
 
 @pytest.fixture
-def make_backbone() -> BackboneFactory:
+def make_backbone() -> MakeBackbone:
     def make(
         dim: int, num_classes: int | None = None, batchnorm: bool = False, seed: int = 0
     ) -> FakeBackbone:
@@ -49,7 +84,7 @@ def make_backbone() -> BackboneFactory:
 
 
 @pytest.fixture
-def make_teacher() -> TeacherFactory:
+def make_teacher() -> MakeTeacher:
     """``make_teacher(dim, embedding_dim=None, num_classes=None)``: a FrozenTeacher whose SSL
     head is ``mlp_head(dim, dim, embedding_dim)`` when ``embedding_dim`` is given."""
 
@@ -65,7 +100,7 @@ def make_teacher() -> TeacherFactory:
 
 
 @pytest.fixture
-def make_ctx() -> Callable[..., ObjectiveContext]:
+def make_ctx() -> MakeCtx:
     def make(student: Backbone, teacher: FrozenTeacher, dataset_size: int = 64) -> ObjectiveContext:
         return ObjectiveContext(
             student_dim=student.feature_dim,
@@ -81,7 +116,7 @@ def make_ctx() -> Callable[..., ObjectiveContext]:
 
 
 @pytest.fixture
-def make_step() -> Callable[..., StepInputs]:
+def make_step() -> MakeStep:
     """``make_step(student, teacher, batch=6, views=1, labels=None, epoch=0, seed=2)``."""
 
     def make(
@@ -107,13 +142,13 @@ def make_step() -> Callable[..., StepInputs]:
     return make
 
 
-def _assert_grad_flow(objective: Objective, step: StepInputs) -> LossTerms:
+def _assert_grad_flow(objective: Objective[Any], step: StepInputs) -> LossTerms:
     """Backward through the total: the student's feature path gets non-zero gradients, the
     teacher none at all."""
     out = objective.compute(step)
     assert torch.isfinite(out.total)
     out.total.backward()
-    for p in step.teacher.parameters():
+    for p in cast(FrozenTeacher, step.teacher).parameters():
         assert not p.requires_grad
         assert p.grad is None
     grads = [p.grad for name, p in step.student.named_parameters() if "classifier" not in name]
@@ -123,11 +158,11 @@ def _assert_grad_flow(objective: Objective, step: StepInputs) -> LossTerms:
 
 
 @pytest.fixture
-def assert_grad_flow() -> Callable[[Objective, StepInputs], LossTerms]:
+def assert_grad_flow() -> AssertTerms:
     return _assert_grad_flow
 
 
-def _assert_finite_bf16(objective: Objective, step: StepInputs) -> LossTerms:
+def _assert_finite_bf16(objective: Objective[Any], step: StepInputs) -> LossTerms:
     """compute() under CPU bfloat16 autocast gives finite terms and a finite backward."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = objective.compute(step)
@@ -141,5 +176,5 @@ def _assert_finite_bf16(objective: Objective, step: StepInputs) -> LossTerms:
 
 
 @pytest.fixture
-def assert_finite_bf16() -> Callable[[Objective, StepInputs], LossTerms]:
+def assert_finite_bf16() -> AssertTerms:
     return _assert_finite_bf16

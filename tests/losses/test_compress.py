@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import cast
 
 import pytest
 import torch
@@ -13,6 +14,16 @@ from torch import nn
 
 from losses.base import get_objective
 from losses.compress import CompRess, CompRessParams, compress_loss
+from models.base import Backbone
+from models.teacher import FrozenTeacher
+from tests.losses.conftest import (
+    AssertTerms,
+    FakeBackbone,
+    MakeBackbone,
+    MakeCtx,
+    MakeStep,
+    MakeTeacher,
+)
 
 
 def _normalise(x: list[list[float]]) -> list[list[float]]:
@@ -25,7 +36,13 @@ def _softmax(v: list[float]) -> list[float]:
     return [x / sum(e) for x in e]
 
 
-def _compress_by_hand(s, t, q_s, q_t, tau: float) -> float:
+def _compress_by_hand(
+    s: list[list[float]],
+    t: list[list[float]],
+    q_s: list[list[float]],
+    q_t: list[list[float]],
+    tau: float,
+) -> float:
     s, t = _normalise(s), _normalise(t)
     total = 0.0
     for si, ti in zip(s, t, strict=True):
@@ -64,13 +81,28 @@ def test_memory_errors() -> None:
         compress_loss(torch.ones(2, 2), torch.ones(2, 3), torch.ones(2, 3), torch.ones(2, 3))
 
 
-def _make(make_backbone, make_teacher, make_ctx, variant="2q", queue_size=32, momentum=0.9):
+def _key_encoder(obj: CompRess) -> Backbone | None:
+    """``obj.key_encoder`` read through a call, so that mypy does not carry an ``is None``
+    narrowing past a later ``compute`` that creates the encoder."""
+    return obj.key_encoder
+
+
+def _make(
+    make_backbone: MakeBackbone,
+    make_teacher: MakeTeacher,
+    make_ctx: MakeCtx,
+    variant: str = "2q",
+    queue_size: int = 32,
+    momentum: float = 0.9,
+) -> tuple[CompRess, FakeBackbone, FrozenTeacher]:
     student, teacher = make_backbone(4, batchnorm=True), make_teacher(6)
     params = CompRessParams(variant=variant, queue_size=queue_size, momentum=momentum)
     return CompRess(params, make_ctx(student, teacher)), student, teacher
 
 
-def test_two_queue_structure(make_backbone, make_teacher, make_ctx) -> None:
+def test_two_queue_structure(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx
+) -> None:
     obj, _, _ = _make(make_backbone, make_teacher, make_ctx)
     assert isinstance(obj.head, nn.Identity)
     assert obj.teacher_queue.data.shape == (32, 6)
@@ -79,7 +111,7 @@ def test_two_queue_structure(make_backbone, make_teacher, make_ctx) -> None:
 
 
 def test_first_step_is_zero_then_queues_fill(
-    make_backbone, make_teacher, make_ctx, make_step
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
 ) -> None:
     obj, student, teacher = _make(make_backbone, make_teacher, make_ctx)
     step = make_step(student, teacher, batch=5)
@@ -99,7 +131,9 @@ def test_first_step_is_zero_then_queues_fill(
     )
 
 
-def test_value_against_memories(make_backbone, make_teacher, make_ctx, make_step) -> None:
+def test_value_against_memories(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     obj, student, teacher = _make(make_backbone, make_teacher, make_ctx)
     for seed in (0, 1):
         warm = make_step(student, teacher, batch=5, seed=seed)
@@ -116,7 +150,9 @@ def test_value_against_memories(make_backbone, make_teacher, make_ctx, make_step
     assert out.terms["compress"].item() == pytest.approx(expected, rel=1e-4)
 
 
-def test_momentum_update(make_backbone, make_teacher, make_ctx, make_step) -> None:
+def test_momentum_update(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     obj, student, teacher = _make(make_backbone, make_teacher, make_ctx, momentum=0.9)
     optimiser = torch.optim.SGD(student.parameters(), lr=0.5)
     for seed in range(3):
@@ -132,12 +168,17 @@ def test_momentum_update(make_backbone, make_teacher, make_ctx, make_step) -> No
             before, obj.key_encoder.parameters(), student.parameters(), strict=True
         ):
             assert torch.allclose(new, 0.9 * old + 0.1 * s.detach(), atol=1e-6)
-    assert not torch.allclose(obj.key_encoder.body.weight, student.body.weight)
+    key_body = cast(FakeBackbone, obj.key_encoder).body
+    assert not torch.allclose(key_body.weight, student.body.weight)
 
 
 def test_gradients_reach_student_not_teacher_or_key(
-    make_backbone, make_teacher, make_ctx, make_step, assert_grad_flow
-):
+    make_backbone: MakeBackbone,
+    make_teacher: MakeTeacher,
+    make_ctx: MakeCtx,
+    make_step: MakeStep,
+    assert_grad_flow: AssertTerms,
+) -> None:
     obj, student, teacher = _make(make_backbone, make_teacher, make_ctx)
     warm = make_step(student, teacher, seed=0)
     obj.compute(warm)
@@ -148,8 +189,8 @@ def test_gradients_reach_student_not_teacher_or_key(
 
 
 def test_checkpoint_restore_into_a_fresh_objective(
-    make_backbone, make_teacher, make_ctx, make_step
-):
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     obj, student, teacher = _make(make_backbone, make_teacher, make_ctx)
     optimiser = torch.optim.SGD(student.parameters(), lr=0.5)
     for seed in range(3):
@@ -169,7 +210,7 @@ def test_checkpoint_restore_into_a_fresh_objective(
 
     fresh, _, _ = _make(make_backbone, make_teacher, make_ctx)
     fresh.load_state_dict(loaded)  # strict: no missing / unexpected keys
-    assert fresh.key_encoder is None
+    assert _key_encoder(fresh) is None
     again = fresh.state_dict()  # the saved encoder is still there before the first step
     assert set(again) == set(state)
     assert all(torch.equal(again[k], state[k]) for k in state)
@@ -183,7 +224,9 @@ def test_checkpoint_restore_into_a_fresh_objective(
         assert torch.equal(a, b)
 
 
-def test_restore_after_attach_student(make_backbone, make_teacher, make_ctx, make_step) -> None:
+def test_restore_after_attach_student(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     obj, student, teacher = _make(make_backbone, make_teacher, make_ctx)
     step = make_step(student, teacher)
     obj.compute(step)
@@ -193,10 +236,13 @@ def test_restore_after_attach_student(make_backbone, make_teacher, make_ctx, mak
     assert fresh.key_encoder is not None
     fresh.load_state_dict(obj.state_dict())
     assert obj.key_encoder is not None
-    assert torch.equal(fresh.key_encoder.body.weight, obj.key_encoder.body.weight)
+    fresh_key, obj_key = cast(FakeBackbone, fresh.key_encoder), cast(FakeBackbone, obj.key_encoder)
+    assert torch.equal(fresh_key.body.weight, obj_key.body.weight)
 
 
-def test_one_queue_variant(make_backbone, make_teacher, make_ctx, make_step) -> None:
+def test_one_queue_variant(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     obj, student, teacher = _make(make_backbone, make_teacher, make_ctx, variant="1q")
     assert isinstance(obj.head, nn.Linear)
     assert (obj.head.in_features, obj.head.out_features) == (4, 6)
@@ -216,7 +262,9 @@ def test_one_queue_variant(make_backbone, make_teacher, make_ctx, make_step) -> 
     )
 
 
-def test_queue_smaller_than_batch(make_backbone, make_teacher, make_ctx, make_step) -> None:
+def test_queue_smaller_than_batch(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     obj, student, teacher = _make(make_backbone, make_teacher, make_ctx, queue_size=3)
     step = make_step(student, teacher, batch=5)
     obj.compute(step)
@@ -228,8 +276,13 @@ def test_queue_smaller_than_batch(make_backbone, make_teacher, make_ctx, make_st
 
 @pytest.mark.parametrize("variant", ["2q", "1q"])
 def test_finite_under_bf16_autocast(
-    variant, make_backbone, make_teacher, make_ctx, make_step, assert_finite_bf16
-):
+    variant: str,
+    make_backbone: MakeBackbone,
+    make_teacher: MakeTeacher,
+    make_ctx: MakeCtx,
+    make_step: MakeStep,
+    assert_finite_bf16: AssertTerms,
+) -> None:
     obj, student, teacher = _make(make_backbone, make_teacher, make_ctx, variant=variant)
     warm = make_step(student, teacher, seed=0)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any, cast
 
 import pytest
 import torch
 from torch import nn
 
-from losses.base import NeighbourBatches, get_objective, make_params, param_fields
+from common.fields import Config
+from losses.base import NeighbourBatches, Objective, get_objective, make_params, param_fields
 from losses.coss import OFFICIAL_SCALE, CoS, CoSParams, CoSS, CoSSParams
 from losses.functional import cosine_rows_loss, space_similarity_loss
+from tests.losses.conftest import AssertTerms, MakeBackbone, MakeCtx, MakeStep, MakeTeacher
 
 S = [[1.0, 2.0, 2.0], [3.0, 0.0, 4.0]]
 T = [[2.0, 1.0, 2.0], [0.0, 3.0, 4.0]]
@@ -89,7 +92,9 @@ def test_shape_mismatch_raises() -> None:
         cosine_rows_loss(torch.ones(2, 3), torch.ones(2, 4))
 
 
-def test_head_only_when_dims_differ(make_backbone, make_teacher, make_ctx) -> None:
+def test_head_only_when_dims_differ(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx
+) -> None:
     teacher = make_teacher(8)
     same = CoSS(CoSSParams(hidden_dim=16), make_ctx(make_backbone(8), teacher))
     assert isinstance(same.head, nn.Identity)
@@ -100,7 +105,9 @@ def test_head_only_when_dims_differ(make_backbone, make_teacher, make_ctx) -> No
     assert diff.head[0].out_features == 16
 
 
-def test_compute_terms_weights_and_values(make_backbone, make_teacher, make_ctx, make_step):
+def test_compute_terms_weights_and_values(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
     obj = CoSS(CoSSParams(lambda_=0.5, hidden_dim=16), make_ctx(student, teacher))
     step = make_step(student, teacher, batch=5)
@@ -116,8 +123,8 @@ def test_compute_terms_weights_and_values(make_backbone, make_teacher, make_ctx,
 
 
 def test_identical_student_and_teacher_reach_minus_one(
-    make_backbone, make_teacher, make_ctx, make_step
-):
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     teacher = make_teacher(6)
     student = copy.deepcopy(teacher.backbone)  # same architecture and weights
     for p in student.parameters():
@@ -128,7 +135,9 @@ def test_identical_student_and_teacher_reach_minus_one(
     assert out.terms["ss"].item() == pytest.approx(-1.0, abs=1e-6)
 
 
-def test_cos_has_no_ss_term(make_backbone, make_teacher, make_ctx, make_step) -> None:
+def test_cos_has_no_ss_term(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
     obj = CoS(CoSParams(hidden_dim=16), make_ctx(student, teacher))
     out = obj.compute(make_step(student, teacher, batch=1))  # B = 1 is fine without L_ss
@@ -136,7 +145,9 @@ def test_cos_has_no_ss_term(make_backbone, make_teacher, make_ctx, make_step) ->
     assert set(out.weights) == {"co"}
 
 
-def test_coss_with_batch_of_one_raises(make_backbone, make_teacher, make_ctx, make_step):
+def test_coss_with_batch_of_one_raises(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
     obj = CoSS(CoSSParams(hidden_dim=16), make_ctx(student, teacher))
     with pytest.raises(ValueError, match="at least 2"):
@@ -144,8 +155,12 @@ def test_coss_with_batch_of_one_raises(make_backbone, make_teacher, make_ctx, ma
 
 
 def test_gradients_reach_student_not_teacher(
-    make_backbone, make_teacher, make_ctx, make_step, assert_grad_flow
-):
+    make_backbone: MakeBackbone,
+    make_teacher: MakeTeacher,
+    make_ctx: MakeCtx,
+    make_step: MakeStep,
+    assert_grad_flow: AssertTerms,
+) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
     obj = CoSS(CoSSParams(hidden_dim=16), make_ctx(student, teacher))
     assert_grad_flow(obj, make_step(student, teacher))
@@ -153,10 +168,18 @@ def test_gradients_reach_student_not_teacher(
 
 
 def test_finite_under_bf16_autocast(
-    make_backbone, make_teacher, make_ctx, make_step, assert_finite_bf16
-):
+    make_backbone: MakeBackbone,
+    make_teacher: MakeTeacher,
+    make_ctx: MakeCtx,
+    make_step: MakeStep,
+    assert_finite_bf16: AssertTerms,
+) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
-    for cls, params in ((CoSS, CoSSParams(hidden_dim=16)), (CoS, CoSParams(hidden_dim=16))):
+    cases: tuple[tuple[type[Objective[Any]], Config], ...] = (
+        (CoSS, CoSSParams(hidden_dim=16)),
+        (CoS, CoSParams(hidden_dim=16)),
+    )
+    for cls, params in cases:
         obj = cls(params, make_ctx(student, teacher))
         out = assert_finite_bf16(obj, make_step(student, teacher))
         assert all(v.dtype == torch.float32 for v in out.terms.values())
@@ -195,6 +218,6 @@ def test_cos_params_validation() -> None:
 def test_registry_and_yaml_keys() -> None:
     assert get_objective("coss") is CoSS and get_objective("cos") is CoS
     assert "lambda" in param_fields("coss") and "lambda" not in param_fields("cos")
-    assert make_params("coss", {"lambda": 2.0}).lambda_ == 2.0
+    assert cast(CoSSParams, make_params("coss", {"lambda": 2.0})).lambda_ == 2.0
     with pytest.raises(ValueError, match="unknown parameter"):
         make_params("cos", {"lambda": 1.0})

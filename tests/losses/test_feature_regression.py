@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, cast
 
 import pytest
 import torch
 from torch import nn
 
+from common.fields import Config
 from losses.base import get_objective
-from losses.feature_regression import MSE, Cosine, CosineParams, MSEParams, mse_loss
+from losses.feature_regression import (
+    MSE,
+    Cosine,
+    CosineParams,
+    MSEParams,
+    _Regression,
+    mse_loss,
+)
+from tests.losses.conftest import AssertTerms, MakeBackbone, MakeCtx, MakeStep, MakeTeacher
 
 S = [[1.0, 2.0, 2.0], [3.0, 0.0, 4.0]]
 T = [[2.0, 1.0, 2.0], [0.0, 3.0, 4.0]]
@@ -34,8 +45,13 @@ def test_mse_shape_mismatch() -> None:
 
 
 @pytest.mark.parametrize("cls", [MSE, Cosine])
-def test_head_only_when_dims_differ(cls, make_backbone, make_teacher, make_ctx) -> None:
-    params = cls.Params(hidden_dim=16)
+def test_head_only_when_dims_differ(
+    cls: type[_Regression[Any]],
+    make_backbone: MakeBackbone,
+    make_teacher: MakeTeacher,
+    make_ctx: MakeCtx,
+) -> None:
+    params = cast("type[MSEParams | CosineParams]", cls.Params)(hidden_dim=16)
     same = cls(params, make_ctx(make_backbone(8), make_teacher(8)))
     assert isinstance(same.head, nn.Identity)
     diff = cls(params, make_ctx(make_backbone(4), make_teacher(8)))
@@ -43,7 +59,9 @@ def test_head_only_when_dims_differ(cls, make_backbone, make_teacher, make_ctx) 
     assert diff.head[0].in_features == 4 and diff.head[-1].out_features == 8
 
 
-def test_mse_compute_by_hand(make_backbone, make_teacher, make_ctx, make_step) -> None:
+def test_mse_compute_by_hand(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     student, teacher = make_backbone(8), make_teacher(8)  # same dims: no head
     obj = MSE(MSEParams(weight=2.0), make_ctx(student, teacher))
     step = make_step(student, teacher, batch=3)
@@ -58,7 +76,9 @@ def test_mse_compute_by_hand(make_backbone, make_teacher, make_ctx, make_step) -
     assert out.terms["mse"].item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_cosine_compute_by_hand(make_backbone, make_teacher, make_ctx, make_step) -> None:
+def test_cosine_compute_by_hand(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     student, teacher = make_backbone(8), make_teacher(8)
     obj = Cosine(CosineParams(), make_ctx(student, teacher))
     step = make_step(student, teacher, batch=3)
@@ -84,15 +104,15 @@ def test_cosine_compute_by_hand(make_backbone, make_teacher, make_ctx, make_step
     ],
 )
 def test_gradients_and_bf16(
-    cls,
-    params,
-    make_backbone,
-    make_teacher,
-    make_ctx,
-    make_step,
-    assert_grad_flow,
-    assert_finite_bf16,
-):
+    cls: type[_Regression[Any]],
+    params: MSEParams | CosineParams,
+    make_backbone: MakeBackbone,
+    make_teacher: MakeTeacher,
+    make_ctx: MakeCtx,
+    make_step: MakeStep,
+    assert_grad_flow: AssertTerms,
+    assert_finite_bf16: AssertTerms,
+) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
     obj = cls(params, make_ctx(student, teacher))
     assert_grad_flow(obj, make_step(student, teacher))
@@ -111,7 +131,9 @@ def test_gradients_and_bf16(
         (CosineParams, {"hidden_dim": -3}, "hidden_dim"),
     ],
 )
-def test_params_validation(cls, kwargs, field) -> None:
+def test_params_validation(
+    cls: Callable[..., Config], kwargs: dict[str, object], field: str
+) -> None:
     with pytest.raises(ValueError, match=field):
         cls(**kwargs)
 

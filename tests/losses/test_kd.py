@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from losses.base import get_objective
 from losses.functional import distill_kl as kd_loss
 from losses.kd import KD, KDParams
+from tests.losses.conftest import AssertTerms, MakeBackbone, MakeCtx, MakeStep, MakeTeacher
 
 ZS = [[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]]
 ZT = [[3.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
@@ -45,7 +46,9 @@ def test_kd_loss_shape_mismatch() -> None:
         kd_loss(torch.zeros(2, 3), torch.zeros(2, 4), 4.0)
 
 
-def test_compute_kd_only_by_default(make_backbone, make_teacher, make_ctx, make_step) -> None:
+def test_compute_kd_only_by_default(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     student, teacher = make_backbone(4, num_classes=3), make_teacher(8, num_classes=3)
     obj = KD(KDParams(), make_ctx(student, teacher))
     step = make_step(student, teacher, batch=5)
@@ -56,7 +59,9 @@ def test_compute_kd_only_by_default(make_backbone, make_teacher, make_ctx, make_
     assert out.terms["kd"].item() == pytest.approx(_kd_by_hand(zs, zt, 4.0), rel=1e-4)
 
 
-def test_compute_with_ce(make_backbone, make_teacher, make_ctx, make_step) -> None:
+def test_compute_with_ce(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     student, teacher = make_backbone(4, num_classes=3), make_teacher(8, num_classes=3)
     obj = KD(KDParams(kd=0.9, ce=0.1), make_ctx(student, teacher))
     labels = torch.tensor([0, 2, 1, 1, 0])
@@ -72,7 +77,9 @@ def test_compute_with_ce(make_backbone, make_teacher, make_ctx, make_step) -> No
     assert torch.allclose(out.total, 0.9 * out.terms["kd"] + 0.1 * out.terms["ce"])
 
 
-def test_ce_without_labels_raises(make_backbone, make_teacher, make_ctx, make_step) -> None:
+def test_ce_without_labels_raises(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     student, teacher = make_backbone(4, num_classes=3), make_teacher(8, num_classes=3)
     obj = KD(KDParams(ce=0.5), make_ctx(student, teacher))
     with pytest.raises(ValueError, match="labels"):
@@ -85,7 +92,9 @@ def test_requirements() -> None:
     assert KD.requirements(KDParams(ce=0.1)).labels
 
 
-def test_classifiers_are_required(make_backbone, make_teacher, make_ctx) -> None:
+def test_classifiers_are_required(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx
+) -> None:
     with pytest.raises(ValueError, match="teacher"):
         KD(KDParams(), make_ctx(make_backbone(4, num_classes=3), make_teacher(8)))
     with pytest.raises(ValueError, match="student"):
@@ -93,8 +102,12 @@ def test_classifiers_are_required(make_backbone, make_teacher, make_ctx) -> None
 
 
 def test_gradients_reach_student_not_teacher(
-    make_backbone, make_teacher, make_ctx, make_step, assert_grad_flow
-):
+    make_backbone: MakeBackbone,
+    make_teacher: MakeTeacher,
+    make_ctx: MakeCtx,
+    make_step: MakeStep,
+    assert_grad_flow: AssertTerms,
+) -> None:
     student, teacher = make_backbone(4, num_classes=3), make_teacher(8, num_classes=3)
     obj = KD(KDParams(ce=0.1), make_ctx(student, teacher))
     assert_grad_flow(obj, make_step(student, teacher, batch=4, labels=torch.tensor([0, 1, 2, 0])))
@@ -103,8 +116,12 @@ def test_gradients_reach_student_not_teacher(
 
 
 def test_finite_under_bf16_autocast(
-    make_backbone, make_teacher, make_ctx, make_step, assert_finite_bf16
-):
+    make_backbone: MakeBackbone,
+    make_teacher: MakeTeacher,
+    make_ctx: MakeCtx,
+    make_step: MakeStep,
+    assert_finite_bf16: AssertTerms,
+) -> None:
     student, teacher = make_backbone(4, num_classes=3), make_teacher(8, num_classes=3)
     obj = KD(KDParams(ce=0.1), make_ctx(student, teacher))
     out = assert_finite_bf16(obj, make_step(student, teacher, labels=torch.zeros(6).long()))

@@ -9,6 +9,7 @@ import torch
 
 from losses.base import get_objective
 from losses.pkt import PKT, PKT_EPS, PKTParams, pkt_loss
+from tests.losses.conftest import AssertTerms, MakeBackbone, MakeCtx, MakeStep, MakeTeacher
 
 
 def _probabilities(x: list[list[float]]) -> list[list[float]]:
@@ -59,7 +60,9 @@ def test_batch_mismatch_raises() -> None:
         pkt_loss(torch.ones(3, 2), torch.ones(2, 2))
 
 
-def test_compute(make_backbone, make_teacher, make_ctx, make_step) -> None:
+def test_compute(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
     obj = PKT(PKTParams(), make_ctx(student, teacher))
     step = make_step(student, teacher, batch=5)
@@ -72,15 +75,23 @@ def test_compute(make_backbone, make_teacher, make_ctx, make_step) -> None:
 
 
 def test_gradients_reach_student_not_teacher(
-    make_backbone, make_teacher, make_ctx, make_step, assert_grad_flow
-):
+    make_backbone: MakeBackbone,
+    make_teacher: MakeTeacher,
+    make_ctx: MakeCtx,
+    make_step: MakeStep,
+    assert_grad_flow: AssertTerms,
+) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
     assert_grad_flow(PKT(PKTParams(), make_ctx(student, teacher)), make_step(student, teacher))
 
 
 def test_finite_under_bf16_autocast(
-    make_backbone, make_teacher, make_ctx, make_step, assert_finite_bf16
-):
+    make_backbone: MakeBackbone,
+    make_teacher: MakeTeacher,
+    make_ctx: MakeCtx,
+    make_step: MakeStep,
+    assert_finite_bf16: AssertTerms,
+) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
     obj = PKT(PKTParams(), make_ctx(student, teacher))
     assert_finite_bf16(obj, make_step(student, teacher))

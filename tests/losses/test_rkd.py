@@ -9,6 +9,7 @@ import torch
 
 from losses.base import get_objective
 from losses.rkd import RKD, RKDParams, rkd_angle_loss, rkd_distance_loss
+from tests.losses.conftest import AssertTerms, MakeBackbone, MakeCtx, MakeStep, MakeTeacher
 
 TEACHER = [[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]]  # collinear
 STUDENT = [[0.0, 0.0], [1.0, 0.0], [-1.0, 0.1]]  # angle at 0 is ~180 degrees: linear branch
@@ -103,7 +104,9 @@ def test_batch_size_errors() -> None:
         rkd_distance_loss(torch.ones(3, 2), torch.ones(4, 2))
 
 
-def test_compute_terms_and_weights(make_backbone, make_teacher, make_ctx, make_step) -> None:
+def test_compute_terms_and_weights(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
     obj = RKD(RKDParams(), make_ctx(student, teacher))
     step = make_step(student, teacher, batch=5)
@@ -123,16 +126,24 @@ def test_requirements() -> None:
 
 
 def test_gradients_reach_student_not_teacher(
-    make_backbone, make_teacher, make_ctx, make_step, assert_grad_flow
-):
+    make_backbone: MakeBackbone,
+    make_teacher: MakeTeacher,
+    make_ctx: MakeCtx,
+    make_step: MakeStep,
+    assert_grad_flow: AssertTerms,
+) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
     obj = RKD(RKDParams(), make_ctx(student, teacher))
     assert_grad_flow(obj, make_step(student, teacher))
 
 
 def test_finite_under_bf16_autocast(
-    make_backbone, make_teacher, make_ctx, make_step, assert_finite_bf16
-):
+    make_backbone: MakeBackbone,
+    make_teacher: MakeTeacher,
+    make_ctx: MakeCtx,
+    make_step: MakeStep,
+    assert_finite_bf16: AssertTerms,
+) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
     obj = RKD(RKDParams(), make_ctx(student, teacher))
     assert_finite_bf16(obj, make_step(student, teacher))

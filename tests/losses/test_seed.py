@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import cast
 
 import pytest
 import torch
@@ -12,6 +13,15 @@ from torch import nn
 
 from losses.base import get_objective
 from losses.seed import SEED, SEEDParams, seed_loss
+from models.teacher import FrozenTeacher
+from tests.losses.conftest import (
+    AssertTerms,
+    FakeBackbone,
+    MakeBackbone,
+    MakeCtx,
+    MakeStep,
+    MakeTeacher,
+)
 
 
 def _normalise(x: list[list[float]]) -> list[list[float]]:
@@ -28,7 +38,13 @@ def _softmax(v: list[float]) -> list[float]:
     return [x / sum(e) for x in e]
 
 
-def _seed_by_hand(s, t, queue, tau_s: float, tau_t: float) -> float:
+def _seed_by_hand(
+    s: list[list[float]],
+    t: list[list[float]],
+    queue: list[list[float]],
+    tau_s: float,
+    tau_t: float,
+) -> float:
     s, t = _normalise(s), _normalise(t)
     total = 0.0
     for si, ti in zip(s, t, strict=True):
@@ -62,21 +78,28 @@ def test_shape_errors() -> None:
         seed_loss(torch.ones(2, 2), torch.ones(2, 2), torch.zeros(4, 3))
 
 
-def _objective(make_backbone, make_teacher, make_ctx, queue_size: int = 16):
+def _objective(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, queue_size: int = 16
+) -> tuple[SEED, FakeBackbone, FrozenTeacher]:
     student, teacher = make_backbone(4), make_teacher(8, embedding_dim=5)
     obj = SEED(SEEDParams(queue_size=queue_size), make_ctx(student, teacher))
     return obj, student, teacher
 
 
-def test_head_lands_in_the_teacher_embedding_space(make_backbone, make_teacher, make_ctx):
+def test_head_lands_in_the_teacher_embedding_space(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx
+) -> None:
     obj, _, _ = _objective(make_backbone, make_teacher, make_ctx)
     assert isinstance(obj.head, nn.Sequential)
-    assert (obj.head[0].in_features, obj.head[0].out_features) == (4, 4)
-    assert obj.head[-1].out_features == 5
+    first, last = cast(nn.Linear, obj.head[0]), cast(nn.Linear, obj.head[-1])
+    assert (first.in_features, first.out_features) == (4, 4)
+    assert last.out_features == 5
     assert obj.queue.data.shape == (16, 5)
 
 
-def test_enqueue_after_step_and_value(make_backbone, make_teacher, make_ctx, make_step) -> None:
+def test_enqueue_after_step_and_value(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     obj, student, teacher = _objective(make_backbone, make_teacher, make_ctx)
     first = make_step(student, teacher, batch=3, seed=10)
     out = obj.compute(first)
@@ -95,7 +118,9 @@ def test_enqueue_after_step_and_value(make_backbone, make_teacher, make_ctx, mak
     assert out.weights == {"seed": 1.0}
 
 
-def test_no_enqueue_in_eval_mode(make_backbone, make_teacher, make_ctx, make_step) -> None:
+def test_no_enqueue_in_eval_mode(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     obj, student, teacher = _objective(make_backbone, make_teacher, make_ctx)
     obj.eval()
     step = make_step(student, teacher)
@@ -104,7 +129,9 @@ def test_no_enqueue_in_eval_mode(make_backbone, make_teacher, make_ctx, make_ste
     assert len(obj.queue) == 0
 
 
-def test_queue_is_in_state_dict_and_round_trips(make_backbone, make_teacher, make_ctx, make_step):
+def test_queue_is_in_state_dict_and_round_trips(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     obj, student, teacher = _objective(make_backbone, make_teacher, make_ctx, queue_size=5)
     for seed in range(3):  # 9 rows into 5: wrapped
         step = make_step(student, teacher, batch=3, seed=seed)
@@ -123,8 +150,12 @@ def test_queue_is_in_state_dict_and_round_trips(make_backbone, make_teacher, mak
 
 
 def test_gradients_reach_student_not_teacher(
-    make_backbone, make_teacher, make_ctx, make_step, assert_grad_flow
-):
+    make_backbone: MakeBackbone,
+    make_teacher: MakeTeacher,
+    make_ctx: MakeCtx,
+    make_step: MakeStep,
+    assert_grad_flow: AssertTerms,
+) -> None:
     obj, student, teacher = _objective(make_backbone, make_teacher, make_ctx)
     warm = make_step(student, teacher, seed=0)
     obj.compute(warm)
@@ -134,8 +165,12 @@ def test_gradients_reach_student_not_teacher(
 
 
 def test_finite_under_bf16_autocast(
-    make_backbone, make_teacher, make_ctx, make_step, assert_finite_bf16
-):
+    make_backbone: MakeBackbone,
+    make_teacher: MakeTeacher,
+    make_ctx: MakeCtx,
+    make_step: MakeStep,
+    assert_finite_bf16: AssertTerms,
+) -> None:
     obj, student, teacher = _objective(make_backbone, make_teacher, make_ctx)
     warm = make_step(student, teacher, seed=0)
     with torch.autocast("cpu", dtype=torch.bfloat16):

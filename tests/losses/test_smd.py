@@ -4,6 +4,7 @@ gradient, views / warm-up, gradients, bf16, params."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 
 from losses.base import get_objective
 from losses.smd import SMD, SMDParams, smd_loss
+from tests.losses.conftest import AssertTerms, MakeBackbone, MakeCtx, MakeStep, MakeTeacher
 
 TAU = 0.04
 # unit vectors by angle; s_0 = -t_0, so row 0 has D[0, 0] = 2 and no negatives
@@ -35,7 +37,9 @@ def _dist(a: list[float], b: list[float]) -> float:
     return math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b, strict=True)))
 
 
-def _smd_by_hand(student: list[list[float]], teacher: list[list[float]], tau: float) -> dict:
+def _smd_by_hand(
+    student: list[list[float]], teacher: list[list[float]], tau: float
+) -> dict[str, Any]:
     s, t = _normalise(student), _normalise(teacher)
     b = len(s)
     d_t = [[_dist(t[i], t[j]) for j in range(b)] for i in range(b)]
@@ -112,14 +116,18 @@ def test_batch_of_one_raises() -> None:
         smd_loss(torch.ones(1, 3), torch.ones(1, 3))
 
 
-def test_linear_head_always(make_backbone, make_teacher, make_ctx) -> None:
+def test_linear_head_always(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx
+) -> None:
     for dim in (4, 8):
         obj = SMD(SMDParams(), make_ctx(make_backbone(dim), make_teacher(8)))
         assert isinstance(obj.head, nn.Linear)
         assert (obj.head.in_features, obj.head.out_features) == (dim, 8)
 
 
-def test_compute_matches_hand_value(make_backbone, make_teacher, make_ctx, make_step) -> None:
+def test_compute_matches_hand_value(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
     obj = SMD(SMDParams(), make_ctx(student, teacher))
     step = make_step(student, teacher, batch=6)
@@ -130,7 +138,9 @@ def test_compute_matches_hand_value(make_backbone, make_teacher, make_ctx, make_
     assert out.terms["smd"].item() == pytest.approx(_smd_by_hand(s, t, TAU)["loss"], rel=1e-4)
 
 
-def test_two_views_are_averaged_and_warmup(make_backbone, make_teacher, make_ctx, make_step):
+def test_two_views_are_averaged_and_warmup(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
     obj = SMD(SMDParams(views=2, cos_warmup_epochs=2), make_ctx(student, teacher))
     assert SMD.requirements(obj.params).num_views == 2
@@ -151,8 +161,12 @@ def test_two_views_are_averaged_and_warmup(make_backbone, make_teacher, make_ctx
 
 
 def test_gradients_reach_student_not_teacher(
-    make_backbone, make_teacher, make_ctx, make_step, assert_grad_flow
-):
+    make_backbone: MakeBackbone,
+    make_teacher: MakeTeacher,
+    make_ctx: MakeCtx,
+    make_step: MakeStep,
+    assert_grad_flow: AssertTerms,
+) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
     obj = SMD(SMDParams(), make_ctx(student, teacher))
     # a batch large enough that some weights are non-zero
@@ -161,8 +175,12 @@ def test_gradients_reach_student_not_teacher(
 
 
 def test_finite_under_bf16_autocast(
-    make_backbone, make_teacher, make_ctx, make_step, assert_finite_bf16
-):
+    make_backbone: MakeBackbone,
+    make_teacher: MakeTeacher,
+    make_ctx: MakeCtx,
+    make_step: MakeStep,
+    assert_finite_bf16: AssertTerms,
+) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
     obj = SMD(SMDParams(), make_ctx(student, teacher))
     assert_finite_bf16(obj, make_step(student, teacher, batch=12))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import cast
 
 import numpy as np
 import pytest
@@ -298,4 +299,4 @@ def test_params_validation(values: dict[str, object]) -> None:
 
 def test_yaml_list_milestones_become_a_tuple() -> None:
     params = make_params("sskd", {"teacher_head_milestones": [2, 4], "teacher_head_epochs": 5})
-    assert params.teacher_head_milestones == (2, 4)
+    assert cast(SSKDParams, params).teacher_head_milestones == (2, 4)

@@ -10,11 +10,16 @@ descendants instead (matched by pid *and* start time, so a recycled pid is never
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -58,11 +63,71 @@ def write_spec(path: Path, spec: dict[str, Any]) -> Path:
     return path
 
 
-def start_ukd(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    """`ukd` in a new session (its pid is the session id; see :class:`Session`)."""
-    return subprocess.Popen([UKD, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                            cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+def start_ukd(args: list[str], log: Path, cwd: Path | None = None,
+              prefix: list[str] | None = None, env: dict[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+    """`ukd` in a new session (its pid is the session id; see :class:`Session`). ``prefix``:
+    a command that execs it in place (e.g. `nsenter` into a network namespace, which keeps
+    the pid); ``env``: added to the environment."""
+    return subprocess.Popen([*(prefix or []), UKD, *args], stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT, cwd=cwd,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                             start_new_session=True)
+
+
+@dataclass
+class Terminal:
+    """`ukd` in a pseudo-terminal that is its controlling terminal, as in a terminal window
+    or a tmux pane. Its output is drained into ``log`` by a thread; :meth:`hang_up` closes
+    the terminal like a closed window or a killed tmux session: the kernel sends SIGHUP to
+    the session's foreground processes, and later writes to the terminal fail."""
+
+    proc: subprocess.Popen[bytes]
+    master: int
+    log: Path
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        with self.log.open("ab") as out:
+            while not self._stop.is_set():
+                ready, _, _ = select.select([self.master], [], [], 0.2)
+                if not ready:
+                    continue
+                try:
+                    data = os.read(self.master, 65536)
+                except OSError:  # EIO: the other side is gone
+                    return
+                if not data:
+                    return
+                out.write(data)
+                out.flush()
+
+    def hang_up(self) -> None:
+        """Close the terminal (once; again: nothing)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        os.close(self.master)
+
+
+def start_in_terminal(args: list[str], log: Path) -> Terminal:
+    """`ukd` as the leader of a new session whose controlling terminal is a new pty
+    (util-linux `setsid --ctty`, which execs `ukd` in place: the pid is ukd's and the
+    session's, see :class:`Session`)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+    proc = subprocess.Popen(["setsid", "--ctty", UKD, *args], stdin=slave, stdout=slave,
+                            stderr=slave, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    os.close(slave)
+    log.write_bytes(b"")
+    return Terminal(proc, master, log)
 
 
 def run_ukd(args: list[str], cwd: Path | None = None, timeout: float = 600
@@ -106,6 +171,12 @@ class Session:
         return {pid: cmdline(pid) for pid, f in _stat_table().items()
                 if int(f[3]) == self.sid and f[0] != "Z"}
 
+    def identities(self) -> set[tuple[int, int]]:
+        """(pid, start time) of every live process of the session: a pid recycled later
+        names another process."""
+        return {(pid, int(f[19])) for pid, f in _stat_table().items()
+                if int(f[3]) == self.sid and f[0] != "Z"}
+
     def sample(self) -> dict[int, str]:
         now = self.members()
         self.seen.update(now)
@@ -120,6 +191,17 @@ class Session:
             time.sleep(0.5)
         return left
 
+    def stop(self, grace: float = 30) -> None:
+        """Teardown: SIGTERM every process of the session, SIGKILL what is left after
+        ``grace`` seconds (never anything outside the session)."""
+        for pid in self.members():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        self.wait_empty(grace)
+        self.kill_all()
+
     def kill_all(self) -> None:
         """Teardown: SIGKILL every process left in the session (never anything else)."""
         for pid in self.members():
@@ -127,6 +209,19 @@ class Session:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def wait_gone(identities: set[tuple[int, int]], timeout: float) -> set[tuple[int, int]]:
+    """Wait (polling, up to ``timeout`` s) until none of these processes (pid, start time)
+    is alive; returns those that still are."""
+    deadline = time.monotonic() + timeout
+    while True:
+        table = _stat_table()
+        left = {(pid, started) for pid, started in identities
+                if pid in table and int(table[pid][19]) == started and table[pid][0] != "Z"}
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.5)
 
 
 def start_time(pid: int) -> int | None:

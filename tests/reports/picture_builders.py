@@ -142,7 +142,7 @@ def _log_trial(
     if trial.failure_reason is not None:
         tags[names.TAG_FAILURE_REASON] = trial.failure_reason
         tags[names.TAG_FAILURE_EPOCH] = "3"
-    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    run_id: str = client.create_run(experiment_id, tags=tags).info.run_id
     now = int(time.time() * 1000)
     terms = ["loss/total", "loss/cos"] + (["loss/sim"] if trial.objective == "coss" else [])
     last = EPOCHS if trial.status == "FINISHED" else 3
@@ -174,7 +174,7 @@ def _log_reference(client: MlflowClient, experiment_id: str, parent_id: str, ref
         names.TAG_REFERENCE: ref.reference,
         names.TAG_STUDENT: ref.student,
     }
-    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    run_id: str = client.create_run(experiment_id, tags=tags).info.run_id
     now = int(time.time() * 1000)
     metrics = [
         Metric("knn/top1_k10", ref.top1, now, 1),

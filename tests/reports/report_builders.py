@@ -147,7 +147,7 @@ def _log_trial(
         tags["ukd.failure_reason"] = trial.failure_reason
         tags["ukd.failure_epoch"] = str(trial.failure_epoch or 1)
     run = client.create_run(experiment_id, tags=tags)
-    run_id = run.info.run_id
+    run_id: str = run.info.run_id
     now = int(time.time() * 1000)
     metrics = [Metric("loss/total", 5.0 - epoch, now, epoch) for epoch in range(1, EPOCHS + 1)]
     if trial.top1 is not None:

@@ -74,9 +74,10 @@ def test_plan_reads_only_finished_runs_and_drawn_metrics(
 def test_histories_per_epoch(pictures: PictureStore, plan: CurvePlan) -> None:
     histories = load_metric_histories(resolve_sweep(pictures.pictures.directory), plan.wanted)
     run_id, trial = pictures.pictures.run_ids[0], picture_trials()[0]
-    assert histories[run_id]["loss/total"] == [
+    expected: list[tuple[int, object]] = [
         (epoch, pytest.approx(loss_at(trial, "loss/total", epoch))) for epoch in range(1, 7)
     ]
+    assert histories[run_id]["loss/total"] == expected
     assert [step for step, _ in histories[run_id]["knn/top1_k10"]] == [2, 4, 6]
 
 

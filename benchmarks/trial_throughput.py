@@ -1,0 +1,356 @@
+"""Trial throughput: a training loop in the seeds' style against one ukd trial and ukd fused
+groups of K = 2, 4, 8 students, in one run, on the same synthetic CIFAR-shaped data.
+
+    PYTHONPATH=. python3 benchmarks/trial_throughput.py [--device cpu|cuda]
+
+Every figure is student-images per second (a fused group of K counts K x its images), for
+CoSS at batch 128 on the pairs resnet32x4 -> resnet8x4 and wrn_40_2 -> wrn_16_2:
+(a) the seeds' style: torchvision transforms on PIL images through a DataLoader, fp32, the
+    teacher's forward every step and the loss read back every step (RepDistiller / the
+    official CoSS code);
+(b) one ukd trial: the engine's own step (orchestrator/engine: batched augmentation on the
+    device, shared teacher pass, the member's step; bf16 autocast and channels_last on CUDA);
+(c) ukd fused groups of K students of one architecture (CoSS with K different lambda / lr),
+    at the level `resources.fuse: auto` picks on the device (stacked on CUDA, members of a
+    group on CPU) and at the other level for comparison.
+It imports torch, torchvision and ukd's models/, losses/ and trial engine only (no Ray, MLflow
+or pydantic), prints a table, where one ukd step's time goes, and as its last line one JSON
+object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+
+from losses.coss import OFFICIAL_SCALE  # noqa: E402
+from losses.functional import cosine_rows_loss, space_similarity_loss  # noqa: E402
+from models.augment import AUGMENT_PRESETS  # noqa: E402
+from models.base import build_model  # noqa: E402
+from models.heads import coss_projection  # noqa: E402
+from models.pretrain import PretrainConfig  # noqa: E402
+from models.teacher import FrozenTeacher  # noqa: E402
+from orchestrator.config import (  # noqa: E402
+    DatasetConfig,
+    EvalConfig,
+    LossConfig,
+    PretrainSource,
+    RuntimeConfig,
+    StudentConfig,
+    TeacherConfig,
+    TrainConfig,
+    TrialConfig,
+)
+from orchestrator.engine.batches import BatchStream  # noqa: E402
+from orchestrator.engine.member import Member, build_member  # noqa: E402
+from orchestrator.engine.precision import memory_format  # noqa: E402
+from orchestrator.engine.stacked import plan_stacks  # noqa: E402
+from orchestrator.engine.teacher_pass import SharedTeacher  # noqa: E402
+
+PAIRS = {"resnet32x4->resnet8x4": ("resnet32x4", "resnet8x4"),
+         "wrn_40_2->wrn_16_2": ("wrn_40_2", "wrn_16_2")}
+BATCH = 128
+MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12}  # dense, vendor datasheets
+CHECK_EVERY = 25
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, steps: int, warmup: int, step: Callable[[int], None]) -> float:
+    """Seconds for ``steps`` calls of ``step`` after ``warmup`` untimed ones."""
+    for i in range(warmup):
+        step(i)
+    sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(warmup + i)
+    sync(device)
+    return time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- (a) seeds' style
+
+
+class PilImages(Dataset[tuple[torch.Tensor, int]]):
+    def __init__(self, images: np.ndarray[Any, Any], transform: Callable[[Any], Any]) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x: torch.Tensor = self.transform(Image.fromarray(self.images[i]))
+        return x, 0
+
+
+def seeds_style(pair: tuple[str, str], images: np.ndarray[Any, Any], device: torch.device,
+                steps: int, warmup: int, workers: int) -> float:
+    torch.manual_seed(0)
+    teacher = build_model(pair[0]).to(device).eval()
+    student = build_model(pair[1]).to(device).train()
+    head = coss_projection(student.feature_dim, teacher.feature_dim).to(device)
+    params = [*student.parameters(), *head.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    transform = transforms.Compose([transforms.RandomCrop(32, padding=4),
+                                    transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                                    transforms.Normalize(MEAN, STD)])
+    loader = DataLoader(PilImages(images, transform), batch_size=BATCH, shuffle=True,
+                        num_workers=workers, drop_last=True, pin_memory=device.type == "cuda",
+                        persistent_workers=workers > 0)
+    batches = iter(loader)
+    losses = []
+
+    def step(_: int) -> None:
+        nonlocal batches
+        try:
+            x, _labels = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            x, _labels = next(batches)
+        x = x.to(device, non_blocking=True)
+        with torch.no_grad():
+            target = teacher(x)
+        projected = head(student(x))
+        loss = OFFICIAL_SCALE * (cosine_rows_loss(projected, target)
+                                 + space_similarity_loss(projected, target))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())  # the seeds log the loss every step (a host sync)
+
+    seconds = timed(device, steps, warmup, step)
+    return steps * BATCH / seconds
+
+
+# ----------------------------------------------------------------------------- (b, c) ukd
+
+
+def trial(pair: tuple[str, str], index: int, device: torch.device, threads: int,
+          directory: Path, lam: float, lr: float) -> TrialConfig:
+    teacher = TeacherConfig("teacher", PretrainSource(pair[0], PretrainConfig(arch=pair[0])),
+                            "cifar100")
+    return TrialConfig(
+        trial_id=f"bench{index:02d}", index=index, sweep="benchmark",
+        dataset=DatasetConfig("cifar100", labels=False), teacher=teacher,
+        student=StudentConfig(pair[1]),
+        loss=LossConfig.of("coss", {"lambda": lam, "neighbours": 0}),
+        train=TrainConfig(epochs=10_000, batch_size=BATCH, lr=lr, augment="crop_flip"),
+        eval=EvalConfig(),
+        runtime=RuntimeConfig(device.type, threads, str(directory / f"bench{index:02d}"),
+                              str(directory)))
+
+
+class Engine:
+    """The trial engine's pieces, as run_group wires them, without the epochs' bookkeeping."""
+
+    def __init__(self, pair: tuple[str, str], images: torch.Tensor, device: torch.device,
+                 threads: int, directory: Path) -> None:
+        self.pair, self.device, self.threads, self.directory = pair, device, threads, directory
+        torch.manual_seed(0)
+        teacher = FrozenTeacher(build_model(pair[0]))
+        self.teacher = SharedTeacher(teacher.to(device).to(memory_format=memory_format(device)))
+        self.images = images.to(device)
+        self.mean, self.std = torch.tensor(MEAN, device=device), torch.tensor(STD, device=device)
+        self.stream = BatchStream(self.images, None, self.mean, self.std,
+                                  AUGMENT_PRESETS["crop_flip"], 0, BATCH,
+                                  memory_format=memory_format(device))
+
+    def members(self, k: int) -> list[Member]:
+        out = []
+        for i in range(k):
+            t = trial(self.pair, i, self.device, self.threads, self.directory,
+                      lam=(0.25, 0.5, 1.0, 2.0)[i % 4], lr=(0.05, 0.1)[(i // 4) % 2])
+            out.append(build_member(t, teacher=self.teacher, images=self.images, labels=None,
+                                    num_classes=100, mean=self.mean, std=self.std,
+                                    device=self.device, graphs=lambda size: torch.empty(0)))
+        return out
+
+    def throughput(self, k: int, level: str, steps: int, warmup: int) -> float:
+        members = self.members(k)
+        stacks, alone = plan_stacks(members) if level == "stack" else ([], members)
+        for m in alone:
+            m.begin_epoch(0)
+        for s in stacks:
+            s.begin_epoch(0)
+        batches = self.stream.epoch(0)
+        epoch = 0
+
+        def step(i: int) -> None:
+            nonlocal batches, epoch
+            try:
+                batch = next(batches)
+            except StopIteration:
+                epoch += 1
+                batches = self.stream.epoch(epoch)
+                batch = next(batches)
+            self.teacher.new_step()
+            for s in stacks:
+                s.step(batch, self.teacher)
+            for m in alone:
+                m.step(batch, self.teacher)
+            if (i + 1) % CHECK_EVERY == 0:
+                for m in members:
+                    m.check_finite(0)  # the engine's periodic read-back
+
+        seconds = timed(self.device, steps, warmup, step)
+        for m in members:
+            m.check_finite(0)
+        return k * steps * BATCH / seconds
+
+    def breakdown(self, steps: int) -> dict[str, float]:
+        """Milliseconds a step spends augmenting, in the teacher's forward, and the rest."""
+        from orchestrator.engine.precision import autocast
+
+        member = self.members(1)[0]
+        member.begin_epoch(0)
+        idx = torch.arange(BATCH, device=self.device)
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        x = self.stream.augmented(idx, gen)
+
+        def augment_only(_: int) -> None:
+            self.stream.augmented(idx, gen)
+
+        def teacher_only(_: int) -> None:
+            with torch.no_grad(), autocast(self.device, "auto"):
+                self.teacher.teacher.features(x)
+
+        batch = next(self.stream.epoch(0))
+
+        def full_step(_: int) -> None:
+            batch._views.clear()
+            self.teacher.new_step()
+            member.step(batch, self.teacher)
+
+        ms = {name: 1000 * timed(self.device, steps, 2, fn) / steps
+              for name, fn in (("augment", augment_only), ("teacher_forward", teacher_only),
+                               ("step", full_step))}
+        ms["student_loss_optimiser"] = ms["step"] - ms["augment"] - ms["teacher_forward"]
+        return ms
+
+    def flops_per_step(self, k: int, level: str) -> float:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        members = self.members(k)
+        stacks, alone = plan_stacks(members) if level == "stack" else ([], members)
+        for m in alone:
+            m.begin_epoch(0)
+        for s in stacks:
+            s.begin_epoch(0)
+        batch = next(self.stream.epoch(0))
+        with FlopCounterMode(display=False) as counter:
+            self.teacher.new_step()
+            for s in stacks:
+                s.step(batch, self.teacher)
+            for m in alone:
+                m.step(batch, self.teacher)
+        return float(counter.get_total_flops())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--steps", type=int, default=0, help="timed steps (default by device)")
+    parser.add_argument("--images", type=int, default=4096)
+    parser.add_argument("--workers", type=int, default=-1,
+                        help="DataLoader workers of the seeds' loop (default by device)")
+    parser.add_argument("--pairs", nargs="*", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--ks", nargs="*", type=int, default=[2, 4, 8])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    cuda = device.type == "cuda"
+    steps = args.steps or (60 if cuda else 8)
+    warmup = 10 if cuda else 2
+    workers = args.workers if args.workers >= 0 else (min(8, os.cpu_count() or 1) if cuda
+                                                      else args.threads)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (args.images, 32, 32, 3), dtype=np.uint8)
+    tensor_images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    auto_level = "stack" if cuda else "group"
+    other_level = "group" if cuda else "stack"
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    peak = next((v for k, v in BF16_PEAK.items() if k in name), None) if cuda else None
+
+    result: dict[str, Any] = {"device": name if cuda else "cpu", "threads": args.threads,
+                              "pairs": {}}
+    extra: dict[str, Any] = {"fused_level": auto_level, "other_level": other_level,
+                             "steps": steps, "pairs": {}}
+    print(f"device {result['device']}, {args.threads} threads, batch {BATCH}, "
+          f"{steps} timed steps, fused level {auto_level}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="ukd-bench-") as tmp:
+        for pair_name in args.pairs:
+            pair = PAIRS[pair_name]
+            engine = Engine(pair, tensor_images, device, args.threads, Path(tmp) / pair[1])
+            seeds = seeds_style(pair, images, device, max(4, steps // 2), warmup, workers)
+            single = engine.throughput(1, "group", steps, warmup)
+            fused, other = {}, {}
+            for k in args.ks:
+                k_steps = max(4, steps * 2 // k) if not cuda else steps
+                fused[str(k)] = engine.throughput(k, auto_level, k_steps, warmup)
+                if cuda or k == 4:
+                    other[str(k)] = engine.throughput(k, other_level, k_steps, warmup)
+            result["pairs"][pair_name] = {"seeds_style": seeds, "ukd_single": single,
+                                          "ukd_fused": fused}
+            info: dict[str, Any] = {
+                "ukd_single_over_seeds": single / seeds,
+                "fused_over_single": {k: v / single for k, v in fused.items()},
+                f"ukd_fused_{other_level}": other,
+                "breakdown_ms": engine.breakdown(max(4, steps // 2)),
+            }
+            if cuda:
+                tflops: dict[str, float] = {}
+                for k, rate in [("1", single), *fused.items()]:
+                    flops = engine.flops_per_step(int(k), auto_level if k != "1" else "group")
+                    per_s = flops * rate / (int(k) * BATCH)
+                    tflops[k] = per_s / 1e12
+                info["tflops"] = tflops
+                if peak:
+                    info["bf16_peak_share"] = {k: v * 1e12 / peak for k, v in tflops.items()}
+            extra["pairs"][pair_name] = info
+            print(f"\n{pair_name}  (student-images/s)")
+            print(f"  (a) seeds' style loop      {seeds:10.1f}")
+            print(f"  (b) one ukd trial          {single:10.1f}   (b)/(a) = {single / seeds:.2f}")
+            for k, v in fused.items():
+                line = f"  (c) fused K={k:<2} {auto_level:<6}     {v:10.1f}   (c)/(b) = "
+                line += f"{v / single:.2f}"
+                if k in other:
+                    line += f"   [{other_level}: {other[k]:.1f} = {other[k] / single:.2f}x]"
+                print(line)
+            print("  one ukd step: " + ", ".join(f"{k} {v:.1f} ms"
+                                                for k, v in info["breakdown_ms"].items()))
+            if cuda:
+                print("  achieved TFLOP/s: " + ", ".join(
+                    f"K={k} {v:.1f}" + (f" ({100 * info['bf16_peak_share'][k]:.1f}% of bf16 "
+                                         "peak)" if peak else "")
+                    for k, v in info["tflops"].items()))
+            sys.stdout.flush()
+    result["details"] = extra
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

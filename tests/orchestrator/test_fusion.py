@@ -1,0 +1,224 @@
+"""Fused groups: trials that share a batch stream train together -- the same results as alone
+(CPU: bit for bit; stacked: within float tolerance), failures and resume per member."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from models.augment import AUGMENT_PRESETS
+from orchestrator import callback as callback_module
+from orchestrator import teachers as teachers_module
+from orchestrator.config import TrialConfig
+from orchestrator.datasets import DatasetBundle, Split
+from orchestrator.datasets import load_dataset as real_load_dataset
+from orchestrator.engine import group as group_module
+from orchestrator.engine import member as member_module
+from orchestrator.engine.batches import BatchStream
+from orchestrator.engine.group import group_key, make_groups, run_group, run_trial
+from orchestrator.engine.member import build_member
+from orchestrator.engine.stacked import Stack, plan_stacks
+from orchestrator.engine.teacher_pass import SharedTeacher
+from orchestrator.grid import expand
+from orchestrator.spec import load_spec
+from orchestrator.teachers import ensure_teacher, load_frozen_teacher
+from tests.orchestrator.specs import minimal_spec
+
+TRAIN_IMAGES = 256
+
+
+def _small(bundle: DatasetBundle) -> DatasetBundle:
+    train = Split(bundle.train.images[:TRAIN_IMAGES].clone(),
+                  bundle.train.labels[:TRAIN_IMAGES].clone())
+    return dataclasses.replace(bundle, train=train)
+
+
+@pytest.fixture(scope="module")
+def small_data() -> Iterator[DatasetBundle]:
+    small = _small(real_load_dataset("digits"))
+
+    def load(name: str, root: str | None = None, download: bool = False) -> DatasetBundle:
+        return small
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(group_module, "load_dataset", load)
+        mp.setattr(teachers_module, "load_dataset", load)
+        yield small
+
+
+def _trials(tmp: Path, epochs: int = 2, **grid: Any) -> list[TrialConfig]:
+    data = minimal_spec(output_dir=str(tmp / "out"), cache_dir=str(tmp.parent / "cache"),
+                        train={"epochs": epochs, "batch_size": 64, "augment": "ssl_light"},
+                        knn={"k": [10]})
+    data["grid"] = {"teacher": "t", "student": ["resnet8x4", "resnet20"],
+                    "loss": [{"name": "coss", "lambda": [0.5, 1.0], "neighbours": 3},
+                             {"name": "cos", "neighbours": 3}],
+                    "lr": [0.05, 0.1], **grid}
+    path = tmp / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    trials = expand(load_spec(path))
+    first = trials[0]
+    report = ensure_teacher(first.teacher, first.dataset, first.eval.knn,
+                            first.runtime.cache_dir, graph_sizes=(31,))
+    return [t.with_report(report) for t in trials]
+
+
+def _moved(trials: list[TrialConfig], directory: Path) -> list[TrialConfig]:
+    """The same trials with their files elsewhere (a fresh start)."""
+    return [dataclasses.replace(t, runtime=dataclasses.replace(
+        t.runtime, trial_dir=str(directory / t.trial_id))) for t in trials]
+
+
+def _run(trials: list[TrialConfig], level: str = "group"
+         ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    reports: dict[str, list[dict[str, Any]]] = {}
+    outcomes = run_group(trials, lambda tid, m: reports.setdefault(tid, []).append(m),
+                         level=level)
+    return outcomes, reports
+
+
+def _scores(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if not k.endswith("_time_s")}
+
+
+def _epochs(reports: list[dict[str, Any]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in r.items() if k.startswith("loss/")} for r in reports
+            if r["kind"] == "epoch"]
+
+
+def test_a_trial_gives_the_same_metrics_fused_as_alone(small_data: DatasetBundle,
+                                                        tmp_path: Path) -> None:
+    trials = _trials(tmp_path)
+    assert len({group_key(t) for t in trials}) == 1 and len(trials) == 12
+    fused = trials[:6]  # two architectures, coss / cos, two lrs
+    outcomes, reports = _run(_moved(fused, tmp_path / "fused"))
+    for trial in fused:
+        alone: list[dict[str, Any]] = []
+        final = run_trial(_moved([trial], tmp_path / "alone")[0], alone.append)
+        assert _epochs(reports[trial.trial_id]) == _epochs(alone)  # bit for bit on CPU
+        assert _scores(outcomes[trial.trial_id].metrics) == _scores(final)
+
+
+def test_stacked_members_match_the_member_path(small_data: DatasetBundle,
+                                               tmp_path: Path) -> None:
+    """20 steps of three stacked CoSS / CoS members (different lambda and lr) against the
+    same members stepping one by one: loss terms within 1e-4 relative."""
+    trials = [t for t in _trials(tmp_path, epochs=5) if t.student.arch == "resnet8x4"
+              and t.loss.name == "coss"][:3]
+    bundle = small_data
+    device = torch.device("cpu")
+    first = trials[0]
+    assert first.teacher_report is not None
+    teacher = SharedTeacher(load_frozen_teacher(first.teacher, first.runtime.cache_dir,
+                                                bundle))
+    graph = torch.load(first.teacher_report.graphs[31], weights_only=True)
+    images = bundle.train.images
+    mean, std = bundle.mean, bundle.std
+
+    def members(directory: Path) -> list[Any]:
+        return [build_member(t, teacher=teacher, images=images, labels=None,
+                             num_classes=bundle.num_classes, mean=mean, std=std,
+                             device=device, graphs=lambda size: graph)
+                for t in _moved(trials, directory)]
+
+    stream = BatchStream(images, None, mean, std, AUGMENT_PRESETS["ssl_light"],
+                         first.train.seed, first.train.batch_size,
+                         first.requirements.neighbour_batches, graph)
+    alone, together = members(tmp_path / "a"), members(tmp_path / "b")
+    stacks, left = plan_stacks(together)
+    assert left == [] and len(stacks) == 1 and stacks[0].k == 3
+    stack: Stack = stacks[0]
+    steps = 0
+    for epoch in range(first.train.epochs):  # 4 steps an epoch
+        for m in alone:
+            m.begin_epoch(epoch)
+        stack.begin_epoch(epoch)
+        for batch in stream.epoch(epoch):
+            teacher.new_step()
+            stacked = stack.step(batch, teacher)
+            for m in alone:
+                m.step(batch, teacher)
+            expected = torch.stack([m.last_terms for m in alone if m.last_terms is not None])
+            torch.testing.assert_close(stacked, expected, rtol=1e-4, atol=1e-6)
+            steps += 1
+            if steps == 20:
+                return
+    raise AssertionError(f"only {steps} steps")
+
+
+def test_a_failing_member_fails_alone(small_data: DatasetBundle, tmp_path: Path) -> None:
+    trials = _trials(tmp_path, lr=[0.05, 1.0e6])[:4]  # resnet8x4: coss 0.5 x lr 0.05 / 1e6
+    bad = [t for t in trials if t.train.lr == 1.0e6]
+    good = [t for t in trials if t.train.lr == 0.05]
+    outcomes, reports = _run(_moved(trials, tmp_path / "fused"))
+    for t in bad:
+        failure = outcomes[t.trial_id].failure
+        assert failure is not None and "non-finite loss" in failure.reason
+        assert failure.epoch == 1
+        assert reports[t.trial_id][-1]["kind"] == "failed"
+    for t in good:
+        assert outcomes[t.trial_id].failure is None
+        alone = run_trial(_moved([t], tmp_path / "alone")[0])
+        assert _scores(outcomes[t.trial_id].metrics) == _scores(alone)
+
+
+def test_a_killed_group_resumes_each_member_from_its_checkpoint(
+        small_data: DatasetBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trials = _trials(tmp_path)[:3]
+    straight, _ = _run(_moved(trials, tmp_path / "straight"))
+    killed = _moved(trials, tmp_path / "killed")
+    real_step = member_module.Member.step
+    calls = {"n": 0}
+
+    def dies_mid_epoch_two(self: Any, batch: Any, teacher: Any) -> None:
+        if batch.epoch == 1 and batch.step == 1:
+            calls["n"] += 1
+            raise KeyboardInterrupt  # as if the process were killed (not a member failure)
+        real_step(self, batch, teacher)
+
+    monkeypatch.setattr(member_module.Member, "step", dies_mid_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        _run(killed)
+    monkeypatch.setattr(member_module.Member, "step", real_step)
+    for t in killed:  # each member kept its epoch-1 checkpoint
+        state = torch.load(Path(t.runtime.trial_dir) / "checkpoint.pt", weights_only=True)
+        assert state["epoch"] == 1
+    resumed, reports = _run(killed)
+    for t in killed:
+        assert [r["epoch"] for r in reports[t.trial_id] if r["kind"] == "epoch"] == [2.0]
+        assert _scores(resumed[t.trial_id].metrics) == _scores(straight[t.trial_id].metrics)
+
+
+def test_a_retried_group_reports_finished_members_without_rerunning_them(
+        small_data: DatasetBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trials = _moved(_trials(tmp_path)[:2], tmp_path / "retry")
+    done, other = trials
+    Path(done.runtime.trial_dir).mkdir(parents=True)
+    (Path(done.runtime.trial_dir) / callback_module.FINAL_FILE).write_text(
+        json.dumps({"kind": "final", "epoch": 2, "knn/top1_k10": 12.5}))
+    seen: list[dict[str, Any]] = []
+    ran: list[list[str]] = []
+    monkeypatch.setattr(callback_module.tune, "report", seen.append)
+    monkeypatch.setattr(callback_module, "run_group",
+                        lambda todo, report: ran.append([t.trial_id for t in todo]) or {})
+    callback_module.group_trainable({callback_module.GROUP_KEY: [t.to_dict() for t in trials]})
+    assert ran == [[other.trial_id]]
+    assert seen == [{callback_module.MEMBER_KEY: done.trial_id, "kind": "final", "epoch": 2,
+                     "knn/top1_k10": 12.5}]
+
+
+def test_groups_follow_the_batch_stream_and_the_cap(small_data: DatasetBundle,
+                                                     tmp_path: Path) -> None:
+    trials = _trials(tmp_path, seed=[0, 1])
+    groups = make_groups(trials, "auto", 8)
+    assert sorted(len(g) for g in groups) == [4, 4, 8, 8]  # 12 trials per seed, cap 8
+    assert all(len({group_key(t) for t in g}) == 1 for g in groups)
+    assert sorted(t.trial_id for g in groups for t in g) == sorted(t.trial_id for t in trials)
+    assert make_groups(trials, "off", 8) == [[t] for t in trials]

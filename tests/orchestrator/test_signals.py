@@ -1,0 +1,85 @@
+"""Interruptions other than Ctrl+C: a closed terminal (the sweep runs in a pseudo-terminal
+that is then closed, as when a terminal window or a tmux session is killed: SIGHUP) and
+SIGTERM (`kill`, a scheduler's preemption). Either stops the sweep like Ctrl+C: the parent
+run and the running trials are marked KILLED (resumable), never left RUNNING, and no process
+of the sweep's session is left."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.grid import expand
+from orchestrator.spec import load_spec
+from tests.orchestrator.sweeps import (
+    Session,
+    Store,
+    shared_cache,
+    start_in_terminal,
+    tiny_spec,
+    wait_for,
+    write_spec,
+)
+
+# Far more epochs than the trials get through before the signal: they are mid-training.
+EPOCHS = 200
+
+
+@pytest.fixture(scope="module", params=["hangup", "sigterm"])
+def interrupted(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    how = str(request.param)
+    tmp = tmp_path_factory.mktemp(f"signal-{how}")
+    spec = tiny_spec(tmp, shared_cache(tmp_path_factory), name=f"signal-{how}",
+                     grid={"seed": [0, 1]}, train={"epochs": EPOCHS})
+    path = write_spec(tmp / "sweep.yaml", spec)
+    dirs = [Path(t.runtime.trial_dir) for t in expand(load_spec(path))]
+    log = tmp / "terminal.log"
+    terminal = start_in_terminal(["sweep", str(path)], log)
+    proc = terminal.proc
+    session = Session(proc.pid)
+    try:
+        # Both trials are training (an epoch checkpointed each): inside Tune's fit.
+        wait_for(lambda: all((d / "checkpoint.pt").is_file() for d in dirs), 480,
+                 "both trials to checkpoint an epoch", proc, log)
+        session.sample()
+        if how == "hangup":
+            terminal.hang_up()  # the kernel sends SIGHUP; the terminal is gone
+        else:
+            os.kill(proc.pid, signal.SIGTERM)  # the ukd process this test started
+        rc = proc.wait(timeout=300)
+        yield {"how": how, "rc": rc, "out": tmp / "out", "session": session,
+               "output": log.read_text(errors="replace"), "trials": len(dirs)}
+    finally:
+        terminal.hang_up()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        session.kill_all()
+
+
+def test_running_trials_and_the_sweep_are_killed_not_running(
+        interrupted: dict[str, Any]) -> None:
+    store = Store.of(interrupted["out"])
+    runs = store.runs()
+    assert len(runs) == interrupted["trials"], interrupted["output"][-3000:]
+    assert {r.info.status for r in runs} == {"KILLED"}, interrupted["output"][-3000:]
+    assert store.parent().info.status == "KILLED"
+
+
+def test_sigterm_exits_130_and_says_how_to_continue(interrupted: dict[str, Any]) -> None:
+    if interrupted["how"] != "sigterm":
+        pytest.skip("a closed terminal shows nothing (its output has nowhere to go)")
+    assert interrupted["rc"] == 130, interrupted["output"][-3000:]
+    assert "run the same command again to continue" in interrupted["output"]
+
+
+def test_no_process_of_the_sweep_is_left(interrupted: dict[str, Any]) -> None:
+    session: Session = interrupted["session"]
+    assert len(session.seen) > 1  # sampled while its Ray was up
+    assert session.wait_empty(300) == {}
