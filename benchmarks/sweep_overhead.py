@@ -17,21 +17,18 @@ import argparse
 import json
 import multiprocessing
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from orchestrator.config import TrialConfig  # noqa: E402
-from orchestrator.driver import graph_sizes, run_sweep  # noqa: E402
-from orchestrator.engine.group import make_groups, run_group  # noqa: E402
-from orchestrator.grid import expand  # noqa: E402
-from orchestrator.progress import SweepProgress  # noqa: E402
-from orchestrator.spec import load_spec  # noqa: E402
-from orchestrator.teachers import ensure_teacher  # noqa: E402
+from orchestrator.config import TrialConfig
+from orchestrator.driver import graph_sizes, run_sweep
+from orchestrator.engine.group import make_groups, run_group
+from orchestrator.grid import expand
+from orchestrator.progress import SweepProgress
+from orchestrator.spec import load_spec
+from orchestrator.teachers import ensure_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -36,16 +36,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
-
-from losses.coss import OFFICIAL_SCALE  # noqa: E402
-from losses.functional import cosine_rows_loss, space_similarity_loss  # noqa: E402
-from models.augment import AUGMENT_PRESETS  # noqa: E402
-from models.base import build_model  # noqa: E402
-from models.heads import coss_projection  # noqa: E402
-from models.pretrain import PretrainConfig  # noqa: E402
-from models.teacher import FrozenTeacher  # noqa: E402
-from orchestrator.config import (  # noqa: E402
+from losses.coss import OFFICIAL_SCALE
+from losses.functional import cosine_rows_loss, space_similarity_loss
+from models.augment import AUGMENT_PRESETS
+from models.base import build_model
+from models.heads import coss_projection
+from models.pretrain import PretrainConfig
+from models.teacher import FrozenTeacher
+from orchestrator.config import (
     DatasetConfig,
     EvalConfig,
     LossConfig,
@@ -56,11 +54,11 @@ from orchestrator.config import (  # noqa: E402
     TrainConfig,
     TrialConfig,
 )
-from orchestrator.engine.batches import BatchStream  # noqa: E402
-from orchestrator.engine.member import Member, build_member  # noqa: E402
-from orchestrator.engine.precision import memory_format  # noqa: E402
-from orchestrator.engine.stacked import plan_stacks  # noqa: E402
-from orchestrator.engine.teacher_pass import SharedTeacher  # noqa: E402
+from orchestrator.engine.batches import BatchStream
+from orchestrator.engine.member import Member, build_member
+from orchestrator.engine.precision import memory_format
+from orchestrator.engine.stacked import plan_stacks
+from orchestrator.engine.teacher_pass import SharedTeacher
 
 PAIRS = {"resnet32x4->resnet8x4": ("resnet32x4", "resnet8x4"),
          "wrn_40_2->wrn_16_2": ("wrn_40_2", "wrn_16_2")}

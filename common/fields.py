@@ -113,10 +113,13 @@ def _read_fields(cls: type) -> tuple[FieldInfo, ...]:
             optional = len(args) < len(typing.get_args(hint))
             hint = args[0] if len(args) == 1 else hint
         item = None
-        if typing.get_origin(hint) is tuple:
-            item = typing.get_args(hint)[0]
-            hint = tuple
-        default = f.default if f.default is not dataclasses.MISSING else dataclasses.MISSING
+        if typing.get_origin(hint) is tuple:  # tuple[T, ...] -> T
+            item, hint = typing.get_args(hint)[0], tuple
+        elif typing.get_origin(hint) is dict:  # dict[str, T] -> T
+            item, hint = typing.get_args(hint)[1], dict
+        default: Any = f.default
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         out.append(FieldInfo(f.name, yaml_key(f.name), hint, item, optional, bounds, choice,
                              default))
     return tuple(out)
@@ -147,9 +150,10 @@ def check_config(obj: Any) -> None:
             raise ValueError(f"{info.key} must be {info.kind.__name__}, got {value!r}")
         if info.kind is float and isinstance(value, int):
             object.__setattr__(obj, info.name, float(value))
-        values = value if info.kind is tuple else (value,)
+        values = (value if info.kind is tuple else tuple(value.values()) if info.kind is dict
+                  else (value,))
         for v in values:
-            if info.kind is tuple and not _kind_ok(info.item, v):
+            if info.kind in (tuple, dict) and not _kind_ok(info.item, v):
                 name = getattr(info.item, "__name__", "value")
                 raise ValueError(f"{info.key} must be a list of {name}, got {value!r}")
             if info.bounds is not None and not info.bounds.admits(v):

@@ -21,6 +21,7 @@ TAG_SPEC_PATH = "ukd.spec_path"
 TAG_RAY_ADDRESS = "ukd.ray_address"
 TAG_TRIAL_ID = "ukd.trial_id"
 TAG_GROUP_ID = "ukd.group_id"  # the fused group a trial ran in
+TAG_NODE_ID = "ukd.node_id"  # the Ray node a trial (its group) ran on
 TAG_TEACHER = "ukd.teacher"  # teacher label
 TAG_STUDENT = "ukd.student"  # student architecture
 TAG_OBJECTIVE = "ukd.objective"
@@ -32,6 +33,9 @@ TAG_ATTEMPTS = "ukd.attempts"
 TAG_RESUMED_FROM = "ukd.resumed_from_epoch"
 TAG_TEACHER_HASH = "ukd.teacher_hash"
 TAG_TEACHER_DIR = "ukd.teacher_dir"
+TAG_REFERENCE_KEY = "ukd.reference_key"  # a reference run's model and evaluation hash
+TAG_REFERENCE_DIR = "ukd.reference_dir"
+TAG_DATA_CONTEXT = "mlflow.data.context"  # a logged dataset input's role (train)
 
 # ---- params (flattened trial config; see orchestrator.config.flat_params)
 PARAM_TEACHER = "teacher"
@@ -52,6 +56,13 @@ TEACHER_PREFIX = "teacher_"  # teacher_<metric>: the teacher's own value of a me
 TEACHER_KNN_PREFIX = TEACHER_PREFIX + KNN_PREFIX
 PRETRAIN_PREFIX = "pretrain/"
 TEACHER_TEST_TOP1 = "test/top1"
+LINEAR_PREFIX = "linear/"  # linear/top1, linear/top5: the linear probe
+CLASSIFIER_PREFIX = "classifier/"  # classifier/top1, classifier/top5: the model's own logits
+EVALUATOR_PREFIXES = (KNN_PREFIX, LINEAR_PREFIX, CLASSIFIER_PREFIX)
+# Parent run summary (logged when the sweep closes): trials/<status> counts and, per top-1
+# metric of the evaluators, best/<metric>: the best finished trial's value.
+SUMMARY_PREFIX = "trials/"
+BEST_PREFIX = "best/"
 BEST_SUFFIX = "_best"  # <metric>_best: best value over the periodic evaluations
 BEST_EPOCH_SUFFIX = "_best_epoch"
 

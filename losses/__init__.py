@@ -4,6 +4,7 @@
 from losses import bingo  # noqa: F401  (registers bingo)
 from losses import compress  # noqa: F401  (registers compress)
 from losses import coss  # noqa: F401  (registers coss, cos)
+from losses import cospress  # noqa: F401  (registers cospress)
 from losses import disco  # noqa: F401  (registers disco)
 from losses import feature_regression  # noqa: F401  (registers mse, cosine)
 from losses import kd  # noqa: F401  (registers kd)

@@ -47,7 +47,10 @@ class StepInputs:
     training-set indices (for objectives that pull extra images, e.g. BINGO's bag neighbours).
     ``neighbours`` is the teacher kNN graph (N x K indices) when the objective asked for it.
     ``rng`` is the trial's model stream: randomness that belongs to the objective (CutMix
-    boxes, bag draws) comes from it, never from the global generator.
+    boxes, bag draws) comes from it, never from the global generator. ``rotated`` is SSKD's
+    batch when the objective asked for ``rotated_views``: ``4B`` images, row ``4i + k`` image
+    ``i`` flipped once, rotated by ``k * 90`` degrees, then cropped on its own (the four copies
+    of an image are not rotations of each other).
     """
 
     views: list[Tensor]
@@ -60,6 +63,7 @@ class StepInputs:
     epoch: int = 0
     step: int = 0
     rng: torch.Generator | None = None
+    rotated: Tensor | None = None
 
 
 @dataclass
@@ -93,10 +97,13 @@ class LossTerms:
 
 @dataclass(frozen=True)
 class NeighbourBatches:
-    """CoSS batches: each anchor followed by ``neighbours`` of its top-``pool`` neighbours."""
+    """CoSS batches: each anchor followed by ``neighbours`` of its top-``pool`` neighbours;
+    ``anchors`` is the share of the training images that anchor once in an epoch (1.0: all,
+    the official sampler; an epoch then shows ``(neighbours + 1) x N`` images)."""
 
     neighbours: int
     pool: int
+    anchors: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,7 @@ class ObjectiveRequirements:
     min_batch_size: int = 1
     neighbour_batches: NeighbourBatches | None = None  # batches from the teacher kNN graph
     neighbour_graph: int | None = None  # the step reads the top-k graph itself (BINGO: bags)
+    rotated_views: bool = False  # StepInputs.rotated: 4 rotated, separately cropped copies
 
     @property
     def graph_size(self) -> int | None:
@@ -162,9 +170,12 @@ class Objective(nn.Module, Generic[P]):
 
     def prepare(self, teacher: TeacherOutputs, train_images: Tensor, train_labels: Tensor | None,
                 augment: Callable[[Tensor], Tensor], device: torch.device,
-                generator: torch.Generator | None = None) -> None:
+                generator: torch.Generator | None = None,
+                rotate: Callable[[Tensor], Tensor] | None = None) -> None:
         """One-off work before training (e.g. SSKD's teacher SS-head fine-tuning); its
-        randomness comes from ``generator`` (the trial's model stream)."""
+        randomness comes from ``generator`` (the trial's model stream). ``augment`` maps stored
+        training images to one augmented view, ``rotate`` to the ``4B`` rotated copies of
+        :attr:`StepInputs.rotated` (same pipeline as the training steps)."""
         return None
 
 

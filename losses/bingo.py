@@ -22,10 +22,19 @@ the code: ``lam ~ Beta(2, 2)``, one box for the whole batch with side ``sqrt(1 -
 image's, centred uniformly and clipped; the neighbour fills the box; ``lam`` is then the share
 of the anchor left visible. Only the anchors' teacher keys ``k_a`` enter the queue.
 
+The teacher keys use batch statistics (``teacher_bn: batch``, the default): the official
+script never calls ``model.train()`` / ``eval()``, so the whole model, the frozen teacher
+``encoder_k`` included, stays in PyTorch's default train mode and its BatchNorm layers
+normalise by the statistics of the keys they see (moco/builder.py:157-172 feeds them through
+shuffle-BN across the 8 GPUs of a subgroup). Here the teacher's weights and running statistics
+are never updated (:meth:`~models.teacher.FrozenTeacher.batch_features`); on one device each
+key forward (the anchors' key view, the fetched neighbours) is normalised over its whole batch,
+which a shuffle would not change, where each official GPU normalises its 32 shuffled keys.
+``teacher_bn: eval`` uses the running statistics instead.
+
 Simplifications: the student head ends at the teacher embedding dim (the code has 128 on both
-sides); single device, so no shuffled BN for the teacher keys (the teacher is in eval mode
-here anyway); the CutMix box is drawn along (H, W) properly (the code's names swap H and W,
-which only matters for non-square images).
+sides); the CutMix box is drawn along (H, W) properly (the code's names swap H and W, which
+only matters for non-square images).
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common.fields import Bounds, Config
+from common.fields import Bounds, Choice, Config
 from losses.base import (
     LossTerms,
     Objective,
@@ -50,6 +59,8 @@ from losses.base import (
 from models.base import Backbone
 from models.heads import mlp_head
 from models.queue import FeatureQueue
+
+TEACHER_BN = ("batch", "eval")  # BatchNorm statistics of the teacher forward
 
 
 def multi_positive_infonce(
@@ -127,6 +138,7 @@ class BINGOParams(Config):
     warmup_epochs: Annotated[int, Bounds(ge=0)] = 11  # epochs (from 0) with the own key only
     cutmix_alpha: Annotated[float, Bounds(gt=0)] = 2.0
     hidden_dim: Annotated[int, Bounds(gt=0)] = 2048
+    teacher_bn: Annotated[str, Choice(TEACHER_BN)] = "batch"  # official: train-mode teacher
 
 
 @register_objective
@@ -185,9 +197,11 @@ class BINGO(Objective[BINGOParams]):
         q_a = self.embed(step.student, x_q)
         q_p = self.embed(step.student, nb_q)
         q_m = self.embed(step.student, mixed)
+        teacher_forward = (step.teacher.batch_features if p.teacher_bn == "batch"
+                           else step.teacher.features)
         with torch.no_grad():
-            k_a = F.normalize(step.teacher.embedding(step.teacher.features(x_k)).float(), dim=1)
-            k_p = F.normalize(step.teacher.embedding(step.teacher.features(nb_k)).float(), dim=1)
+            k_a = F.normalize(step.teacher.embedding(teacher_forward(x_k)).float(), dim=1)
+            k_p = F.normalize(step.teacher.embedding(teacher_forward(nb_k)).float(), dim=1)
         if k_a.shape[1] != q_a.shape[1]:
             raise ValueError(
                 f"teacher embedding dim {k_a.shape[1]} differs from the context's "

@@ -18,12 +18,16 @@ student's fc) they go through ``Linear(D_s, D_t)`` before the normalisation, and
 momentum encoder.
 
 Checked against the official code (UMBCvision/CompRess: nn/compress_loss.py
-``CompReSSMomentum`` / ``KLD``, train_student.py ``moment_update``). Differences: the
-official memories start as random vectors; here they start empty and only the filled rows
-are used (Q_T and Q_S always hold the same number of rows), so the very first step, with
-empty memories, has a loss of exactly 0 (still attached to the student's graph). The
-official code enqueues inside the forward; here ``after_step`` does it, with the features
-computed in the same step. With ``queue_size`` above the training-set size the memory holds
+``CompReSSMomentum`` / ``KLD``, train_student.py ``moment_update``). The memories start as
+the official ones (nn/compress_loss.py:34-43, 111-120): every row uniform in (-a, a) with
+a = 1 / sqrt(D / 3) for a memory of dim D (so E ||row||^2 = 1), *not* normalised and not
+Gaussian, drawn from the trial's model stream; the first step therefore already compares
+against ``queue_size`` random rows (about (1/D_t + 1/D_s) / (2 tau^2) for small logits:
+0.76 for D_t = 2048, D_s = 512). ``queue_init: empty`` starts with no rows instead: only the
+filled rows are used (Q_T and Q_S always hold the same number of rows), and the very first
+step has a loss of exactly 0 (still attached to the student's graph). The official code
+enqueues inside the forward; here ``after_step`` does it, with the features computed in the
+same step. With ``queue_size`` above the training-set size the memory holds
 older views of the same images (the official setting is ImageNet, 1.28M images). Memory:
 queue_size x (D_t + D_s) floats (2 GB for 128,000 x (2048 + 2048)).
 
@@ -59,6 +63,7 @@ from models.momentum import ema_update_, frozen_copy
 from models.queue import FeatureQueue
 
 VARIANTS = ("2q", "1q")
+QUEUE_INITS = ("random", "empty")
 KEY_ENCODER = "key_encoder"
 
 
@@ -106,6 +111,7 @@ class CompRessParams(Config):
     queue_size: Annotated[int, Bounds(ge=1)] = 128000
     momentum: Annotated[float, Bounds(ge=0, le=1)] = 0.999
     weight: Annotated[float, Bounds(gt=0)] = 1.0
+    queue_init: Annotated[str, Choice(QUEUE_INITS)] = "random"  # official: U(-a, a) rows
 
 
 @register_objective
@@ -130,6 +136,10 @@ class CompRess(Objective[CompRessParams]):
             self.student_queue = FeatureQueue(k, ctx.student_dim)
         else:
             self.head = nn.Linear(ctx.student_dim, ctx.teacher_dim)
+        if params.queue_init == "random":
+            self.teacher_queue.fill_uniform_(generator=ctx.generator)
+            if self.student_queue is not None:
+                self.student_queue.fill_uniform_(generator=ctx.generator)
         self.register_module(KEY_ENCODER, None)
 
     @classmethod

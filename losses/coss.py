@@ -11,7 +11,13 @@ With A_s the student's (projected) raw features and A_t the teacher's raw pooled
 ``scale`` defaults to the official code's 1 / (tau_t * tau_s) = 1 / (0.07 * 0.1) ~ 142.857,
 which only rescales the gradient (it interacts with the SGD learning rate). CoS is L_co alone.
 Batches follow each anchor with ``neighbours`` images drawn from its top-``neighbour_pool``
-teacher neighbours (15 of 31 by default; 0 disables neighbour batches).
+teacher neighbours (15 of 31 by default; 0 disables neighbour batches: plain shuffled
+batches, as the CIFAR prototype paganpasta/URepDistiller uses). ``epoch_anchors`` is the
+share of the training images that anchor once in an epoch: 1.0 (default) is the official
+``CFBatchSampler`` (paganpasta/coss-pytorch batch_sampler.py:24-49), every image an anchor
+once per epoch, so an epoch shows ``(neighbours + 1) x N`` images (16 N by default) and
+"25 epochs" means what the paper's script means; ``1 / (neighbours + 1)`` (0.0625) shows
+about N images an epoch, as many as a plain epoch (ukd's earlier meaning).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class CoSParams(Config):
     neighbours: Annotated[int, Bounds(ge=0)] = 15
     neighbour_pool: Annotated[int, Bounds(ge=1)] = 31
     hidden_dim: Annotated[int, Bounds(gt=0)] = 2048
+    epoch_anchors: Annotated[float, Bounds(gt=0, le=1)] = 1.0  # 1: every image anchors once
 
     def check(self) -> None:
         _check_neighbours(self.neighbours, self.neighbour_pool)
@@ -57,6 +64,7 @@ class CoSSParams(Config):
     neighbours: Annotated[int, Bounds(ge=0)] = 15
     neighbour_pool: Annotated[int, Bounds(ge=1)] = 31
     hidden_dim: Annotated[int, Bounds(gt=0)] = 2048
+    epoch_anchors: Annotated[float, Bounds(gt=0, le=1)] = 1.0  # 1: every image anchors once
 
     def check(self) -> None:
         _check_neighbours(self.neighbours, self.neighbour_pool)
@@ -96,7 +104,8 @@ class _CosineDistillation(Objective[Cosine]):
         space = cls.space_weight(params) > 0
         return ObjectiveRequirements(
             min_batch_size=max(2 if space else 1, params.neighbours + 1),
-            neighbour_batches=(NeighbourBatches(params.neighbours, params.neighbour_pool)
+            neighbour_batches=(NeighbourBatches(params.neighbours, params.neighbour_pool,
+                                                params.epoch_anchors)
                                if params.neighbours > 0 else None),
         )
 

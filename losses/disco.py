@@ -24,7 +24,20 @@ the next forward). The queue is a shared :class:`~models.queue.FeatureQueue` fil
 unit vectors at the start, as in MoCo. The copy, the queue and its pointer are in
 ``state_dict()``; a key-encoder state loaded before the first step is kept aside and applied
 when the copy is made.
-Single device: no shuffled BN for the keys (the official code shuffles across GPUs).
+
+BatchNorm, as in the official code:
+- the teacher runs with batch statistics (``teacher_bn: batch``, the default): the official
+  teacher is a submodule of the MoCo wrapper, which ``main.py:422`` puts in train mode, so
+  its BatchNorm layers normalise by the statistics of the batch it sees (the official code
+  also updates their running statistics, which nothing reads; here they are never updated
+  and no teacher weight changes, :meth:`~models.teacher.FrozenTeacher.batch_features`).
+  One device: the statistics are those of the whole batch, where each of the official 8 GPUs
+  uses its own 32 images. ``teacher_bn: eval`` uses the running statistics instead.
+- the momentum key encoder gets MoCo's shuffle-BN, emulated on one device: the key view is
+  permuted (``step.rng``), cut into ``key_bn_splits`` chunks (8, the official GPU count)
+  normalised one by one, and put back in order (builder:196-200 shuffle across GPUs);
+  ``key_bn_splits: 1`` is one forward over the whole batch. The student's queries use the
+  statistics of the whole batch.
 """
 
 from __future__ import annotations
@@ -36,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.fields import Bounds, Config
+from common.fields import Bounds, Choice, Config
 from losses.base import (
     LossTerms,
     Objective,
@@ -45,11 +58,13 @@ from losses.base import (
     StepInputs,
     register_objective,
 )
-from losses.functional import moco_infonce, sum_mse
+from losses.functional import moco_infonce, shuffled_split_forward, sum_mse
 from models.base import Backbone
 from models.heads import mlp_head
 from models.momentum import ema_update_, frozen_copy
 from models.queue import FeatureQueue
+
+TEACHER_BN = ("batch", "eval")  # BatchNorm statistics of the teacher forward
 
 
 class MomentumEncoder(nn.Module):
@@ -82,6 +97,8 @@ class DisCoParams(Config):
     momentum: Annotated[float, Bounds(ge=0, le=1)] = 0.999
     queue_size: Annotated[int, Bounds(gt=0)] = 65536
     hidden_dim: Annotated[int, Bounds(gt=0)] = 2048
+    teacher_bn: Annotated[str, Choice(TEACHER_BN)] = "batch"  # official: train-mode teacher
+    key_bn_splits: Annotated[int, Bounds(ge=1)] = 8  # shuffle-BN chunks of the key view
 
 
 @register_objective
@@ -151,10 +168,12 @@ class DisCo(Objective[DisCoParams]):
         q1 = self.embed(step.student, x1)
         q2 = self.embed(step.student, x2)
         encoder = self._encoder(step.student)
+        teacher_forward = (step.teacher.batch_features if p.teacher_bn == "batch"
+                           else step.teacher.features)
         with torch.no_grad():
-            k = encoder(x2).float()
-            t1 = F.normalize(step.teacher.embedding(step.teacher.features(x1)).float(), dim=1)
-            t2 = F.normalize(step.teacher.embedding(step.teacher.features(x2)).float(), dim=1)
+            k = shuffled_split_forward(encoder, x2, p.key_bn_splits, step.rng).float()
+            t1 = F.normalize(step.teacher.embedding(teacher_forward(x1)).float(), dim=1)
+            t2 = F.normalize(step.teacher.embedding(teacher_forward(x2)).float(), dim=1)
         if t1.shape[1] != q1.shape[1]:
             raise ValueError(
                 f"teacher embedding dim {t1.shape[1]} differs from the context's "

@@ -1,7 +1,10 @@
 """Loss formulas shared by several objectives (one home each). Inputs are B x D batches;
-every function computes in float32, also under autocast."""
+every function computes in float32, also under autocast. Also the one-device emulation of
+MoCo's shuffled BatchNorm (:func:`shuffled_split_forward`)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -71,3 +74,23 @@ def distill_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
         log_p_t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
         kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
         return kl * temperature**2
+
+
+def shuffled_split_forward(forward: Callable[[Tensor], Tensor], x: Tensor, splits: int,
+                           generator: torch.Generator | None = None) -> Tensor:
+    """MoCo's shuffle-BN on one device: the batch is permuted (``generator``; without one the
+    order is kept), cut into ``splits`` chunks that go through ``forward`` one at a time (a
+    train-mode BatchNorm then normalises each chunk by its own statistics, as each GPU does
+    with its share of the shuffled keys in the official code), and the outputs are put back
+    in the batch's order. ``splits`` is capped so that every chunk has at least 2 images;
+    ``splits <= 1`` is one plain forward."""
+    b = x.shape[0]
+    splits = min(splits, b // 2)
+    if splits <= 1:
+        return forward(x)
+    if generator is not None:
+        perm = torch.randperm(b, generator=generator, device=generator.device).to(x.device)
+    else:
+        perm = torch.arange(b, device=x.device)
+    outs = torch.cat([forward(chunk) for chunk in x[perm].tensor_split(splits)])
+    return outs[torch.argsort(perm)]

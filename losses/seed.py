@@ -13,10 +13,14 @@ MoCo-v2 teacher, hence "128" in the paper; the student must land in the teacher'
 After the optimiser step (``after_step``) the batch's z_T are enqueued (FIFO, K = 65536 by
 default). The queue is a registered buffer (saved in ``state_dict``). Checked against the
 official code (jacobswan1/SEED, seed/builder.py ``SEED.forward`` + the soft cross-entropy of
-tools/utils.py): same logits and temperatures. Differences: the official queue starts as K
-random unit vectors, here it starts empty and only the filled part is used (the first step
-has D+ = [z_T,i] alone, so its loss is 0); the official code enqueues inside the forward,
-here after the step (same order relative to the loss). Logits are computed in float32.
+tools/utils.py): same logits and temperatures. The queue starts as K random unit vectors
+(normalised Gaussian rows drawn from the trial's model stream), as the official
+``F.normalize(torch.randn(dim, K), dim=0)`` (seed/builder.py:52-53), so the first step
+already contrasts against K entries (for K = 65,536, E = 128, tau_S = 0.2 its loss is about
+11.2 - 5 cos(z_S, z_T)); ``queue_init: empty`` starts with no rows instead (only the filled
+part is used, and the first step, D+ = [z_T,i] alone, has a loss of exactly 0). The official
+code enqueues inside the forward, here after the step (same order relative to the loss).
+Logits are computed in float32.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common.fields import Bounds, Config
+from common.fields import Bounds, Choice, Config
 from losses.base import (
     LossTerms,
     Objective,
@@ -39,6 +43,8 @@ from losses.base import (
 )
 from models.heads import mlp_head
 from models.queue import FeatureQueue
+
+QUEUE_INITS = ("random", "empty")
 
 
 def seed_loss(
@@ -71,6 +77,7 @@ class SEEDParams(Config):
     tau_t: Annotated[float, Bounds(gt=0)] = 1e-4
     queue_size: Annotated[int, Bounds(ge=1)] = 65536
     weight: Annotated[float, Bounds(gt=0)] = 1.0
+    queue_init: Annotated[str, Choice(QUEUE_INITS)] = "random"  # official: random unit rows
 
 
 @register_objective
@@ -86,6 +93,8 @@ class SEED(Objective[SEEDParams]):
         d, e = ctx.student_dim, ctx.teacher_embedding_dim
         self.head = mlp_head(d, d, e)
         self.queue = FeatureQueue(params.queue_size, e)
+        if params.queue_init == "random":
+            self.queue.fill_random_(ctx.generator)
         self._pending: list[Tensor] = []
 
     @classmethod

@@ -12,7 +12,15 @@ teacher is right plus the "least wrong" part of the others:
 This is the logic of the official code after its July 2020 fix (correct rows counted as
 ``N - N_wrong``). The rank is computed tie-robustly as the number of classes the teacher scores
 strictly higher than the ground truth (the official ``argsort`` position, which equals it when
-there are no ties); among wrong rows of equal rank the earlier row wins (stable order).
+there are no ties).
+
+Ties at the cut: when wrong rows of equal rank straddle the ``int(ratio * N_wrong)`` boundary,
+the official code keeps whichever ``torch.argsort`` (unstable, unspecified order) puts first.
+With a ``generator`` the rows are shuffled by a seeded permutation before a stable sort by
+rank, so every row of a tie is equally likely to be kept (the SSKD objective passes the
+trial's model stream). Without one the earlier row wins; in SSKD's image-major layout that
+would always keep the 90-degree copy of an image before its 180- and 270-degree copies, and
+the first images of the batch before the last.
 """
 
 from __future__ import annotations
@@ -41,9 +49,11 @@ def ground_truth_rank(teacher_scores: Tensor, targets: Tensor) -> Tensor:
     return (scores > target_score).sum(dim=1)
 
 
-def selective_keep_mask(rank: Tensor, ratio: float) -> Tensor:
+def selective_keep_mask(rank: Tensor, ratio: float,
+                        generator: torch.Generator | None = None) -> Tensor:
     """Boolean mask of kept rows: all ``rank == 0`` rows plus the ``int(ratio * N_wrong)``
-    wrong rows with the smallest rank (ties: lower row index first)."""
+    wrong rows with the smallest rank (ties: a seeded random order with ``generator``, else
+    lower row index first)."""
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
     if rank.dim() != 1:
@@ -52,14 +62,21 @@ def selective_keep_mask(rank: Tensor, ratio: float) -> Tensor:
     n_wrong = int(wrong.sum())
     n_correct = rank.numel() - n_wrong
     keep_wrong = int(n_wrong * ratio)
-    # Stable sort: correct rows (rank 0) come first, then wrong rows by increasing rank.
-    order = torch.sort(rank, stable=True).indices
+    # Stable sort: correct rows (rank 0) come first, then wrong rows by increasing rank; with
+    # a generator, ties are in the order of a random permutation.
+    if generator is None:
+        order = torch.sort(rank, stable=True).indices
+    else:
+        perm = torch.randperm(rank.numel(), generator=generator,
+                              device=generator.device).to(rank.device)
+        order = perm[torch.sort(rank[perm], stable=True).indices]
     mask = torch.zeros_like(rank, dtype=torch.bool)
     mask[order[: n_correct + keep_wrong]] = True
     return mask
 
 
-def selective_keep_indices(teacher_scores: Tensor, targets: Tensor, ratio: float) -> Tensor:
-    """Sorted indices of the rows SSKD's selective transfer keeps."""
-    mask = selective_keep_mask(ground_truth_rank(teacher_scores, targets), ratio)
+def selective_keep_indices(teacher_scores: Tensor, targets: Tensor, ratio: float,
+                           generator: torch.Generator | None = None) -> Tensor:
+    """Sorted indices of the rows SSKD's selective transfer keeps (ties: see the module)."""
+    mask = selective_keep_mask(ground_truth_rank(teacher_scores, targets), ratio, generator)
     return mask.nonzero(as_tuple=True)[0]

@@ -17,12 +17,19 @@ in the official code, where the masked 1e5 distance gets weight 0). Distances us
 official clamp: sqrt(max(squared distance, 1e-12)).
 
 Checked against the official code (liuhao-lh/SMD, main_distill.py ``SMD``: cross-entropy over
-the logits [w_n D_in / tau, w_p D_ip / tau] with label 0, which is the softplus above).
-Differences from that script, all optional: it uses two views and averages the loss over
-them (``views``, default 1 here), adds -cos(t_i, s_i) with weight 1 during the first 2 epochs
-(``cos_warmup_epochs``, default 0 here; compared with ``StepInputs.epoch``), and uses
-tau = 0.004 for MobileNetV3 / EfficientNet students. Here i is never its own negative (the
-official code relies on D_T[i, i] ~ 1e-6 being below D[i, i]).
+the logits [w_n D_in / tau, w_p D_ip / tau] with label 0, which is the softplus above). The
+defaults are the official recipe:
+- two views, each scored against the teacher on the same view, the terms averaged over the
+  views (``views: 2``; main_distill.py:414-416, ``TwoCropsTransform``);
+- a warm-up term ``cos = -(1/V) sum_v mean_i cos(t_i, s_i)`` *added* with weight 1 during the
+  first 2 epochs (``cos_warmup_epochs: 2``, compared with ``StepInputs.epoch`` counted from
+  0; main_distill.py:418-421: ``loss = cos + distill`` while ``epoch < 2``), weight 0 after;
+- tau = 0.04, or 0.004 for MobileNet / EfficientNet students (``tau`` unset; main_distill.py
+  :102, 108-109 set it for mobilenetv3_large, efficientnet_b0 / b1; here any student whose
+  arch name starts with "mobilenet" or "efficientnet", CIFAR MobileNetV2 included). A value
+  given for ``tau`` is used for every student.
+``views: 1, cos_warmup_epochs: 0`` is ukd's earlier single-view form. Here i is never its own
+negative (the official code relies on D_T[i, i] ~ 1e-6 being below D[i, i]).
 """
 
 from __future__ import annotations
@@ -84,12 +91,23 @@ def smd_loss(student: Tensor, teacher: Tensor, tau: float = 0.04) -> Tensor:
         return F.softplus((w_p * d_p - w_n * d_n) / tau).mean()
 
 
+OFFICIAL_TAU = 0.04
+SMALL_STUDENT_TAU = 0.004  # the official value for MobileNetV3 / EfficientNet students
+SMALL_STUDENTS = ("mobilenet", "efficientnet")  # arch-name prefixes (lower case)
+
+
+def default_tau(arch: str | None) -> float:
+    """The official temperature for a student architecture (main_distill.py:102, 108-109)."""
+    name = (arch or "").lower()
+    return SMALL_STUDENT_TAU if name.startswith(SMALL_STUDENTS) else OFFICIAL_TAU
+
+
 @dataclass(frozen=True)
 class SMDParams(Config):
-    tau: Annotated[float, Bounds(gt=0)] = 0.04
+    tau: Annotated[float | None, Bounds(gt=0)] = None  # None: 0.04, 0.004 for small students
     weight: Annotated[float, Bounds(gt=0)] = 1.0
-    views: Annotated[int, Bounds(ge=1)] = 1
-    cos_warmup_epochs: Annotated[int, Bounds(ge=0)] = 0
+    views: Annotated[int, Bounds(ge=1)] = 2
+    cos_warmup_epochs: Annotated[int, Bounds(ge=0)] = 2
 
 
 @register_objective
@@ -112,12 +130,14 @@ class SMD(Objective[SMDParams]):
         views = step.views[: self.params.views]
         if len(views) < self.params.views:
             raise ValueError(f"smd expects {self.params.views} views, got {len(step.views)}")
+        tau = self.params.tau if self.params.tau is not None else default_tau(
+            step.student.arch)
         smd_terms, cos_terms = [], []
         for images in views:
             with torch.no_grad():
                 target = step.teacher.features(images)
             projected = self.head(step.student.forward_features(images))
-            smd_terms.append(smd_loss(projected, target, self.params.tau))
+            smd_terms.append(smd_loss(projected, target, tau))
             if self.params.cos_warmup_epochs > 0:
                 cos_terms.append(cosine_rows_loss(projected, target))
         terms = {"smd": torch.stack(smd_terms).mean()}

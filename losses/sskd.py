@@ -1,10 +1,15 @@
 """SSKD: knowledge distillation meets self-supervision (Xu et al., ECCV 2020; seed 001;
 docs/METHODS.md). Supervised: needs labels and classifier teacher and student.
 
-Every image of ``step.views[0]`` (already flipped + cropped) becomes 4 copies rotated by 0, 90,
-180 and 270 degrees (``torch.rot90`` on H x W), laid out image-major like the official code
-(row ``4i + k`` is image ``i`` rotated ``k`` times). Copy 0 is "normal", copies 1-3
-"transformed" (row ``3i + k - 1`` of the transformed block). With ``h`` the SS head
+Every image becomes 4 copies rotated by 0, 90, 180 and 270 degrees, laid out image-major like
+the official code (row ``4i + k`` is image ``i`` rotated ``k`` times). Copy 0 is "normal",
+copies 1-3 "transformed" (row ``3i + k - 1`` of the transformed block). The copies come from
+the official data pipeline (xuguodong03/SSKD cifar.py:140-165): the stored image is flipped
+once (p = 0.5), rotated, and each rotated copy is cropped on its own (``step.rotated``, built
+by the trial engine from the data stream; the teacher SS-head stage gets the same pipeline
+through ``prepare(rotate=...)``), so the four copies are not rotations of one crop. A
+direct call without ``step.rotated`` falls back to rotating ``step.views[0]`` (one crop
+rotated four times, an easier rotation task). With ``h`` the SS head
 ``Linear(d, d) -> ReLU -> Linear(d, d)`` on pooled features, the similarity matrix is
 
     A[i, j] = cos(h(x~_i), h(x_j))        A in R^{3B x B}; the right column of row i is i // 3
@@ -18,7 +23,10 @@ and the loss (tau1 = tau2 = 4, tau3 = 0.5, weights 0.1 / 0.9 / 2.7 / 10 by defau
 
 KL is "batchmean" over the kept rows. KL_sel keeps rows by selective transfer
 (:mod:`losses.selective`): ground truth = label (ratio 1.0) for ``tf_kd``, source image
-(ratio 0.75) for ``ss``. With no row kept a term is 0 (the official code would give NaN).
+(ratio 0.75) for ``ss``; wrong rows of equal rank at the cut are kept in a random order drawn
+from ``step.rng`` (the official unstable ``argsort`` leaves it unspecified; row order would
+favour the 90-degree copies and the first images). With no row kept a term is 0 (the
+official code would give NaN).
 
 The teacher SS head is trained once in :meth:`SSKD.prepare` (teacher backbone frozen, BN in
 eval, CE(A_T, source index), temperature 1; code: 60 epochs, SGD lr 0.05 momentum 0.9
@@ -133,7 +141,8 @@ class SSKD(Objective[SSKDParams]):
     @classmethod
     def requirements(cls, params: SSKDParams) -> ObjectiveRequirements:
         return ObjectiveRequirements(
-            labels=True, teacher_classifier=True, student_classifier=True, min_batch_size=2
+            labels=True, teacher_classifier=True, student_classifier=True, min_batch_size=2,
+            rotated_views=True,
         )
 
     # ---- stage 2: the teacher SS head ------------------------------------------------------
@@ -146,12 +155,14 @@ class SSKD(Objective[SSKDParams]):
         augment: Callable[[Tensor], Tensor],
         device: torch.device,
         generator: torch.Generator | None = None,
+        rotate: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         """Train the teacher SS head with CE(A_T, source index) on the frozen teacher.
 
-        ``augment`` maps a batch of stored training images (``train_images[idx]``) to the
-        normalised, flipped + cropped float batch the student also sees. Skipped when the
-        head is already trained (e.g. restored from a checkpoint).
+        ``rotate`` maps a batch of stored training images (``train_images[idx]``) to their
+        ``4B`` rotated, separately cropped copies, the pipeline the student sees; without it
+        ``augment`` (one normalised view) is rotated. Skipped when the head is already
+        trained (e.g. restored from a checkpoint).
         """
         if bool(self.teacher_head_ready):
             return
@@ -179,8 +190,11 @@ class SSKD(Objective[SSKDParams]):
                         idx = order[start : start + p.teacher_head_batch_size]
                         if idx.numel() < 2:
                             continue  # one image has no other column to contrast with
-                        x = augment(train_images[idx]).to(device)
-                        feats = teacher.features(rotate_batch(x)).float()
+                        if rotate is not None:
+                            x4 = rotate(train_images[idx]).to(device)
+                        else:
+                            x4 = rotate_batch(augment(train_images[idx]).to(device))
+                        feats = teacher.features(x4).float()
                         normal, transformed = split_copies(head(feats))
                         sim = similarity_matrix(transformed, normal)
                         target = source_targets(normal.shape[0], sim.device)
@@ -213,13 +227,14 @@ class SSKD(Objective[SSKDParams]):
                 "sskd: the teacher SS head is untrained; call prepare() before training "
                 "(teacher_head_epochs: 0 to skip the stage on purpose)"
             )
-        x = step.views[0]
-        batch = x.shape[0]
+        x4 = step.rotated if step.rotated is not None else rotate_batch(step.views[0])
+        if x4.shape[0] % 4:
+            raise ValueError(f"sskd's rotated batch needs 4 copies an image, got {x4.shape[0]}")
+        batch = x4.shape[0] // 4
         if batch < 2:
             raise ValueError(f"sskd needs a batch of at least 2 images, got {batch}")
         p = self.params
-        labels = step.labels.to(x.device).long()
-        x4 = rotate_batch(x)
+        labels = step.labels.to(x4.device).long()
 
         s_feat = step.student.forward_features(x4)
         s_logits = step.student.forward_logits(s_feat)
@@ -237,8 +252,10 @@ class SSKD(Objective[SSKDParams]):
             t_nor_rep, t_tf_rep = split_copies(t_rep)
             t_sim = similarity_matrix(t_tf_rep, t_nor_rep)
 
-        tf_rows = selective_keep_indices(t_tf_logits, labels.repeat_interleave(3), p.tf_ratio)
-        ss_rows = selective_keep_indices(t_sim, source_targets(batch, x.device), p.ss_ratio)
+        tf_rows = selective_keep_indices(t_tf_logits, labels.repeat_interleave(3), p.tf_ratio,
+                                         step.rng)
+        ss_rows = selective_keep_indices(t_sim, source_targets(batch, x4.device), p.ss_ratio,
+                                         step.rng)
 
         terms = {
             "ce": F.cross_entropy(s_nor_logits.float(), labels),

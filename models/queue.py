@@ -7,11 +7,12 @@ The memory is three registered buffers, so it follows ``.to(device)`` and is sav
 - ``ptr``    (long scalar): where the next row is written;
 - ``filled`` (long scalar): how many rows hold real entries (``min(enqueued, size)``).
 
-A memory starts empty (:meth:`valid` returns only the rows written so far) or, as in MoCo and
-the official SEED / CompRess / DisCo / BINGO code, full of random unit vectors
-(:meth:`fill_random_`). Two queues that always receive batches of the same length stay aligned
-row by row (CompRess's teacher and student memories rely on this). One home for the MoCo-style
-memory: the pretraining recipes and the objectives both use it.
+A memory starts empty (:meth:`valid` returns only the rows written so far) or full of random
+rows, as in the official code: random unit vectors (:meth:`fill_random_`; MoCo, SEED, DisCo,
+BINGO) or uniform values in ``(-a, a)`` (:meth:`fill_uniform_`; CompRess). Two queues that
+always receive batches of the same length stay aligned row by row (CompRess's teacher and
+student memories rely on this). One home for the MoCo-style memory: the pretraining recipes
+and the objectives both use it.
 """
 
 from __future__ import annotations
@@ -78,6 +79,22 @@ class FeatureQueue(nn.Module):
         rows = torch.randn(self.size, self.dim, generator=generator,
                            device=generator.device if generator is not None else None)
         self.data.copy_(torch.nn.functional.normalize(rows, dim=1))
+        self.ptr.zero_()
+        self.filled.fill_(self.size)
+        return self
+
+    @torch.no_grad()
+    def fill_uniform_(self, bound: float | None = None,
+                      generator: torch.Generator | None = None) -> FeatureQueue:
+        """Fill every row with values drawn uniformly from ``(-a, a)``, not normalised, and mark
+        the memory full: CompRess's memory start (``torch.rand(K, D) * 2a - a`` with
+        ``a = 1 / sqrt(D / 3)``, the default ``bound``, so that ``E ||row||^2 = 1``)."""
+        a = 1.0 / (self.dim / 3.0) ** 0.5 if bound is None else float(bound)
+        if a <= 0:
+            raise ValueError(f"bound must be > 0, got {a}")
+        rows = torch.rand(self.size, self.dim, generator=generator,
+                          device=generator.device if generator is not None else None)
+        self.data.copy_(rows.mul_(2.0 * a).sub_(a))
         self.ptr.zero_()
         self.filled.fill_(self.size)
         return self

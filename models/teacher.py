@@ -2,6 +2,9 @@
 
 The teacher never trains during distillation: parameters have ``requires_grad=False`` and
 the module stays in eval mode (BatchNorm statistics frozen) whatever ``train()`` is called with.
+:meth:`FrozenTeacher.batch_features` is the one other forward: BatchNorm normalises with the
+batch's own statistics, as the official DisCo and BINGO code (teacher in train mode) does,
+without touching the running statistics or any weight.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ class TeacherOutputs(Protocol):
     def has_classifier(self) -> bool: ...
 
     def features(self, x: Tensor) -> Tensor: ...
+
+    def batch_features(self, x: Tensor) -> Tensor: ...
 
     def embedding(self, features: Tensor) -> Tensor: ...
 
@@ -68,6 +73,26 @@ class FrozenTeacher(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         """Raw pooled backbone features (CoSS uses these: the SSL head is not used)."""
         return self.backbone.forward_features(x)
+
+    @torch.no_grad()
+    def batch_features(self, x: Tensor) -> Tensor:
+        """Pooled features with every BatchNorm layer normalising by the statistics of ``x``
+        itself (train-mode BatchNorm, the official DisCo / BINGO teacher forward), under
+        ``no_grad``. The running statistics and ``num_batches_tracked`` are not updated:
+        the layers run with ``track_running_stats=False`` for this call and are restored
+        afterwards, so the teacher's ``state_dict`` is bit-identical after it."""
+        layers = [m for m in self.backbone.modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [(m.training, m.track_running_stats) for m in layers]
+        try:
+            for m in layers:
+                m.training = True
+                m.track_running_stats = False
+            return self.backbone.forward_features(x)
+        finally:
+            for m, (training, tracking) in zip(layers, saved, strict=True):
+                m.training = training
+                m.track_running_stats = tracking
 
     @torch.no_grad()
     def embedding(self, features: Tensor) -> Tensor:

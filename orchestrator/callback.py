@@ -15,6 +15,7 @@ from typing import Any
 
 from ray import tune
 
+from common import names
 from common.atomic import write_json
 from orchestrator.config import TrialConfig
 from orchestrator.engine.group import run_group
@@ -26,6 +27,7 @@ from orchestrator.tracking import Tracker
 FAILURE_FILE = "failure.json"
 FINAL_FILE = "final.json"  # a member's final metrics, so a retried group does not rerun it
 MEMBER_KEY = "ukd_trial"  # Tune owns "trial_id" in a result
+NODE_KEY = "ukd_node"
 GROUP_KEY = "group"
 
 
@@ -53,6 +55,12 @@ def group_trainable(config: dict[str, Any]) -> None:
             write_json(directory / FINAL_FILE, metrics)
         tune.report({MEMBER_KEY: trial_id, **metrics})
 
+    import ray
+
+    if ray.is_initialized():  # in a Ray worker: the driver tags each run with its node
+        node = ray.get_runtime_context().get_node_id()
+        for trial in todo:
+            tune.report({MEMBER_KEY: trial.trial_id, "kind": "node", NODE_KEY: node})
     try:
         wait_for_memory(todo)  # a shared GPU: until the previous trial freed its share
         outcomes = run_group(todo, report)
@@ -154,7 +162,9 @@ class SweepCallback(tune.Callback):
                 self.tracker.log_epoch(t.trial_id, {**replay, "epoch": epoch})
             result = {k: v for k, v in result.items()
                       if k not in ("resumed_from_epoch", "resumed_metrics")}
-        if kind == "eval":  # periodic evaluation: its metrics at step = epoch
+        if kind == "node":
+            self.tracker.set_trial_tags(t.trial_id, {names.TAG_NODE_ID: str(result[NODE_KEY])})
+        elif kind == "eval":  # periodic evaluation: its metrics at step = epoch
             self.tracker.log_eval(t.trial_id, result)
         elif kind == "epoch":
             self.tracker.log_epoch(t.trial_id, result)

@@ -66,7 +66,7 @@ def sweep(
         except ValueError as exc:  # e.g. two grid points that are the same experiment
             raise UserInputError(f"{spec.source_path} at `grid`: {exc}") from None
         if dry_run:
-            _print_plan(spec, trials)
+            _print_plan(spec, trials, address)
             return
         if resume and not (spec.output_dir / SWEEP_JSON).is_file():
             _fail(f"--resume: {spec.output_dir} holds no sweep to resume")
@@ -76,6 +76,10 @@ def sweep(
                             dashboard=dashboard)
     except UserInputError as exc:
         _fail(_one_line(exc))
+    except KeyboardInterrupt:  # Ctrl+C, SIGTERM or SIGHUP before the trials (e.g. a stage)
+        err.print("interrupted: the sweep's runs are marked KILLED; run the same command "
+                  "again to continue", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     out.print(f"\n[bold]{outcome.total} trials[/bold]: {len(outcome.finished)} finished now, "
               f"{outcome.skipped} already finished, {len(outcome.failed)} failed "
               f"in {outcome.wall_s:.0f}s; output {outcome.output_dir} "
@@ -100,7 +104,7 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-def _print_plan(spec: SweepSpec, trials: list[TrialConfig]) -> None:
+def _print_plan(spec: SweepSpec, trials: list[TrialConfig], address: str | None) -> None:
     from orchestrator.config import CheckpointSource, PretrainSource, flat_params
     from orchestrator.driver import graph_sizes
     from orchestrator.grid import varying_axes
@@ -122,10 +126,11 @@ def _print_plan(spec: SweepSpec, trials: list[TrialConfig]) -> None:
             work = f"load {source.checkpoint}"
         else:
             work = f"weights {source.weights}"
-        work += ", teacher kNN"
+        work += ", teacher kNN" + (" + linear probe" if spec.eval.linear is not None else "")
         if sizes.get(key):
             work += ", neighbour graph top-" + "/".join(map(str, sorted(sizes[key])))
         stages.add_row(t.teacher.label, source.arch, source.source, work, key)
+    _add_reference_rows(stages, spec, trials)
     out.print(stages)
     axes = varying_axes(trials)
     loss_axes = [a.removeprefix("loss.") for a in axes if a.startswith("loss.") and
@@ -143,7 +148,13 @@ def _print_plan(spec: SweepSpec, trials: list[TrialConfig]) -> None:
                       t.loss.name + (f" ({shown})" if shown else ""),
                       *(flat.get(a, "-") for a in other_axes))
     out.print(table)
-    _print_groups(spec, trials)
+    from orchestrator.datasets import DATASETS
+    from orchestrator.sampling import images_per_epoch
+
+    n = DATASETS[spec.dataset.name].train_size
+    for line in dict.fromkeys(f"{t.loss.name}: {images_per_epoch(t, n)}" for t in trials):
+        out.print(f"epoch of {line}", highlight=False, soft_wrap=True)
+    _print_groups(spec, trials, address)
     first = trials[0]
     fixed = {k: v for k, v in first.train.to_dict().items() if k not in other_axes}
     out.print(f"fixed: dataset {first.dataset.name}, train "
@@ -151,9 +162,31 @@ def _print_plan(spec: SweepSpec, trials: list[TrialConfig]) -> None:
               soft_wrap=True)
 
 
-def _print_groups(spec: SweepSpec, trials: list[TrialConfig]) -> None:
-    """How the trials run: fused groups (one batch stream and teacher pass each)."""
+def _add_reference_rows(stages: Table, spec: SweepSpec, trials: list[TrialConfig]) -> None:
+    """One row per reference kind and student (its seeds in the row), in the stages table."""
+    from orchestrator.config import ReferenceConfig
+    from orchestrator.references import plan_references
+
+    evaluators = "kNN" + (" + linear probe" if spec.eval.linear is not None else "")
+    rows: dict[tuple[str, str], list[ReferenceConfig]] = {}
+    for ref in plan_references(spec.references, trials):
+        rows.setdefault((ref.kind, ref.student), []).append(ref)
+    for (kind, student), refs in rows.items():
+        recipe = refs[0].recipe
+        work = ("untrained" if recipe is None
+                else f"train {recipe.recipe} ({recipe.epochs} epochs, no teacher)")
+        seeds = ", ".join(str(r.seed) for r in refs)
+        keys = refs[0].key + (f" (+{len(refs) - 1} more)" if len(refs) > 1 else "")
+        stages.add_row(f"reference {kind}", student, "reference",
+                       f"{work}, {evaluators}, seed {seeds}", keys)
+
+
+def _print_groups(spec: SweepSpec, trials: list[TrialConfig], address: str | None) -> None:
+    """How the trials run: fused groups (one batch stream and teacher pass each), and how
+    many run at once on the cluster's resources (this machine without --address)."""
     from orchestrator.engine.group import make_groups
+    from orchestrator.gpu import concurrency_line
+    from orchestrator.ray_runtime import cluster_nodes
 
     res = spec.resources
     groups = make_groups(trials, res.fuse, res.max_group)
@@ -170,6 +203,8 @@ def _print_groups(spec: SweepSpec, trials: list[TrialConfig]) -> None:
                       ", ".join(dict.fromkeys(t.student.arch for t in group)),
                       ", ".join(dict.fromkeys(t.loss.name for t in group)))
     out.print(table)
+    out.print(concurrency_line(spec, len(groups), nodes=cluster_nodes(address)),
+              highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -183,6 +218,10 @@ def report(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write (default "
                                                  "SWEEP/report).")] = None,
+    best: Annotated[bool, typer.Option("--best", help="Table cells: each trial's best "
+                                       "periodic evaluation (<metric>_best, needs eval.every "
+                                       "> 0; chosen on the test set) instead of its last "
+                                       "epoch.")] = False,
 ) -> None:
     """Comparison table and ablation reports from the sweep's MLflow runs."""
     from orchestrator.tracking import log_report
@@ -190,14 +229,17 @@ def report(
 
     try:
         result = build_report(sweep_ref, out_dir=out_dir, tracking_uri=tracking_uri,
-                              metric=metric, axes=axis)
+                              metric=metric, axes=axis, best_epoch=best)
         ref = resolve_sweep(sweep_ref, tracking_uri)
     except (ReportError, UserInputError) as exc:
         _fail(str(exc))
-    log_report(ref.tracking_uri, ref.parent_run_id, result.out_dir)  # the parent's report/
+    # The parent's report/ artifacts; a report written elsewhere (--out, e.g. another
+    # metric) goes beside it under its folder's name instead of replacing it.
+    folder = "report" if out_dir is None else result.out_dir.name
+    log_report(ref.tracking_uri, ref.parent_run_id, result.out_dir, folder)
     out.print(result.comparison_markdown, highlight=False, soft_wrap=True)
     out.print(f"\nwritten to {result.out_dir} (and to MLflow: parent run {ref.parent_run_id}, "
-              "artifacts report/):", highlight=False, soft_wrap=True)
+              f"artifacts {folder}/):", highlight=False, soft_wrap=True)
     for path in result.paths:
         out.print(f"  {path}", highlight=False, soft_wrap=True)
 

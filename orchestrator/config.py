@@ -185,13 +185,126 @@ class KnnConfig(Config):
 
 
 @dataclass(frozen=True)
+class LinearConfig(Config):
+    """Linear probe on the frozen backbone's features (docs/METHODS.md, "Linear probe"):
+    features of both splits computed once under the test-time transform, standardised with
+    the train split's mean and std, a linear classifier trained on them with SGD (momentum,
+    cosine schedule to zero; zero init, batch order from the trial's seed)."""
+
+    epochs: Annotated[int, Bounds(gt=0)] = 100
+    batch_size: Annotated[int, Bounds(ge=0)] = 256  # 0: full batch
+    lr: Annotated[float, Bounds(gt=0)] = 0.1
+    momentum: Annotated[float, Bounds(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Bounds(ge=0)] = 0.0
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     knn: KnnConfig = field(default_factory=KnnConfig)
     every: int = 0  # also evaluate every N epochs (learning curves); 0: at the end only
+    linear: LinearConfig | None = None  # the linear probe (None: off)
+    classifier: bool = False  # top-1 / top-5 of the student's own classifier (KD, SSKD)
 
     @property
     def headline(self) -> str:
         return self.knn.headline
+
+    def identity(self) -> dict[str, Any]:
+        """What of the evaluation decides a result (the evaluators left off are left out,
+        so adding an evaluator to ukd keeps the ids of sweeps that do not use it)."""
+        out: dict[str, Any] = plain(self)
+        if self.linear is None:
+            del out["linear"]
+        if not self.classifier:
+            del out["classifier"]
+        return out
+
+
+REFERENCE_KINDS = ("random_init", "ssl_only", "supervised_only")
+SSL_RECIPES = ("simclr", "mocov2")  # the recipes of the ssl_only reference
+
+
+@dataclass(frozen=True)
+class ReferencesConfig:
+    """The spec's ``references:`` section: reference rows per student architecture.
+
+    ``ssl_only`` / ``supervised_only`` hold the recipe with its epochs resolved (the trials'
+    unless given); ``arch``, ``seed`` and ``in_channels`` are filled per reference run."""
+
+    random_init: bool = False
+    ssl_only: PretrainConfig | None = None
+    supervised_only: PretrainConfig | None = None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(k for k in REFERENCE_KINDS if getattr(self, k) not in (None, False))
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """One reference run: a student architecture, untrained (random_init) or trained without
+    a teacher by a recipe (ssl_only, supervised_only), evaluated like the trials."""
+
+    kind: str  # one of REFERENCE_KINDS
+    student: str  # architecture
+    dataset: DatasetConfig
+    seed: int
+    recipe: PretrainConfig | None  # arch, seed and in_channels resolved; None for random_init
+    eval: EvalConfig
+
+    @property
+    def key(self) -> str:
+        """The cache key of the model (what decides its weights)."""
+        return content_hash({"reference": self.kind, "student": self.student,
+                             "dataset": self.dataset.name, "seed": self.seed,
+                             "recipe": None if self.recipe is None
+                             else self.recipe.content_hash()}, 16)
+
+    @property
+    def eval_key(self) -> str:
+        """The hash of the evaluation settings (``every`` aside: a reference is evaluated
+        once)."""
+        identity = self.eval.identity()
+        identity.pop("every", None)
+        return content_hash(identity, 8)
+
+    @property
+    def run_key(self) -> str:
+        """Model and evaluation: one MLflow run per run key and sweep."""
+        return f"{self.key}-{self.eval_key}"
+
+    @property
+    def label(self) -> str:
+        return f"reference {self.kind} {self.student} seed={self.seed}"
+
+    def params(self) -> dict[str, str]:
+        """MLflow params of the reference run."""
+        out: dict[str, Any] = {"reference": self.kind, "student": self.student,
+                               "seed": self.seed, "reference.key": self.key}
+        out.update({f"dataset.{k}": v for k, v in self.dataset.to_dict().items()})
+        if self.recipe is not None:
+            out.update({f"recipe.{k}": v for k, v in self.recipe.to_dict().items()
+                        if k not in ("arch", "seed")})
+        out.update({f"knn.{k}": v for k, v in self.eval.knn.to_dict().items()})
+        if self.eval.linear is not None:
+            out.update({f"linear.{k}": v for k, v in self.eval.linear.to_dict().items()})
+        return {k: json.dumps(v) if isinstance(v, list | dict) else str(v)
+                for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class ReferenceReport:
+    """What a reference stage measured (cached under cache_dir/references/<key>/)."""
+
+    key: str
+    kind: str
+    student: str
+    seed: int
+    directory: str
+    metrics: dict[str, float]  # the evaluators' metrics (knn/..., linear/..., classifier/...)
+    trained_now: bool = False
+    train_time_s: float = 0.0
+    history: tuple[dict[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -205,6 +318,13 @@ class ResourcesConfig(Config):
     stage_cpu: Annotated[float, Bounds(gt=0)] = 1.0  # CPUs of each stage task (its threads too)
     fuse: Annotated[str, Choice(FUSE_LEVELS, booleans=((False, "off"), (True, "auto")))] = "auto"
     max_group: Annotated[int, Bounds(ge=1)] = 8  # trials per fused group at most
+    # Ray custom resources each trial (group) and stage task asks for, e.g. {ukd_worker: 1}
+    # to place the work on the nodes started with --resources='{"ukd_worker": N}'.
+    custom: Annotated[dict[str, float], Bounds(gt=0)] = field(default_factory=dict)
+
+    def ray_resources(self, cpu: float) -> dict[str, float]:
+        """What one task asks of Ray (``cpu``: the trial's or the stage's CPUs)."""
+        return {"cpu": cpu, "gpu": self.gpu, **self.custom}
 
 
 @dataclass(frozen=True)
@@ -232,6 +352,9 @@ class TeacherReport:
     trained_now: bool = False
     train_time_s: float = 0.0
     history: tuple[dict[str, float], ...] = ()
+    # The teacher's own values of the other evaluators' metrics, by metric name
+    # (``linear/top1``, ...): logged by every trial as ``teacher_<metric>``.
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def weights(self) -> str:
@@ -286,7 +409,7 @@ def trial_identity(dataset: DatasetConfig, teacher: TeacherConfig, student: Stud
     return content_hash({"teacher": teacher.key, "student": student.arch,
                          "loss": {"name": loss.name, **loss.yaml_params()},
                          "train": train.to_dict(), "dataset": dataset.to_dict(),
-                         "eval": plain(evaluation)})
+                         "eval": evaluation.identity()})
 
 
 def flat_params(trial: TrialConfig) -> dict[str, str]:
@@ -311,5 +434,9 @@ def flat_params(trial: TrialConfig) -> dict[str, str]:
     out.update(trial.train.to_dict())
     out.update({f"dataset.{k}": v for k, v in trial.dataset.to_dict().items()})
     out.update({f"knn.{k}": v for k, v in trial.eval.knn.to_dict().items()})
+    if trial.eval.linear is not None:
+        out.update({f"linear.{k}": v for k, v in trial.eval.linear.to_dict().items()})
+    if trial.eval.classifier:
+        out["eval.classifier"] = True
     out["trial_id"] = trial.trial_id
     return {k: json.dumps(v) if isinstance(v, list | dict) else str(v) for k, v in out.items()}

@@ -52,6 +52,7 @@ class DatasetInfo:
     needs_root: bool
     loader: Callable[[str | None, bool], DatasetBundle]
     description: str
+    train_size: int  # images in the training split (what an epoch is counted in)
 
 
 def _digits(root: str | None, download: bool) -> DatasetBundle:
@@ -122,11 +123,12 @@ def _cifar(name: str) -> Callable[[str | None, bool], DatasetBundle]:
 
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits", 10, 1, 16, True, False, _digits,
-                          "scikit-learn handwritten digits, 16x16 grey, 1437 train / 360 test"),
+                          "scikit-learn handwritten digits, 16x16 grey, 1437 train / 360 test",
+                          1437),
     "cifar10": DatasetInfo("cifar10", 10, 3, 32, True, True, _cifar("cifar10"),
-                           "CIFAR-10 through torchvision (root, download)"),
+                           "CIFAR-10 through torchvision (root, download)", 50000),
     "cifar100": DatasetInfo("cifar100", 100, 3, 32, True, True, _cifar("cifar100"),
-                            "CIFAR-100 through torchvision (root, download)"),
+                            "CIFAR-100 through torchvision (root, download)", 50000),
 }
 
 

@@ -191,6 +191,7 @@ def _run_locked(spec: SweepSpec, trials: list[TrialConfig], started: float,
             if dashboard and connected:
                 view.console.print(f"Ray dashboard: {dashboard_url()}", highlight=False)
             reports, teacher_failed = _run_stages(spec, to_run, tracker, outcome, view)
+            reports = _run_references(spec, trials, reports, tracker, view)
             for t in [t for t in to_run if t.teacher.key in teacher_failed]:
                 reason = teacher_failed[t.teacher.key]
                 tracker.start_trial(t)
@@ -218,8 +219,8 @@ def _fit(spec: SweepSpec, sweep_id: str, out: Path, runnable: list[TrialConfig],
          tracker: Tracker, view: SweepProgress, outcome: SweepOutcome,
          names: dict[str, str]) -> None:
     groups = make_groups(runnable, spec.resources.fuse, spec.resources.max_group)
-    trainable = tune.with_resources(group_trainable, {"cpu": spec.resources.cpu,
-                                                      "gpu": spec.resources.gpu})
+    trainable = tune.with_resources(group_trainable,
+                                    spec.resources.ray_resources(spec.resources.cpu))
     tuner = tune.Tuner(
         trainable,
         param_space={GROUP_KEY: tune.grid_search([[t.to_dict() for t in g] for g in groups])},
@@ -270,8 +271,8 @@ def _run_stages(spec: SweepSpec, trials: list[TrialConfig], tracker: Tracker,
     teachers = {t.teacher.key: t for t in trials}
     sizes = graph_sizes(trials)
     # Any: Ray's stubs type remote functions of at most a few positional parameters.
-    stage: Any = ray.remote(num_cpus=spec.resources.stage_cpu,
-                            num_gpus=spec.resources.gpu)(ensure_teacher)
+    stage: Any = ray.remote(num_cpus=spec.resources.stage_cpu, num_gpus=spec.resources.gpu,
+                            resources=dict(spec.resources.custom))(ensure_teacher)
     view.console.print(f"[bold]stage[/bold]: {len(teachers)} teacher(s) "
                        f"({', '.join(t.teacher.label for t in teachers.values())})")
     futures = {key: stage.remote(t.teacher, t.dataset, t.eval.knn, t.runtime.cache_dir,
@@ -304,3 +305,75 @@ def teacher_line(report: TeacherReport, headline: str) -> str:
     value = report.knn.get(headline.removeprefix(N.KNN_PREFIX), float("nan"))
     return (f"  teacher {report.label}: {state}, {headline} {value:.2f}% "
             f"({report.train_time_s:.0f}s training)")
+
+
+def _run_references(spec: SweepSpec, trials: list[TrialConfig],
+                    reports: dict[str, TeacherReport], tracker: Tracker, view: SweepProgress
+                    ) -> dict[str, TeacherReport]:
+    """Reference stages beside the teachers' (orchestrator/references.py), one Ray task
+    each, cached: the teachers' own values of the evaluators beside kNN (the linear probe),
+    returned in their reports for the trials to log, and the reference rows of the spec
+    (random_init, ssl_only, supervised_only per student and seed), each logged once per
+    sweep as a run of its own. A failed reference is reported and logged FAILED; the
+    trials go on."""
+    import dataclasses
+
+    import ray
+
+    from orchestrator.config import ReferenceReport
+    from orchestrator.references import ensure_reference, ensure_teacher_metrics, plan_references
+
+    planned = plan_references(spec.references, trials)
+    if spec.eval.linear is None and not planned:
+        return reports
+    threads = max(1, math.ceil(spec.resources.stage_cpu))
+    task: Any = ray.remote(num_cpus=spec.resources.stage_cpu, num_gpus=spec.resources.gpu,
+                           resources=dict(spec.resources.custom))
+    teacher_task: Any = task(ensure_teacher_metrics)
+    reference_task: Any = task(ensure_reference)
+    first = {t.teacher.key: t for t in trials}
+    teacher_futures = {key: teacher_task.remote(first[key].teacher, first[key].dataset,
+                                                spec.eval, str(spec.cache_dir),
+                                                spec.resources.device, threads)
+                       for key in reports if spec.eval.linear is not None and key in first}
+    logged = tracker.logged_references()
+    todo = [r for r in planned if r.run_key not in logged]
+    if planned:
+        view.console.print(f"[bold]references[/bold]: {len(planned)} run(s) "
+                           f"({', '.join(dict.fromkeys(r.kind for r in planned))}; "
+                           f"{len(planned) - len(todo)} already logged)")
+    futures = [(r, reference_task.remote(r, str(spec.cache_dir), spec.resources.device,
+                                         threads)) for r in todo]
+    out = dict(reports)
+    for key, future in teacher_futures.items():
+        try:
+            metrics: dict[str, float] = ray.get(future)
+        except Exception as exc:  # the trials log no teacher linear probe, they go on
+            cause = getattr(exc, "cause", None) or exc
+            view.console.print(f"  teacher {reports[key].label} linear probe: [red]failed"
+                               f"[/red] ({escape(short(f'{type(cause).__name__}: {cause}'))})",
+                               highlight=False, soft_wrap=True)
+            continue
+        out[key] = dataclasses.replace(reports[key], metrics={**reports[key].metrics,
+                                                              **metrics})
+        shown = ", ".join(f"{k} {v:.2f}%" for k, v in metrics.items() if "top1" in k)
+        view.console.print(f"  teacher {reports[key].label}: {shown}", highlight=False,
+                           soft_wrap=True)
+    for ref, future in futures:
+        try:
+            result: ReferenceReport = ray.get(future)
+        except Exception as exc:
+            cause = getattr(exc, "cause", None) or exc
+            reason = f"reference stage failed: {type(cause).__name__}: {cause}"[:2000]
+            tracker.log_reference(ref, None, reason)
+            view.console.print(f"  {ref.label}: [red]failed[/red] ({escape(short(reason))})",
+                               highlight=False, soft_wrap=True)
+            continue
+        tracker.log_reference(ref, result)
+        state = ("untrained" if ref.kind == "random_init" else
+                 f"trained ({result.train_time_s:.0f}s)" if result.trained_now else "cached")
+        shown = ", ".join(f"{k} {v:.2f}%" for k, v in result.metrics.items()
+                          if k == spec.eval.headline or k.endswith("/top1"))
+        view.console.print(f"  {ref.label}: {state}, {shown}", highlight=False,
+                           soft_wrap=True)
+    return out

@@ -3,6 +3,13 @@
 Features are L2-normalised, similarity is the dot product, each of the top-k train neighbours
 votes for its label with weight exp(sim / T); all k come from one similarity pass (top-max(k),
 then prefixes). Top-1 and top-5 are percentages.
+
+Top-5 ranks at most min(5, k, C) classes, as DINO (eval_knn.py: ``correct[:, :min(5, k)]``)
+and solo-learn (solo/utils/knn.py: ``min(5, k, C)``) do, so at k = 1 top-5 equals top-1; and
+only classes that received a vote count. The two libraries agree with this whenever at least
+min(5, k) classes receive votes; when fewer do (k >= 5 neighbours from fewer than 5 classes)
+they fill the remaining slots with zero-score classes in torch.sort's tie order, which is
+unspecified, so an unvoted true class can count as a hit there and not here.
 """
 
 from __future__ import annotations
@@ -47,7 +54,6 @@ def weighted_knn(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     max_k = min(max(ks), train_features.shape[0])
-    top5 = min(5, num_classes)
     correct1 = {k: 0 for k in ks}
     correct5 = {k: 0 for k in ks}
     for start in range(0, test_features.shape[0], chunk):
@@ -60,9 +66,12 @@ def weighted_knn(
             kk = min(k, max_k)
             scores = torch.zeros(queries.shape[0], num_classes, device=queries.device)
             scores.scatter_add_(1, votes[:, :kk], weights[:, :kk])
-            ranked = scores.topk(top5, dim=1).indices
+            ranked = scores.topk(min(5, num_classes, kk), dim=1).indices
             correct1[k] += int((ranked[:, 0] == truth).sum())
-            correct5[k] += int((ranked == truth[:, None]).any(dim=1).sum())
+            counts = torch.zeros_like(scores).scatter_add_(
+                1, votes[:, :kk], torch.ones_like(weights[:, :kk]))
+            voted = counts.gather(1, ranked) > 0  # a class nobody voted for never counts
+            correct5[k] += int(((ranked == truth[:, None]) & voted).any(dim=1).sum())
     n = test_features.shape[0]
     out: dict[str, float] = {}
     for k in ks:

@@ -19,7 +19,7 @@ from orchestrator.config import TrialConfig
 from orchestrator.datasets import DATASETS, check_available
 from orchestrator.errors import UserInputError
 from orchestrator.spec import SweepSpec
-from orchestrator.teachers import check_teacher_sources
+from orchestrator.teachers import check_teacher_sources, teacher_needs_by_label
 
 _VERIFIED_DATA: set[tuple[str, str | None]] = set()  # datasets read once in this process
 
@@ -38,7 +38,8 @@ def preflight(spec: SweepSpec, trials: list[TrialConfig],
             _VERIFIED_DATA.add(data)
     except UserInputError as exc:
         raise UserInputError(f"{src} at `dataset.root`: {exc}") from None
-    check_teacher_sources(dict(spec.teachers), src, DATASETS[spec.dataset.name].channels)
+    check_teacher_sources(dict(spec.teachers), src, DATASETS[spec.dataset.name].channels,
+                          teacher_needs_by_label(trials))
     check_writable(spec.output_dir, _output_origin(spec), "output directory")
     check_writable(spec.cache_dir, f"{src} at `cache_dir`", "cache directory")
     if tracking_uri:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -68,15 +70,39 @@ def _quiet() -> None:
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
 
 
+@contextlib.contextmanager
+def _keep_signal_handlers() -> Iterator[None]:
+    """ray.init installs Ray's own handler for SIGTERM (it logs a stack trace and aborts the
+    driver) over a Python handler the driver had set -- orchestrator/driver.py makes SIGTERM
+    and SIGHUP stop the sweep like Ctrl+C -- while Python still reports its own: the Python
+    handlers are put back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM,
+                                                     signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            if callable(handler):
+                signal.signal(sig, handler)
+
+
 def init_ray(address: str | None, dashboard: bool = False) -> bool:
     """Start a local Ray of this process or attach to a cluster; True if this call connected
-    (False: Ray was already initialised by the caller).
+    (False: Ray was already initialised by the caller). Python's signal handlers survive it.
 
     The local Ray's servers (GCS, raylet, the dashboard when asked for) listen on 127.0.0.1
     only, unless the user sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1. Its processes share the
     driver's fate: when the driver dies, even by SIGKILL, its GCS and raylet die with it and
     the workers and agents exit on their own shortly after (tests/orchestrator/test_resume.py).
     """
+    with _keep_signal_handlers():
+        return _init_ray(address, dashboard)
+
+
+def _init_ray(address: str | None, dashboard: bool) -> bool:
     import ray
 
     _quiet()
@@ -102,11 +128,19 @@ def init_ray(address: str | None, dashboard: bool = False) -> bool:
     before = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = os.environ.get(LOCAL_ONLY_ENV, "0").lower() in (
         "1", "true")
+    # Ray's processes join this process's group, the terminal's foreground group: a closed
+    # terminal would send them SIGHUP too, and they would die under the sweep before it stops
+    # its trials (it does on SIGHUP, like Ctrl+C). They inherit "ignore SIGHUP" (and still
+    # end with this process: Ray's fate sharing).
+    main = threading.current_thread() is threading.main_thread()
+    hangup = signal.signal(signal.SIGHUP, signal.SIG_IGN) if main else None
     try:
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  logging_level=logging.WARNING, log_to_driver=False)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
+        if main:
+            signal.signal(signal.SIGHUP, signal.SIG_DFL if hangup is None else hangup)
     return True
 
 

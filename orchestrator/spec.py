@@ -27,11 +27,14 @@ from losses import get_objective, make_params
 from models.hub import resolve_weights
 from models.pretrain import RECIPES, PretrainConfig
 from orchestrator.config import (
+    SSL_RECIPES,
     CheckpointSource,
     DatasetConfig,
     EvalConfig,
     KnnConfig,
+    LinearConfig,
     PretrainSource,
+    ReferencesConfig,
     ResourcesConfig,
     TeacherConfig,
     TeacherSource,
@@ -79,6 +82,7 @@ class SweepSpec:
     train: TrainConfig
     eval: EvalConfig
     resources: ResourcesConfig
+    references: ReferencesConfig = field(default_factory=ReferencesConfig)
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
 
     @property
@@ -267,7 +271,8 @@ def describe_error(error: Mapping[str, Any], raw: Any) -> tuple[str, str]:
     if kind == "missing":
         return path, "required key is missing"
     if kind in ("model_type", "model_attributes_type", "dict_type", "dataclass_type"):
-        return path, f"expected a mapping with keys {_allowed(tagged)}, got {kind_of(value)}"
+        keys = f" with keys {_allowed(tagged)}" if _model_at(tagged) is not None else ""
+        return path, f"expected a mapping{keys}, got {kind_of(value)}"
     if kind == "list_type":
         return path, f"expected a list, got {kind_of(value)}"
     if kind == "too_short":
@@ -342,6 +347,10 @@ def _build(model: SweepSpecModel, raw: Mapping[str, Any], file: Path,
                                      dataset.name)
                 for label, body in model.teachers.items()}
     grid = _grid(model, raw, file, tuple(teachers))
+    linear: LinearConfig | None = (None if model.eval.linear is None else
+                                   _config(LinearConfig, model.eval.linear, file, "eval.linear"))
+    epochs = max(grid.scalars.get("epochs", (train.epochs,)))
+    references = _references(model.references, file, epochs, channels)
     spec = SweepSpec(
         name=model.name,
         source_path=file.resolve(),
@@ -351,12 +360,41 @@ def _build(model: SweepSpecModel, raw: Mapping[str, Any], file: Path,
         teachers=teachers,
         grid=grid,
         train=train,
-        eval=EvalConfig(knn=knn, every=model.eval.every),
+        eval=EvalConfig(knn=knn, every=model.eval.every, linear=linear,
+                        classifier=model.eval.classifier),
         resources=resources,
+        references=references,
         raw=raw,
     )
     _check_compatibility(file, spec)
     return spec
+
+
+def _references(model: BaseModel, file: Path, epochs: int, channels: int) -> ReferencesConfig:
+    """The ``references:`` section; a recipe's epochs default to the trials' (the most
+    epochs where the grid sweeps them); arch and seed are filled per reference run."""
+    recipes: dict[str, PretrainConfig | None] = {}
+    for kind, recipe in (("ssl_only", None), ("supervised_only", "supervised")):
+        body = getattr(model, kind)
+        if body is None:
+            recipes[kind] = None
+            continue
+        given = getattr(body, "epochs")  # noqa: B009 - both recipe models have epochs
+        extra: dict[str, Any] = {"epochs": given if given is not None else epochs,
+                                 "in_channels": channels, "seed": 0}
+        if recipe is not None:
+            extra["recipe"] = recipe
+        config: PretrainConfig = _config(PretrainConfig, body, file, f"references.{kind}",
+                                         **extra)
+        if kind == "ssl_only" and config.recipe not in SSL_RECIPES:
+            raise SpecError(file, "references.ssl_only.recipe",
+                            f"unknown value {config.recipe!r}; allowed: "
+                            f"{', '.join(SSL_RECIPES)} (the cross-entropy reference is "
+                            "references.supervised_only)")
+        recipes[kind] = config
+    return ReferencesConfig(random_init=bool(getattr(model, "random_init")),  # noqa: B009
+                            ssl_only=recipes["ssl_only"],
+                            supervised_only=recipes["supervised_only"])
 
 
 def _source(body: BaseModel, label: str, file: Path, default_seed: int,
@@ -440,6 +478,17 @@ def _check_compatibility(file: Path, spec: SweepSpec) -> None:
                             f"recipe {source.pretrain.recipe!r} trains on class labels, and "
                             f"dataset {spec.dataset.name!r} is used without labels "
                             "(dataset.labels: false)")
+    if spec.references.supervised_only is not None and not labelled:
+        raise SpecError(file, "references.supervised_only",
+                        f"trains the student on class labels, and dataset "
+                        f"{spec.dataset.name!r} is used without labels (dataset.labels: false); "
+                        "allowed here: random_init, ssl_only")
+    if spec.eval.classifier and spec.references.supervised_only is None and not any(
+            get_objective(c.name).requirements(make_params(c.name, combo)).student_classifier
+            for c in spec.grid.loss for combo in c.combos()):
+        raise SpecError(file, "eval.classifier",
+                        "no student of the sweep has a classifier to score: allowed with an "
+                        "objective that trains one (kd, sskd) or references.supervised_only")
     batch_sizes = spec.grid.scalars.get("batch_size", (spec.train.batch_size,))
     for i, choice in enumerate(spec.grid.loss):
         path = f"grid.loss[{i}]"

@@ -33,7 +33,13 @@ from common.fields import Bounds, Config, FieldInfo, config_fields
 from losses import OBJECTIVES, objective_names
 from models import model_names
 from models.pretrain import PretrainConfig
-from orchestrator.config import DatasetConfig, KnnConfig, ResourcesConfig, TrainConfig
+from orchestrator.config import (
+    DatasetConfig,
+    KnnConfig,
+    LinearConfig,
+    ResourcesConfig,
+    TrainConfig,
+)
 from orchestrator.datasets import dataset_names
 
 FORBID = ConfigDict(extra="forbid", frozen=True)
@@ -59,6 +65,8 @@ def field_type(info: FieldInfo) -> Any:
     if info.kind is tuple:
         item = _scalar_type(info.item or float, choices, info.bounds)
         out: Any = tuple[item, ...]  # type: ignore[valid-type]
+    elif info.kind is dict:
+        out = dict[StrictStr, _scalar_type(info.item or float, choices, info.bounds)]  # type: ignore[misc]
     else:
         out = _scalar_type(info.kind, choices, info.bounds)
     if info.choice is not None and info.choice.booleans:
@@ -132,6 +140,30 @@ KnnSpecModel: Any = config_model(KnnConfig)
 ResourcesSpecModel: Any = config_model(ResourcesConfig)
 PretrainSpecModel: Any = config_model(PretrainConfig, exclude=("arch", "in_channels"),
                                       optional=("seed",), name="PretrainSpec")
+LinearSpecModel: Any = config_model(LinearConfig, name="LinearSpec")
+# References: the recipe of a run without a teacher; arch, seed and in_channels come from the
+# student and the trials' seeds, epochs default to the trials'.
+SslOnlySpecModel: Any = config_model(PretrainConfig, exclude=("arch", "in_channels", "seed"),
+                                     optional=("epochs",), name="SslOnlySpec")
+SupervisedOnlySpecModel: Any = config_model(
+    PretrainConfig, exclude=("recipe", "arch", "in_channels", "seed", "temperature", "proj_dim",
+                             "queue_size", "key_momentum"),
+    optional=("epochs",), name="SupervisedOnlySpec")
+
+
+def _flag_or_mapping(value: Any) -> Any:
+    """``true``: the section with its defaults; ``false``: off."""
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    return value
+
+
+def flag_or(model: Any) -> Any:
+    """A section that may also be written ``true`` (its defaults) or ``false`` (off)."""
+    return Annotated[model | None, BeforeValidator(
+        _flag_or_mapping, json_schema_input_type=model | bool | None)]
 
 
 @functools.cache
@@ -162,6 +194,9 @@ if TYPE_CHECKING:
     TrainField = Any
     KnnField = Any
     ResourcesField = Any
+    LinearField = Any
+    SslOnlyField = Any
+    SupervisedOnlyField = Any
     StrAxis = list[str]
     ModelAxis = list[str]
     LossAxis = list[Any]
@@ -178,6 +213,9 @@ else:
     TrainField = TrainSpecModel
     KnnField = KnnSpecModel
     ResourcesField = ResourcesSpecModel
+    LinearField = flag_or(LinearSpecModel)
+    SslOnlyField = flag_or(SslOnlySpecModel)
+    SupervisedOnlyField = flag_or(SupervisedOnlySpecModel)
     StrAxis = axis(StrictStr)
     ModelAxis = axis(ModelName)
     LossAxis = axis(Annotated[
@@ -245,11 +283,26 @@ class GridSpecModel(BaseModel):
 
 
 class EvalSpecModel(BaseModel):
-    """How trials are evaluated: kNN (always), every N epochs too when ``every`` > 0."""
+    """How trials are evaluated: kNN (always), the linear probe (``linear``: true or its
+    settings), the student's own classifier (``classifier: true``, students with one: KD,
+    SSKD); every N epochs too when ``every`` > 0."""
 
     model_config = FORBID
     every: Annotated[StrictInt, Field(ge=0)] = 0
     knn: KnnField | None = None
+    linear: LinearField = None
+    classifier: StrictBool = False
+
+
+class ReferencesSpecModel(BaseModel):
+    """Reference rows per student architecture and seed, evaluated like the trials:
+    ``random_init`` (the untrained student), ``ssl_only`` (trained by SimCLR / MoCo-v2, no
+    teacher; true or the recipe), ``supervised_only`` (cross-entropy alone; needs labels)."""
+
+    model_config = FORBID
+    random_init: StrictBool = False
+    ssl_only: SslOnlyField = None
+    supervised_only: SupervisedOnlyField = None
 
 
 class SweepSpecModel(BaseModel):
@@ -265,6 +318,7 @@ class SweepSpecModel(BaseModel):
     train: TrainField = Field(default_factory=TrainSpecModel)
     knn: KnnField | None = None  # the same as eval.knn
     eval: EvalSpecModel = Field(default_factory=EvalSpecModel)
+    references: ReferencesSpecModel = Field(default_factory=ReferencesSpecModel)
     resources: ResourcesField = Field(default_factory=ResourcesSpecModel)
 
 

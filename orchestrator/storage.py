@@ -11,8 +11,10 @@ With a cluster (``--address``) the driver writes a probe file holding a random t
 each directory (the deepest part of the path that exists yet: a new output directory is
 checked where it will be created), and one tiny Ray task per alive node
 (:func:`orchestrator.ray_runtime.run_on_each_node`) reads every probe back and creates and
-removes an entry beside it. The probes are removed whatever happens. The first problem found
-is one :class:`UserInputError` line naming the node, the directory and what is needed.
+removes an entry beside it. A dataset root the sweep only reads (``download: false``) gets no
+probe: the node compares its listing with the driver's. The probes are removed whatever
+happens. The first problem found is one :class:`UserInputError` line naming the node, the
+directory and what is needed.
 
 No Ray here (the node runner is passed in): the node side, :func:`probe_paths`, is a plain
 function of the standard library.
@@ -64,23 +66,25 @@ def existing_part(path: Path) -> Path:
     return probe
 
 
+LISTING_ROWS = 1000  # a flat folder of a million images is compared by its first names
+
+
 def listing(directory: str) -> str:
-    """Names and sizes two levels deep: the same directory shows the same listing."""
+    """The directory's entries, each with its size (files) or its number of entries
+    (folders): the same directory shows the same listing. One directory read per folder."""
     rows: list[str] = []
     try:
         with os.scandir(directory) as top:
-            for entry in sorted(top, key=lambda e: e.name):
-                if entry.name.startswith(PROBE_PREFIX):
-                    continue
-                if entry.is_dir():
-                    with os.scandir(entry.path) as inner:
-                        rows += [f"{entry.name}/{e.name}:{e.stat().st_size if e.is_file() else '/'}"
-                                 for e in sorted(inner, key=lambda e: e.name)]
-                else:
-                    rows.append(f"{entry.name}:{entry.stat().st_size}")
+            entries = sorted((e for e in top if not e.name.startswith(PROBE_PREFIX)),
+                             key=lambda e: e.name)
+        for entry in entries[:LISTING_ROWS]:
+            if entry.is_dir():
+                rows.append(f"{entry.name}/ {len(os.listdir(entry.path))}")
+            else:
+                rows.append(f"{entry.name} {entry.stat().st_size}")
     except OSError as exc:
         return f"unreadable: {exc.strerror or exc}"
-    return "\n".join(rows)
+    return "\n".join([f"{len(entries)} entries", *rows])
 
 
 def shared_directories(spec: SweepSpec) -> list[tuple[str, Path, bool]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from orchestrator.config import (
     PretrainSource,
     TeacherConfig,
     TeacherReport,
+    TrialConfig,
 )
 from orchestrator.datasets import DatasetBundle, load_dataset
 from orchestrator.engine.precision import autocast
@@ -184,19 +186,53 @@ def _pretrain(teacher: TeacherConfig, source: PretrainSource, dataset: DatasetCo
 
 
 def check_teacher_sources(teachers: dict[str, TeacherConfig], spec_file: Path,
-                          in_channels: int) -> None:
+                          in_channels: int,
+                          needs: Mapping[str, tuple[TeacherNeeds, tuple[str, ...]]] | None = None
+                          ) -> None:
     """Before Ray starts: checkpoints must load into their architecture and torchvision
-    weights must be cached or downloadable (offline: a message saying where the file goes)."""
+    weights must be cached or downloadable (offline: a message saying where the file goes).
+
+    ``needs`` maps a teacher label to what its trials ask of it and the objectives that ask
+    (:func:`teacher_needs_by_label`): a checkpoint teacher of an objective that distils the
+    teacher's SSL embedding (SEED, DisCo, BINGO) must hold an SSL projection head."""
     for label, teacher in teachers.items():
         source = teacher.source
+        need, objectives = (needs or {}).get(label, (TeacherNeeds(), ()))
         try:
             if isinstance(source, CheckpointSource):
-                build_teacher_from_checkpoint(source.arch, source.checkpoint, None, in_channels)
+                try:
+                    build_teacher_from_checkpoint(source.arch, source.checkpoint, None,
+                                                  in_channels, with_ssl_head=need.ssl_head)
+                except CheckpointError as exc:
+                    if not need.ssl_head:
+                        raise
+                    # The backbone loads without the head: the head is what is missing.
+                    build_teacher_from_checkpoint(source.arch, source.checkpoint, None,
+                                                  in_channels)
+                    users = ", ".join(objectives) or "an objective"
+                    raise CheckpointError(
+                        f"{exc} (needed by {users}, which distil the teacher's SSL embedding; "
+                        "a MoCo-v2 checkpoint holds the head as encoder_q.fc.0 / fc.2)"
+                    ) from None
             elif not isinstance(source, PretrainSource):
                 fetch_weights(source.arch, source.weights)
         except (CheckpointError, WeightsUnavailableError) as exc:
             key = "checkpoint" if isinstance(source, CheckpointSource) else "weights"
             raise UserInputError(f"{spec_file} at `teachers.{label}.{key}`: {exc}") from None
+
+
+def teacher_needs_by_label(trials: Sequence[TrialConfig]
+                           ) -> dict[str, tuple[TeacherNeeds, tuple[str, ...]]]:
+    """Per teacher label: what its trials need of it (the SSL head when an objective uses the
+    teacher's embedding) and the objectives that need the head."""
+    out: dict[str, tuple[TeacherNeeds, tuple[str, ...]]] = {}
+    for label in dict.fromkeys(t.teacher.label for t in trials):
+        mine = [t for t in trials if t.teacher.label == label]
+        users = tuple(dict.fromkeys(t.loss.name for t in mine
+                                    if t.requirements.teacher_embedding))
+        classifier = any(t.requirements.teacher_classifier for t in mine)
+        out[label] = (TeacherNeeds(classifier=classifier, ssl_head=bool(users)), users)
+    return out
 
 
 @torch.no_grad()

@@ -16,11 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
 
 from common import names as N
+from common.hashing import content_hash
+from models.pretrain import RECIPES
 from orchestrator.config import (
+    DatasetConfig,
     PretrainSource,
+    ReferenceConfig,
+    ReferenceReport,
     TeacherConfig,
     TeacherReport,
     TrialConfig,
@@ -101,15 +107,35 @@ def check_artifact_store(uri: str, experiment_name: str) -> None:
             f"write to; {allowed}")
 
 
-def log_report(tracking_uri: str, parent_run_id: str, folder: Path) -> None:
+def log_report(tracking_uri: str, parent_run_id: str, folder: Path,
+               artifact_path: str = N.REPORT_ARTIFACTS) -> None:
     """The report folder as the parent run's ``report/`` artifacts (through the server when
-    the tracking URI is one)."""
+    the tracking URI is one: the client uploads, never a path of this disk)."""
     MlflowClient(tracking_uri=tracking_uri).log_artifacts(parent_run_id, str(folder),
-                                                          artifact_path="report")
+                                                          artifact_path=artifact_path)
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def dataset_input(dataset: DatasetConfig, context: str = "train") -> DatasetInput:
+    """The sweep's dataset as an MLflow dataset input (the UI's Dataset column): its name, a
+    digest of the name (one dataset, one digest, whoever logs it), where it is read from and
+    what the trials may use of it."""
+    from orchestrator.datasets import DATASETS
+
+    info = DATASETS[dataset.name]
+    source = dataset.root or ("sklearn.datasets.load_digits" if dataset.name == "digits"
+                              else dataset.name)
+    profile = {"num_classes": info.num_classes, "channels": info.channels,
+               "image_size": info.image_size, "labels_used": dataset.labels,
+               "description": info.description}
+    return DatasetInput(
+        Dataset(name=dataset.name, digest=content_hash({"dataset": dataset.name}, 8),
+                source_type="local", source=json.dumps({"uri": source}),
+                profile=json.dumps(profile)),
+        tags=[InputTag(N.TAG_DATA_CONTEXT, context)])
 
 
 class Tracker:
@@ -125,7 +151,12 @@ class Tracker:
             self.experiment_id = existing.experiment_id
         else:
             location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
-            self.experiment_id = self.client.create_experiment(experiment_name, location)
+            self.experiment_id = self.client.create_experiment(
+                experiment_name, location, tags={N.TAG_EXPERIMENT_KIND: N.EXPERIMENT_KIND})
+        if existing is not None and existing.tags.get(N.TAG_EXPERIMENT_KIND) is None:
+            # MLflow 3 opens an experiment without a kind in its GenAI view.
+            self.client.set_experiment_tag(self.experiment_id, N.TAG_EXPERIMENT_KIND,
+                                           N.EXPERIMENT_KIND)
         if is_server(tracking_uri):  # preflight checked; a server that answered "unknown"
             location = self.client.get_experiment(self.experiment_id).artifact_location
             if is_local_location(location):
@@ -180,7 +211,35 @@ class Tracker:
 
     def close_sweep(self, status: str) -> None:
         if self.parent_run_id is not None:
+            try:
+                self.log_summary()
+            except MlflowException:  # a summary is no reason to leave the parent RUNNING
+                pass
             self.client.set_terminated(self.parent_run_id, status=status)
+
+    def log_summary(self) -> dict[str, float]:
+        """The parent run's summary metrics from its trial runs: ``trials/<status>`` counts
+        (finished, failed, killed, running) and ``best/<metric>`` for each top-1 metric of the
+        evaluators (the best FINISHED trial's final value)."""
+        assert self.parent_run_id is not None
+        runs = [r for group in self.existing_trials().values() for r in group]
+        counts = {s: 0 for s in ("finished", "failed", "killed", "running")}
+        best: dict[str, float] = {}
+        for run in runs:
+            status = run.info.status.lower()
+            counts[status if status in counts else "failed"] += 1
+            if run.info.status != "FINISHED":
+                continue
+            for key, value in run.data.metrics.items():
+                if key.startswith(N.EVALUATOR_PREFIXES) and "top1" in key \
+                        and not key.endswith(N.BEST_EPOCH_SUFFIX) and value == value:
+                    best[key] = max(value, best.get(key, float("-inf")))
+        summary = {f"{N.SUMMARY_PREFIX}{k}": float(v) for k, v in counts.items()}
+        summary.update({f"{N.BEST_PREFIX}{k}": v for k, v in best.items()})
+        stamp = _now_ms()
+        self.client.log_batch(self.parent_run_id,
+                              metrics=[Metric(k, v, stamp, 0) for k, v in summary.items()])
+        return summary
 
     # ------------------------------------------------------------------ trials
 
@@ -242,6 +301,7 @@ class Tracker:
             self.trial_runs[trial.trial_id] = run_id
             self.client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in
                                                   flat_params(trial).items()])
+            self.client.log_inputs(run_id, [dataset_input(trial.dataset)])
             known: set[str] = set()
         else:
             self.client.update_run(run_id, status="RUNNING")
@@ -261,6 +321,10 @@ class Tracker:
                                                for k, v in report.knn.items()}
         if report is not None and report.test_top1 is not None:
             reference[N.teacher_metric(N.TEACHER_TEST_TOP1)] = report.test_top1
+            if trial.eval.classifier:  # the teacher's own classifier: the classifier metric
+                reference[N.teacher_metric(N.CLASSIFIER_PREFIX + "top1")] = report.test_top1
+        if report is not None:
+            reference.update({N.teacher_metric(k): v for k, v in report.metrics.items()})
         fresh = {k: v for k, v in reference.items() if k not in known}
         if fresh:
             self.log_metrics(trial.trial_id, fresh, step=0)
@@ -356,7 +420,53 @@ class Tracker:
             metrics.append(Metric(N.TEACHER_TEST_TOP1, float(report.test_top1), stamp, last))
         for start in range(0, len(metrics), MAX_BATCH):
             self.client.log_batch(run_id, metrics=metrics[start:start + MAX_BATCH])
+        supervised = isinstance(teacher.source, PretrainSource) and \
+            RECIPES[teacher.source.pretrain.recipe].needs_labels
+        self.client.log_inputs(run_id, [dataset_input(DatasetConfig(teacher.dataset,
+                                                                    labels=supervised))])
         self.client.set_terminated(run_id, status="FINISHED")
+
+    # ------------------------------------------------------------------ references
+
+    def logged_references(self) -> set[str]:
+        """Run keys (``ukd.reference_key``) of this sweep's FINISHED reference runs."""
+        assert self.parent_run_id is not None
+        runs = self._search(f"tags.`{N.TAG_PARENT}` = '{self.parent_run_id}' "
+                            f"and tags.`{N.TAG_KIND}` = '{N.KIND_REFERENCE}'")
+        return {r.data.tags.get(N.TAG_REFERENCE_KEY, "") for r in runs
+                if r.info.status == "FINISHED"}
+
+    def log_reference(self, ref: ReferenceConfig, report: ReferenceReport | None,
+                      failure: str | None = None) -> str:
+        """A reference row's run (child of the sweep): tags ``ukd.kind=reference``,
+        ``ukd.reference``, ``ukd.student``; params (``seed``, the recipe, the evaluation);
+        the evaluators' metrics, and ``pretrain/*`` per epoch for trained references. With
+        ``failure`` the run is FAILED with that reason."""
+        assert self.parent_run_id is not None
+        tags = {N.TAG_KIND: N.KIND_REFERENCE, N.TAG_PARENT: self.parent_run_id,
+                N.TAG_REFERENCE: ref.kind, N.TAG_STUDENT: ref.student,
+                N.TAG_REFERENCE_KEY: ref.run_key,
+                N.TAG_SWEEP_ID: self._parent_tag(N.TAG_SWEEP_ID)}
+        if report is not None:
+            tags[N.TAG_REFERENCE_DIR] = report.directory
+        if failure is not None:
+            tags[N.TAG_FAILURE_REASON] = failure[:4000]
+        run_id = str(self.client.create_run(self.experiment_id, run_name=ref.label,
+                                            tags=tags).info.run_id)
+        self.client.log_batch(run_id, params=[Param(k, v[:6000])
+                                              for k, v in ref.params().items()])
+        self.client.log_inputs(run_id, [dataset_input(ref.dataset)])
+        if report is not None:
+            stamp = _now_ms()
+            last = max((int(r["epoch"]) for r in report.history), default=0)
+            metrics = [Metric(f"{N.PRETRAIN_PREFIX}{k}", float(v), stamp, int(row["epoch"]))
+                       for row in report.history for k, v in row.items() if k != "epoch"]
+            metrics += [Metric(k, float(v), stamp, last) for k, v in report.metrics.items()]
+            metrics.append(Metric(N.TRAIN_TIME, float(report.train_time_s), stamp, last))
+            for start in range(0, len(metrics), MAX_BATCH):
+                self.client.log_batch(run_id, metrics=metrics[start:start + MAX_BATCH])
+        self.client.set_terminated(run_id, status="FAILED" if failure else "FINISHED")
+        return run_id
 
 
 def _numeric(metrics: Mapping[str, Any], exclude: tuple[str, ...] = ()) -> dict[str, float]:

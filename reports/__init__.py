@@ -101,12 +101,15 @@ def build_report(
     tracking_uri: str | None = None,
     metric: str = DEFAULT_METRIC,
     axes: list[str] | None = None,
+    best_epoch: bool = False,
 ) -> ReportResult:
     """Write the report of a sweep and return what was written.
 
     ``sweep``: a sweep output directory (with ``sweep.json``), or with ``tracking_uri`` a parent
     run id or an experiment name. ``out_dir`` defaults to ``<sweep output dir>/report``.
     ``axes``: the ablation axes; None plots every swept axis that varies, ``[]`` none.
+    ``best_epoch``: the comparison table's cells are each trial's best periodic evaluation
+    (``<metric>_best``) instead of its final value; the caption says so.
     Raises :class:`ReportError` (a ``ValueError``) with a readable message on bad input.
     """
     ref = resolve_sweep(sweep, tracking_uri)
@@ -121,10 +124,10 @@ def build_report(
     if data.runs.empty:
         raise ReportError(f"parent run {ref.parent_run_id} has no trial runs")
 
-    table = build_comparison(data, metric)
+    references = reference_values(load_references(ref), metric)
+    table = build_comparison(data, metric, references, best_epoch)
     # Validate every requested axis before writing anything.
     ablations = [build_ablation(data, axis, metric) for axis in _axes(data, axes)]
-    references = reference_values(load_references(ref), metric)
     charts = build_comparison_charts(table, data, references)
     plan = plan_curves(data, table)
     curves = build_curves(plan, load_metric_histories(ref, plan.wanted))

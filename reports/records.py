@@ -175,18 +175,22 @@ def available_metrics(frame: pd.DataFrame) -> list[str]:
     )
 
 
-def require_metric(frame: pd.DataFrame, metric: str) -> None:
+def require_metric(frame: pd.DataFrame, metric: str, hint: str = "") -> None:
     column = f"metrics.{metric}"
     if column not in frame.columns or not frame[column].notna().any():
         known = [m for m in available_metrics(frame) if not m.startswith(("loss/", "teacher_"))]
         raise ReportError(
             f"no trial run has the metric {metric!r}; available: {', '.join(known) or 'none'}"
+            + hint
         )
 
 
-def records_from_frame(frame: pd.DataFrame, metric: str, axes: Sequence[str]) -> list[TrialRecord]:
-    """Build :class:`TrialRecord` objects for every run of the runs frame."""
-    reference = teacher_metric(metric)  # logged by the runs when the teacher has it
+def records_from_frame(frame: pd.DataFrame, metric: str, axes: Sequence[str],
+                       teacher: str | None = None) -> list[TrialRecord]:
+    """Build :class:`TrialRecord` objects for every run of the runs frame; ``teacher``: the
+    teacher's reference metric (default ``teacher_<metric>``, logged when the teacher has
+    it)."""
+    reference = teacher or teacher_metric(metric)
     records: list[TrialRecord] = []
     for raw in frame.to_dict(orient="records"):
         params: dict[str, str] = {}

@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from common.names import teacher_metric
+from common.names import BEST_SUFFIX, EVALUATOR_PREFIXES, teacher_metric
 from reports.records import (
     FAILED,
     FINISHED,
@@ -26,6 +26,7 @@ from reports.records import (
     sweep_axes,
     value_sort_key,
 )
+from reports.references import ReferenceValue, reference_sort_key
 from reports.source import SweepData
 from reports.stats import TEST_DESCRIPTION, SampleSummary, WelchResult, welch_test
 
@@ -112,17 +113,46 @@ class ComparisonTable:
     """Runs replaced by a retry of the same trial (not counted in the cells)."""
     decimals: int = 1
     sweep_name: str = ""
+    best_epoch: bool = False
+    """Cells show ``<metric>_best`` (the best periodic evaluation) instead of the final value
+    (the last epoch's)."""
+    references: list[ReferenceValue] = field(default_factory=list)
+    """Reference rows of the metric (random_init, ssl_only, supervised_only) per student."""
 
     def cell(self, row: RowKey, column: ColumnKey) -> CellStats | None:
         return self.cells.get((row, column))
 
     @property
+    def value_metric(self) -> str:
+        """The metric the cells hold: ``metric``, or ``<metric>_best`` with ``best_epoch``."""
+        return self.metric + BEST_SUFFIX if self.best_epoch else self.metric
+
+    @property
+    def reference_kinds(self) -> list[str]:
+        """The reference columns, in display order (random_init, ssl_only, supervised_only)."""
+        kinds = {ref.reference for ref in self.references}
+        return sorted(kinds, key=reference_sort_key)
+
+    def reference(self, kind: str, row: RowKey) -> ReferenceValue | None:
+        """The reference value of a row's student architecture."""
+        return next((r for r in self.references
+                     if r.reference == kind and r.student == row.student), None)
+
+    @property
     def caption(self) -> str:
-        unit = " (%)" if self.metric.startswith(("knn/", "teacher_knn/")) else ""
+        unit = " (%)" if self.metric.startswith(
+            (*EVALUATOR_PREFIXES, *(teacher_metric(p) for p in EVALUATOR_PREFIXES))) else ""
         seeds = ", ".join(self.seeds) if self.seeds else "none"
+        if self.best_epoch:
+            epoch = (f"Cells: the best epoch's value ({self.value_metric}, the best of the "
+                     "periodic evaluations: a selection on the test set, so optimistic; the "
+                     "epoch is logged as " + self.metric + "_best_epoch).")
+        else:
+            epoch = "Cells: the final value (last epoch)."
         parts = [
             f"{self.metric}{unit}: mean {PLUS_MINUS} sample std (ddof=1) over seeds {{{seeds}}}"
             f" ({len(self.seeds)} per cell); n = finished seeds.",
+            epoch,
             "Bold: best objective of the row.",
             f"{DAGGER}: trials of the cell failed, were killed, are running or are missing;"
             " they are counted, not averaged.",
@@ -130,16 +160,36 @@ class ComparisonTable:
         ]
         if self.teacher_metric:
             parts.append(f"Teacher: the teacher's own value ({self.teacher_metric}).")
+        if self.references:
+            described = "; ".join(f"{kind}: {REFERENCE_TEXT.get(kind, 'a reference run')}"
+                                  for kind in self.reference_kinds)
+            parts.append(f"References, the row's student without a teacher ({described}), "
+                         f"evaluated once like the trials' final evaluation: mean "
+                         f"{PLUS_MINUS} sample std over seeds.")
         prefix = f"Sweep {self.sweep_name}. " if self.sweep_name else ""
         return prefix + " ".join(parts)
 
 
-def build_comparison(data: SweepData, metric: str = "knn/top1_k10") -> ComparisonTable:
-    """Aggregate the sweep's trial runs into a :class:`ComparisonTable`."""
-    require_metric(data.runs, metric)
+REFERENCE_TEXT = {
+    "random_init": "untrained, initialised as the trials",
+    "ssl_only": "trained by a self-supervised recipe alone",
+    "supervised_only": "trained with cross-entropy alone",
+}
+
+
+def build_comparison(data: SweepData, metric: str = "knn/top1_k10",
+                     references: Sequence[ReferenceValue] = (),
+                     best_epoch: bool = False) -> ComparisonTable:
+    """Aggregate the sweep's trial runs into a :class:`ComparisonTable`; ``references``: the
+    reference rows of ``metric`` (:func:`reports.references.reference_values`);
+    ``best_epoch``: cells of ``<metric>_best`` (the sweep must evaluate every N epochs)."""
+    value_metric = metric + BEST_SUFFIX if best_epoch else metric
+    require_metric(data.runs, value_metric,
+                   "; the best epoch is logged by sweeps with eval.every > 0"
+                   if best_epoch else "")
     all_axes = sweep_axes(data)
     axes = objective_axes(all_axes)
-    all_records = records_from_frame(data.runs, metric, axes)
+    all_records = records_from_frame(data.runs, value_metric, axes, teacher_metric(metric))
     records = dedupe(all_records, axes)
     kept = {r.run_id for r in records}
 
@@ -196,6 +246,9 @@ def build_comparison(data: SweepData, metric: str = "knn/top1_k10") -> Compariso
         records=records,
         superseded=[r for r in all_records if r.run_id not in kept],
         sweep_name=data.name,
+        best_epoch=best_epoch,
+        references=[r for r in references if r.metric == metric and r.mean is not None
+                    and any(row.student == r.student for row in row_list)],
     )
 
 

@@ -8,6 +8,7 @@ group samples and augments each batch once.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -18,6 +19,29 @@ from losses import NeighbourBatches
 from models.augment import AugmentConfig, augment, normalise
 from orchestrator.engine.streams import generator
 from orchestrator.sampling import neighbour_batches, random_batches
+
+ROTATED = -1  # the rotated batch's key among a batch's views (and its generator's part)
+
+
+def rotated_copies(images: Tensor, cfg: AugmentConfig, mean: Tensor, std: Tensor,
+                   gen: torch.Generator,
+                   memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+    """SSKD's data pipeline (xuguodong03/SSKD cifar.py:140-165, student.py:74-78): each uint8
+    image is flipped horizontally once with p = 0.5 (when ``cfg.flip``), rotated by 0, 90,
+    180 and 270 degrees (``np.rot90``'s direction), and each rotated copy is then augmented on
+    its own with ``cfg`` less its flip (the official RandomCrop(32, padding=4)): a normalised
+    ``4B x C x H x W`` batch, image-major (row ``4i + k`` is image ``i`` rotated ``k`` times).
+    """
+    if images.dim() != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"rotations need a batch of square images, got {tuple(images.shape)}")
+    x = images
+    if cfg.flip:
+        flip = torch.rand(x.shape[0], generator=gen, device=gen.device).to(x.device) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    crop = dataclasses.replace(cfg, flip=False)
+    copies = [normalise(augment(torch.rot90(x, k, dims=(2, 3)), crop, gen), mean, std)
+              for k in range(4)]
+    return torch.stack(copies, dim=1).flatten(0, 1).contiguous(memory_format=memory_format)
 
 
 @dataclass
@@ -41,6 +65,18 @@ class Batch:
 
     def views(self, count: int) -> list[Tensor]:
         return [self.view(k) for k in range(count)]
+
+    def rotated(self) -> Tensor:
+        """SSKD's ``4B`` batch (:func:`rotated_copies`), made once per step from the data
+        stream, so that fused members see the same copies."""
+        if ROTATED not in self._views:
+            gen = generator(self.stream.seed, "view", self.epoch, self.step, ROTATED,
+                            device=self.stream.device)
+            stream = self.stream
+            self._views[ROTATED] = rotated_copies(stream.images[self.indices], stream.augment,
+                                                  stream.mean, stream.std, gen,
+                                                  stream.memory_format)
+        return self._views[ROTATED]
 
     def fetcher(self) -> Callable[[Tensor], Tensor]:
         """Fresh augmentations of any training images (BINGO's bag neighbours); the n-th call
@@ -85,7 +121,8 @@ class BatchStream:
         if nb is not None:
             if self.graph is None:
                 raise ValueError("neighbour batches need the teacher's neighbour graph")
-            return neighbour_batches(self.graph, nb.neighbours, nb.pool, self.batch_size, gen)
+            return neighbour_batches(self.graph, nb.neighbours, nb.pool, self.batch_size, gen,
+                                     nb.anchors)
         return random_batches(n, self.batch_size, gen)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:

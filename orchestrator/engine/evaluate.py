@@ -5,6 +5,10 @@ and returns metrics named ``<evaluator>/<metric>``. Features of the train and te
 the test-time transform are computed once per evaluation and shared by the evaluators that
 need them. ``EvalConfig.every`` > 0 evaluates every N epochs too (step = epoch); the final
 value is the last epoch's, and the best one is logged as ``<metric>_best`` with its epoch.
+
+Registered: ``knn`` (here), ``linear`` (:mod:`evaluators_linear`, the linear probe) and
+``classifier`` (:mod:`evaluators_classifier`, the model's own logits). The same evaluation
+serves trials (:func:`evaluate`), reference runs and teachers (:func:`evaluate_model`).
 """
 
 from __future__ import annotations
@@ -15,41 +19,68 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from models.augment import normalise
 from models.base import Backbone
-from orchestrator.config import TrialConfig
+from orchestrator.config import EvalConfig, TrialConfig
 from orchestrator.datasets import DatasetBundle
 from orchestrator.engine.precision import autocast
-from orchestrator.knn import embed, weighted_knn
+from orchestrator.knn import weighted_knn
 
 
 @dataclass
 class EvalContext:
-    trial: TrialConfig
+    """What an evaluator sees: the model in eval mode, the data, the evaluation settings and
+    the seed of the trial (or reference run) being evaluated."""
+
+    evaluation: EvalConfig
     student: Backbone
     bundle: DatasetBundle
     train_images: Tensor  # uint8, on the device
     device: torch.device
+    precision: str = "auto"  # train.precision: bf16 forwards on CUDA for auto / bf16
+    seed: int = 0  # randomness of an evaluator (the linear probe's batch order)
+
+    @classmethod
+    def of_trial(cls, trial: TrialConfig, student: Backbone, bundle: DatasetBundle,
+                 train_images: Tensor, device: torch.device) -> EvalContext:
+        return cls(trial.eval, student, bundle, train_images, device, trial.train.precision,
+                   trial.train.seed)
 
     @functools.cached_property
     def mean_std(self) -> tuple[Tensor, Tensor]:
         return self.bundle.mean.to(self.device), self.bundle.std.to(self.device)
 
-    def _features(self, images: Tensor) -> Tensor:
+    @torch.no_grad()
+    def _raw(self, images: Tensor) -> Tensor:
         mean, std = self.mean_std
-        with autocast(self.device, self.trial.train.precision):
-            return embed(self.student.forward_features, images, mean, std,
-                         self.trial.eval.knn.batch_size)
+        size = self.evaluation.knn.batch_size
+        chunks = []
+        with autocast(self.device, self.precision):
+            for start in range(0, images.shape[0], size):
+                x = normalise(images[start:start + size].float() / 255.0, mean, std)
+                chunks.append(self.student.forward_features(x).float())
+        return torch.cat(chunks)
+
+    @functools.cached_property
+    def train_raw_features(self) -> Tensor:
+        """Pooled backbone features of the training split (test-time transform), float32."""
+        return self._raw(self.train_images)
+
+    @functools.cached_property
+    def test_raw_features(self) -> Tensor:
+        return self._raw(self.bundle.test.images.to(self.device))
 
     @functools.cached_property
     def train_features(self) -> Tensor:
         """L2-normalised backbone features of the training split (test-time transform)."""
-        return self._features(self.train_images)
+        return F.normalize(self.train_raw_features, dim=1)
 
     @functools.cached_property
     def test_features(self) -> Tensor:
-        return self._features(self.bundle.test.images.to(self.device))
+        return F.normalize(self.test_raw_features, dim=1)
 
     @functools.cached_property
     def train_labels(self) -> Tensor:
@@ -77,28 +108,50 @@ def register_evaluator(name: str) -> Callable[[Evaluator], Evaluator]:
 @register_evaluator("knn")
 def knn_evaluator(ctx: EvalContext) -> dict[str, float]:
     """Weighted kNN on the student backbone (docs/METHODS.md, "Weighted kNN")."""
-    knn = ctx.trial.eval.knn
+    knn = ctx.evaluation.knn
     scores = weighted_knn(ctx.train_features, ctx.train_labels, ctx.test_features,
                           ctx.test_labels, knn.k, knn.temperature, ctx.bundle.num_classes)
     return {f"knn/{k}": v for k, v in scores.items()}
 
 
+def evaluator_names(evaluation: EvalConfig, has_classifier: bool) -> list[str]:
+    """The evaluators an evaluation runs, in order: kNN always, the linear probe when
+    configured, the classifier's accuracy when asked for and the model has a classifier."""
+    names = ["knn"]
+    if evaluation.linear is not None:
+        names.append("linear")
+    if evaluation.classifier and has_classifier:
+        names.append("classifier")
+    return names
+
+
 def enabled_evaluators(trial: TrialConfig) -> list[str]:
     """The evaluators a trial runs, in order (kNN always)."""
-    return ["knn"]
+    return evaluator_names(trial.eval, trial.requirements.student_classifier)
+
+
+@torch.no_grad()
+def evaluate_model(ctx: EvalContext, names: Sequence[str] | None = None) -> dict[str, float]:
+    """Run the evaluators (default: :func:`evaluator_names`) on ``ctx.student``."""
+    student = ctx.student
+    was_training = student.training
+    student.eval()
+    out: dict[str, float] = {}
+    chosen = names if names is not None else evaluator_names(ctx.evaluation,
+                                                             student.has_classifier)
+    try:
+        for name in chosen:
+            out.update(EVALUATORS[name](ctx))
+    finally:
+        student.train(was_training)
+    return out
 
 
 @torch.no_grad()
 def evaluate(trial: TrialConfig, student: Backbone, bundle: DatasetBundle, train_images: Tensor,
              device: torch.device, names: Sequence[str] | None = None) -> dict[str, float]:
-    was_training = student.training
-    student.eval()
-    ctx = EvalContext(trial, student, bundle, train_images, device)
-    out: dict[str, float] = {}
-    for name in names or enabled_evaluators(trial):
-        out.update(EVALUATORS[name](ctx))
-    student.train(was_training)
-    return out
+    ctx = EvalContext.of_trial(trial, student, bundle, train_images, device)
+    return evaluate_model(ctx, names or enabled_evaluators(trial))
 
 
 @dataclass
@@ -122,3 +175,7 @@ class BestTracker:
             out[f"{key}_best"] = value
             out[f"{key}_best_epoch"] = float(epoch)
         return out
+
+
+# The evaluators beside kNN register themselves on import (after the registry exists).
+from orchestrator.engine import evaluators_classifier, evaluators_linear  # noqa: E402, F401

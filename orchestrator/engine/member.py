@@ -25,7 +25,7 @@ from models.augment import AUGMENT_PRESETS, augment, normalise
 from models.base import Backbone, build_model
 from models.teacher import TeacherOutputs
 from orchestrator.config import TrainConfig, TrialConfig
-from orchestrator.engine.batches import Batch
+from orchestrator.engine.batches import Batch, rotated_copies
 from orchestrator.engine.evaluate import BestTracker
 from orchestrator.engine.precision import autocast, memory_format
 from orchestrator.engine.streams import generator, seeded_init
@@ -107,6 +107,7 @@ class Member:
             epoch=batch.epoch,
             step=batch.step,
             rng=self.rng,
+            rotated=batch.rotated() if req.rotated_views else None,
         )
         with autocast(self.device, self.trial.train.precision):
             terms: LossTerms = self.objective.compute(inputs)
@@ -232,8 +233,13 @@ def build_member(trial: TrialConfig, *, teacher: TeacherOutputs, images: Tensor,
         gen = generator(seed, "prepare", next(prepare_calls), device=device)
         return normalise(augment(x, aug, gen), mean, std)
 
+    def prepare_rotated(x: Tensor) -> Tensor:
+        gen = generator(seed, "prepare", next(prepare_calls), device=device)
+        return rotated_copies(x, aug, mean, std, gen)
+
     objective.prepare(teacher, images, labels, prepare_view, device,
-                      generator(seed, "prepare", -1))
+                      generator(seed, "prepare", -1),
+                      rotate=prepare_rotated if req.rotated_views else None)
     if state is not None:
         rng.set_state(state["rng"].cpu())
         member.start_epoch = int(state["epoch"])

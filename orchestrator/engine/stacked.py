@@ -112,6 +112,7 @@ class Stack:
 
     def begin_epoch(self, epoch: int) -> None:
         lrs = [m.begin_epoch(epoch) for m in self.members]
+        self.template.train()  # BatchNorm in the vmapped forward uses batch statistics
         tensors = [self.params[n] for n in self.names]
         self._lr = [self._per_member(lrs, t) for t in tensors]
         self._wd = [self._per_member([m.trial.train.weight_decay for m in self.members], t)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 
 _MASK = (1 << 64) - 1
-PURPOSES = {"order": 1, "view": 2, "fetch": 3, "model": 4, "init": 5, "prepare": 6}
+PURPOSES = {"order": 1, "view": 2, "fetch": 3, "model": 4, "init": 5, "prepare": 6, "probe": 7}
 
 
 def _splitmix(x: int) -> int:

@@ -59,6 +59,14 @@ class SharedTeacher(nn.Module):
 
         return self._cached("features", x, run)
 
+    def batch_features(self, x: Tensor) -> Tensor:
+        """The batch-statistics forward (DisCo / BINGO), cached like :meth:`features`."""
+        def run(inp: Tensor) -> Tensor:
+            self.forwards += 1
+            return self.teacher.batch_features(inp)
+
+        return self._cached("batch_features", x, run)
+
     def embedding(self, features: Tensor) -> Tensor:
         return self._cached("embedding", features, self.teacher.embedding)
 

@@ -183,8 +183,9 @@ def test_after_step_enqueues_anchor_teacher_keys() -> None:
     step = data.step(student, teacher, [1, 2, 3])
     obj.compute(step)
     obj.after_step(step)
-    with torch.no_grad():
-        k_a = F.normalize(teacher.embedding(teacher.features(data.images[[1, 2, 3]] * 1.1)), dim=1)
+    with torch.no_grad():  # the default teacher_bn: batch statistics of the key view
+        k_a = F.normalize(
+            teacher.embedding(teacher.batch_features(data.images[[1, 2, 3]] * 1.1)), dim=1)
     assert torch.allclose(obj.queue.data[:3], k_a, atol=1e-6) and int(obj.queue.ptr) == 3
 
 

@@ -1,8 +1,9 @@
-"""CompRess 2q / 1q: value by hand, empty memories, momentum encoder (update, checkpoint
-restore), queues, gradients, bf16, params."""
+"""CompRess 2q / 1q: value by hand, random (official) and empty memory starts, momentum
+encoder (update, checkpoint restore), queues, gradients, bf16, params."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from typing import cast
@@ -94,10 +95,46 @@ def _make(
     variant: str = "2q",
     queue_size: int = 32,
     momentum: float = 0.9,
+    queue_init: str = "empty",
 ) -> tuple[CompRess, FakeBackbone, FrozenTeacher]:
+    """Empty memories by default: the hand values below follow them from their first row."""
     student, teacher = make_backbone(4, batchnorm=True), make_teacher(6)
-    params = CompRessParams(variant=variant, queue_size=queue_size, momentum=momentum)
+    params = CompRessParams(variant=variant, queue_size=queue_size, momentum=momentum,
+                            queue_init=queue_init)
     return CompRess(params, make_ctx(student, teacher)), student, teacher
+
+
+@pytest.mark.parametrize("variant", ["2q", "1q"])
+def test_memories_start_uniform_and_the_first_loss_is_not_zero(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx,
+    make_step: MakeStep, variant: str
+) -> None:
+    """Official start (nn/compress_loss.py:34-43, 111-120): every row uniform in (-a, a),
+    a = 1 / sqrt(D / 3), not normalised; the first step compares against all of them."""
+    assert CompRessParams().queue_init == "random"
+    student, teacher = make_backbone(4, batchnorm=True), make_teacher(6)
+    ctx = dataclasses.replace(make_ctx(student, teacher),
+                              generator=torch.Generator().manual_seed(5))
+    obj = CompRess(CompRessParams(variant=variant, queue_size=512), ctx)
+    memories = [(obj.teacher_queue, 6)]
+    if obj.student_queue is not None:
+        memories.append((obj.student_queue, 4))
+    for memory, dim in memories:
+        a = 1.0 / math.sqrt(dim / 3.0)
+        assert memory.is_full and memory.data.shape == (512, dim)
+        assert float(memory.data.abs().max()) < a and float(memory.data.abs().max()) > 0.9 * a
+        norms = memory.data.norm(dim=1)
+        assert not torch.allclose(norms, torch.ones_like(norms), atol=1e-3)  # not normalised
+        assert float(norms.pow(2).mean()) == pytest.approx(1.0, abs=0.1)  # E ||row||^2 = 1
+    step = make_step(student, teacher, batch=5)
+    out = obj.compute(step)
+    s = obj.head(student.forward_features(step.views[0])).tolist()
+    t = teacher.features(step.views[0]).tolist()
+    q_t = obj.teacher_queue.valid().tolist()
+    q_s = obj.student_queue.valid().tolist() if obj.student_queue is not None else q_t
+    expected = _compress_by_hand(s, t, q_s, q_t, 0.04)
+    assert expected > 0.1  # the empty-memory start gave exactly 0 here
+    assert out.terms["compress"].item() == pytest.approx(expected, rel=1e-4)
 
 
 def test_two_queue_structure(

@@ -1,7 +1,9 @@
-"""SEED: value by hand, empty queue, head dims, enqueue after the step, state_dict, gradients."""
+"""SEED: value by hand, random (official) and empty queue starts, head dims, enqueue after the
+step, state_dict, gradients."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from typing import cast
@@ -79,11 +81,38 @@ def test_shape_errors() -> None:
 
 
 def _objective(
-    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, queue_size: int = 16
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, queue_size: int = 16,
+    queue_init: str = "empty",
 ) -> tuple[SEED, FakeBackbone, FrozenTeacher]:
+    """An empty queue by default: the hand values below follow the queue from its first row."""
     student, teacher = make_backbone(4), make_teacher(8, embedding_dim=5)
-    obj = SEED(SEEDParams(queue_size=queue_size), make_ctx(student, teacher))
+    obj = SEED(SEEDParams(queue_size=queue_size, queue_init=queue_init),
+               make_ctx(student, teacher))
     return obj, student, teacher
+
+
+def test_queue_starts_as_random_unit_vectors_and_the_first_loss_is_not_zero(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
+    """Official start (seed/builder.py:52-53): K normalised Gaussian rows, drawn from the
+    context's generator; the first step already contrasts against all K of them."""
+    student, teacher = make_backbone(4), make_teacher(8, embedding_dim=5)
+    assert SEEDParams().queue_init == "random"
+    ctx = dataclasses.replace(make_ctx(student, teacher),
+                              generator=torch.Generator().manual_seed(3))
+    obj = SEED(SEEDParams(queue_size=16), ctx)
+    assert len(obj.queue) == 16 and obj.queue.is_full
+    assert torch.allclose(obj.queue.data.norm(dim=1), torch.ones(16), atol=1e-6)
+    again = SEED(SEEDParams(queue_size=16), dataclasses.replace(
+        ctx, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(obj.queue.data, again.queue.data)  # from the generator, not global
+    step = make_step(student, teacher, batch=3, seed=10)
+    out = obj.compute(step)
+    s = obj.head(student.forward_features(step.views[0])).tolist()
+    t = teacher.embedding(teacher.features(step.views[0])).tolist()
+    expected = _seed_by_hand(s, t, obj.queue.valid().tolist(), 0.2, 1e-4)
+    assert expected > 0.5  # the empty-queue start gave exactly 0 here
+    assert out.terms["seed"].item() == pytest.approx(expected, rel=1e-4)
 
 
 def test_head_lands_in_the_teacher_embedding_space(

@@ -70,6 +70,32 @@ def test_ratio_extremes_and_ties() -> None:
     assert selective_keep_mask(torch.zeros(5, dtype=torch.long), 0.3).all()
 
 
+def test_ties_at_the_cut_are_kept_in_a_seeded_random_order() -> None:
+    """Issue 12, item 7: rows of equal rank straddling the cut are not kept in row order (in
+    SSKD's image-major layout that keeps an image's 90-degree copy first and the first images
+    of the batch) but in the order of a permutation drawn from the generator."""
+    # SSKD's layout: 4 images x 3 rotated copies, every row wrong with the same rank.
+    rank = torch.ones(12, dtype=torch.long)
+    assert selective_keep_mask(rank, 0.25).nonzero().flatten().tolist() == [0, 1, 2]
+    kept = torch.zeros(12)
+    for seed in range(300):
+        mask = selective_keep_mask(rank, 0.25, torch.Generator().manual_seed(seed))
+        assert int(mask.sum()) == 3
+        kept += mask.float()
+        again = selective_keep_mask(rank, 0.25, torch.Generator().manual_seed(seed))
+        assert torch.equal(mask, again)  # seeded: reproducible
+    share = kept / 300  # each row kept with probability 3 / 12
+    assert float(share.min()) > 0.15 and float(share.max()) < 0.35
+    by_copy = kept.view(4, 3).sum(0) / kept.sum()  # 90 / 180 / 270 degrees
+    assert torch.allclose(by_copy, torch.full((3,), 1 / 3), atol=0.07)
+    # Ranks still decide first: correct rows, then the smaller rank, shuffled only within ties.
+    rank = torch.tensor([3, 0, 1, 2, 2, 2, 0, 3])
+    for seed in range(20):
+        mask = selective_keep_mask(rank, 0.5, torch.Generator().manual_seed(seed))
+        assert mask[[1, 6, 2]].all() and not mask[[0, 7]].any()  # 6 wrong -> 3 kept
+        assert int(mask[[3, 4, 5]].sum()) == 2
+
+
 def test_ties_in_scores_count_for_the_target() -> None:
     scores = torch.tensor([[1.0, 1.0, 0.0], [2.0, 1.0, 2.0]])
     targets = torch.tensor([1, 2])

@@ -129,7 +129,8 @@ def test_compute_matches_hand_value(
     make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
 ) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
-    obj = SMD(SMDParams(), make_ctx(student, teacher))
+    # ukd's earlier single-view form, no warm-up
+    obj = SMD(SMDParams(views=1, cos_warmup_epochs=0), make_ctx(student, teacher))
     step = make_step(student, teacher, batch=6)
     out = obj.compute(step)
     assert set(out.terms) == {"smd"} and out.weights == {"smd": 1.0}
@@ -160,6 +161,64 @@ def test_two_views_are_averaged_and_warmup(
         obj.compute(make_step(student, teacher, batch=5, views=1))
 
 
+def _mean_cos(a: list[list[float]], b: list[list[float]]) -> float:
+    total = 0.0
+    for x, y in zip(a, b, strict=True):
+        dot = sum(p * q for p, q in zip(x, y, strict=True))
+        total += dot / math.sqrt(sum(p * p for p in x) * sum(q * q for q in y))
+    return total / len(a)
+
+
+def test_defaults_are_the_official_recipe(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx, make_step: MakeStep
+) -> None:
+    """main_distill.py:414-421: two views averaged, and ``-cos`` added for epochs 0 and 1."""
+    p = SMDParams()
+    assert (p.views, p.cos_warmup_epochs, p.tau) == (2, 2, None)
+    assert SMD.requirements(p).num_views == 2
+    student, teacher = make_backbone(4), make_teacher(8)
+    obj = SMD(p, make_ctx(student, teacher))
+    step = make_step(student, teacher, batch=5, views=2, epoch=0)
+    out = obj.compute(step)
+    assert out.weights == {"smd": 1.0, "cos": 1.0}
+    s = [obj.head(student.forward_features(v)).tolist() for v in step.views]
+    t = [teacher.features(v).tolist() for v in step.views]
+    smd = sum(_smd_by_hand(s[k], t[k], TAU)["loss"] for k in range(2)) / 2
+    cos = -(_mean_cos(s[0], t[0]) + _mean_cos(s[1], t[1])) / 2
+    assert out.terms["smd"].item() == pytest.approx(smd, rel=1e-4)
+    assert out.terms["cos"].item() == pytest.approx(cos, rel=1e-4)
+    assert out.total.item() == pytest.approx(smd + cos, rel=1e-4)
+    # the second view is part of the loss: another second view, another total
+    other = make_step(student, teacher, batch=5, views=2, epoch=0, seed=9)
+    other.views[0] = step.views[0]
+    assert obj.compute(other).total.item() != pytest.approx(out.total.item(), rel=1e-4)
+    assert obj.compute(make_step(student, teacher, batch=5, views=2, epoch=1)).weights["cos"] == 1
+    assert obj.compute(make_step(student, teacher, batch=5, views=2, epoch=2)).weights == {
+        "smd": 1.0, "cos": 0.0}
+
+
+@pytest.mark.parametrize(("arch", "tau"), [("mobilenet_v3_large", 0.004),
+                                           ("efficientnet_b0", 0.004), ("MobileNetV2", 0.004),
+                                           ("resnet18", 0.04), (None, 0.04)])
+def test_default_tau_follows_the_student(
+    make_backbone: MakeBackbone, make_teacher: MakeTeacher, make_ctx: MakeCtx,
+    make_step: MakeStep, arch: str | None, tau: float
+) -> None:
+    """main_distill.py:108-109: tau = 0.004 for MobileNet / EfficientNet students."""
+    student, teacher = make_backbone(4), make_teacher(8)
+    student.arch = arch
+    obj = SMD(SMDParams(views=1, cos_warmup_epochs=0), make_ctx(student, teacher))
+    step = make_step(student, teacher, batch=6)
+    s = obj.head(student.forward_features(step.views[0])).tolist()
+    t = teacher.features(step.views[0]).tolist()
+    assert obj.compute(step).terms["smd"].item() == pytest.approx(
+        _smd_by_hand(s, t, tau)["loss"], rel=1e-4)
+    fixed = SMD(SMDParams(tau=0.04, views=1, cos_warmup_epochs=0), make_ctx(student, teacher))
+    fixed.load_state_dict(obj.state_dict())
+    assert fixed.compute(step).terms["smd"].item() == pytest.approx(
+        _smd_by_hand(s, t, 0.04)["loss"], rel=1e-4)
+
+
 def test_gradients_reach_student_not_teacher(
     make_backbone: MakeBackbone,
     make_teacher: MakeTeacher,
@@ -170,7 +229,7 @@ def test_gradients_reach_student_not_teacher(
     student, teacher = make_backbone(4), make_teacher(8)
     obj = SMD(SMDParams(), make_ctx(student, teacher))
     # a batch large enough that some weights are non-zero
-    assert_grad_flow(obj, make_step(student, teacher, batch=12))
+    assert_grad_flow(obj, make_step(student, teacher, batch=12, views=2))
     assert SMD.requirements(SMDParams()).min_batch_size == 2
 
 
@@ -183,7 +242,7 @@ def test_finite_under_bf16_autocast(
 ) -> None:
     student, teacher = make_backbone(4), make_teacher(8)
     obj = SMD(SMDParams(), make_ctx(student, teacher))
-    assert_finite_bf16(obj, make_step(student, teacher, batch=12))
+    assert_finite_bf16(obj, make_step(student, teacher, batch=12, views=2))
 
 
 @pytest.mark.parametrize(

@@ -249,6 +249,44 @@ def test_state_dict_round_trip_keeps_trained_head() -> None:
         assert torch.allclose(a.terms[name], b.terms[name]), name
 
 
+def test_compute_uses_the_engine_rotated_batch() -> None:
+    """With ``step.rotated`` (the engine's flip-once, crop-each-copy batch) the copies come
+    from it, not from rotating ``views[0]``; ties use ``step.rng``."""
+    obj, student, teacher = _build(teacher_head_epochs=0)
+    _mark_ready(obj, teacher)
+    assert SSKD.requirements(obj.params).rotated_views
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.randn(3, 3, 8, 8, generator=gen), torch.randn(3, 3, 8, 8, generator=gen)
+    labels = torch.tensor([0, 3, 1])
+    given = obj.compute(make_step([x], student, teacher, labels=labels,
+                                  rotated=rotate_batch(y), rng=torch.Generator().manual_seed(0)))
+    direct = obj.compute(make_step([y], student, teacher, labels=labels,
+                                   rng=torch.Generator().manual_seed(0)))
+    for name in given.terms:
+        assert float(given.terms[name].detach()) == pytest.approx(
+            float(direct.terms[name].detach()), rel=1e-6), name
+    with pytest.raises(ValueError, match="4 copies"):
+        obj.compute(make_step([x], student, teacher, labels=labels,
+                              rotated=rotate_batch(y)[:-1]))
+
+
+def test_prepare_uses_the_rotated_pipeline() -> None:
+    obj, _, teacher = _build(teacher_head_epochs=2, teacher_head_batch_size=4,
+                             teacher_head_milestones=())
+    images = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
+    rotated_calls: list[int] = []
+
+    def rotate(u: torch.Tensor) -> torch.Tensor:
+        rotated_calls.append(u.shape[0])
+        return rotate_batch(_identity_augment(u))
+
+    def augment(u: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("prepare must build its copies with rotate=")
+
+    obj.prepare(teacher, images, None, augment, torch.device("cpu"), rotate=rotate)
+    assert rotated_calls == [4, 4, 4, 4] and bool(obj.teacher_head_ready)
+
+
 def test_compute_errors() -> None:
     obj, student, teacher = _build(teacher_head_epochs=0)
     x = torch.randn(2, 3, 8, 8)

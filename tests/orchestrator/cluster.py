@@ -36,7 +36,7 @@ BIN = Path(sys.executable).parent
 
 def skip_without_namespaces() -> None:
     """The cluster tests need root and util-linux's unshare / nsenter (CI has both: there a
-    missing one is a failure, UKD_REQUIRE_NAMESPACES=1, set by scripts/test.sh)."""
+    missing one is a failure, UKD_REQUIRE_NAMESPACES=1, set by .ci/run)."""
     missing = [tool for tool in ("unshare", "nsenter", "ip") if shutil.which(tool) is None]
     problem = (f"needs {', '.join(missing)}" if missing else
                "needs root (network and mount namespaces)" if os.geteuid() != 0 else "")
@@ -115,7 +115,7 @@ while len(alive := [n for n in ray.nodes() if n["Alive"]]) < want:
     if time.monotonic() > deadline:
         sys.exit(f"{len(alive)} of {want} nodes alive")
     time.sleep(0.5)
-print(json.dumps([n["Resources"] for n in alive]))
+print(json.dumps([{**n["Resources"], "node_id": n["NodeID"]} for n in alive]))
 """
 
 WAIT_IDLE = """
@@ -203,7 +203,7 @@ class RayCluster:
         return Session(proc.pid)
 
     def wait_nodes(self, count: int, timeout: float) -> list[dict[str, Any]]:
-        """Until ``count`` nodes are alive in the GCS; their resources."""
+        """Until ``count`` nodes are alive in the GCS; their resources (and ``node_id``)."""
         out = self.ns.python(WAIT_NODES, self.address, str(count), str(timeout),
                              timeout=timeout + 60, env=self.env)
         return list(json.loads(out.strip().splitlines()[-1]))

@@ -192,14 +192,18 @@ class Session:
         return left
 
     def stop(self, grace: float = 30) -> None:
-        """Teardown: SIGTERM every process of the session, SIGKILL what is left after
-        ``grace`` seconds (never anything outside the session)."""
-        for pid in self.members():
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        self.wait_empty(grace)
+        """Teardown: SIGTERM the session's leader (e.g. `ray start --block`, which then stops
+        its node's processes in order), then every process still there, SIGKILL what is
+        left after ``grace`` seconds (never anything outside the session)."""
+        leader = [self.sid] if self.sid in self.members() else []
+        for targets in (leader, list(self.members())):
+            for pid in targets:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            if not self.wait_empty(grace):
+                return
         self.kill_all()
 
     def kill_all(self) -> None:
@@ -209,6 +213,16 @@ class Session:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def ignores(pid: int, signum: int) -> bool | None:
+    """Whether the process ignores the signal (its SigIgn mask); None if it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(int(mask, 16) >> (signum - 1) & 1)
 
 
 def wait_gone(identities: set[tuple[int, int]], timeout: float) -> set[tuple[int, int]]:

@@ -5,7 +5,8 @@ mlflow.db, no cache directory; the spec's defaults point into the test's directo
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +64,13 @@ def _under_a_file(key: str) -> Mutate:
     return mutate
 
 
-def _closed_port() -> int:
+@contextmanager
+def _refusing_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections for as long as the block runs: this
+    socket holds it (bound, never listening), so nothing else can listen there meanwhile."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        yield int(s.getsockname()[1])
 
 
 # id -> (change to the valid tiny spec, raw text instead of the spec, extra CLI args,
@@ -157,10 +161,10 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
         path.write_bytes(text)
     else:
         write_spec(path, spec)
-    port = _closed_port()
-    args = [a.format(tmp=tmp_path, port=port) for a in args]
     before = tree(tmp_path)
-    result = CliRunner().invoke(app, ["sweep", str(path), *args])
+    with _refusing_port() as port:
+        args = [a.format(tmp=tmp_path, port=port) for a in args]
+        result = CliRunner().invoke(app, ["sweep", str(path), *args])
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2, result.output
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output

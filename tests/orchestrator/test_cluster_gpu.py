@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -76,10 +77,14 @@ def test_cap_memory_sets_the_fraction_on_the_trials_cuda_device() -> None:
 
 @pytest.mark.parametrize(("device", "gpu"), [("cpu", 0.25), ("cuda:0", 0.0), ("cuda:0", 1.0)])
 def test_no_cap_on_cpu_or_whole_gpus(device: str, gpu: float) -> None:
-    def never(*args: object) -> tuple[int, int]:
+    def never_info(index: int) -> tuple[int, int]:
         raise AssertionError("torch.cuda touched")
 
-    assert cap_memory(torch.device(device), gpu, mem_info=never, set_fraction=never) is None
+    def never_set(fraction: float, index: int) -> None:
+        raise AssertionError("torch.cuda touched")
+
+    assert cap_memory(torch.device(device), gpu, mem_info=never_info,
+                      set_fraction=never_set) is None
 
 
 class FakeClock:
@@ -126,7 +131,7 @@ def test_no_wait_for_cpu_trials(tmp_path: Path, gpu: float, device: str) -> None
     assert wait_for_memory(trials, mem_info=never, device_count=1) == 0.0
 
 
-def _spec(**resources: float) -> SimpleNamespace:
+def _spec(**resources: Any) -> SimpleNamespace:
     return SimpleNamespace(resources=dataclasses.replace(ResourcesConfig(), **resources))
 
 

@@ -1,5 +1,6 @@
-"""A sweep on a Ray cluster of two nodes (a head without CPUs, so the teacher stage and the
-trials can only run on the worker; separate raylets, token authentication), logging to an
+"""A sweep on a Ray cluster of two nodes (the teacher stage and the trials ask for a custom
+resource only the worker has, so they run there; separate raylets, token authentication),
+logging to an
 MLflow server that proxies artifacts, all on 127.0.0.1 in a private network namespace
 (tests/orchestrator/cluster.py). The driver is killed (SIGKILL) once one trial has finished
 and the other has an epoch checkpoint; the killed sweep's processes on the cluster exit and
@@ -52,7 +53,7 @@ def cluster_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     procs = []
     try:
         server.start()  # starts while the nodes do
-        cluster.start_head(num_cpus=0)
+        cluster.start_head(num_cpus=1)
         worker = cluster.add_worker(2, {"ukd_worker": 2})
         nodes = cluster.wait_nodes(2, 60)
         server.wait()
@@ -60,7 +61,8 @@ def cluster_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         # One trial at a time, in grid order: the long one starts after the short one
         # finished, so "one finished, one mid-training" comes without a race between them.
         spec = tiny_spec(tmp, shared_cache(tmp_path_factory), name="multinode",
-                         grid={"epochs": [1, LONG]}, resources={"max_concurrent": 1})
+                         grid={"epochs": [1, LONG]},
+                         resources={"max_concurrent": 1, "custom": {"ukd_worker": 1}})
         path = write_spec(tmp / "multinode.yaml", spec)
         trials = expand(load_spec(path))
         short = next(t for t in trials if t.train.epochs == 1)
@@ -117,9 +119,13 @@ def cluster_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
 
 def test_every_node_was_checked_and_only_the_worker_can_run_work(
         cluster_sweep: dict[str, Any]) -> None:
-    cpus = sorted(n.get("CPU", 0.0) for n in cluster_sweep["nodes"])
-    assert cpus == [0.0, 2.0]  # the head has none: the stage and the trials ran on the worker
-    assert any(n.get("ukd_worker") == 2.0 for n in cluster_sweep["nodes"])
+    nodes = cluster_sweep["nodes"]
+    assert sorted(n.get("CPU", 0.0) for n in nodes) == [1.0, 2.0]  # the head could run work
+    worker = next(n["node_id"] for n in nodes if n.get("ukd_worker") == 2.0)
+    runs = cluster_sweep["store"].runs()
+    # ... but every trial asked for the worker's custom resource, so it ran there
+    assert runs and all(r.data.tags.get("ukd.node_id") == worker for r in runs), [
+        r.data.tags.get("ukd.node_id") for r in runs]
     assert "checked from 2 node(s)" in cluster_sweep["killed_output"]
     assert "checked from 2 node(s)" in cluster_sweep["output"]
 

@@ -116,8 +116,8 @@ def test_a_read_only_dataset_root_is_compared_not_written(tmp_path: Path) -> Non
     assert check_shared_storage(spec, _nodes()) == 2
     assert tree(root) == before  # no probe written into the dataset
 
-    def other_copy() -> None:
-        (root / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"y" * 11)
+    def other_copy() -> None:  # the node's copy lacks a file
+        (root / "cifar-10-batches-py" / "data_batch_1").unlink()
 
     line = _refused(spec, _nodes(other_copy))
     assert f"does not see the dataset root {root} as the driver does (its files" in line

@@ -58,8 +58,9 @@ def _trials(tmp: Path, epochs: int = 2, **grid: Any) -> list[TrialConfig]:
                         train={"epochs": epochs, "batch_size": 64, "augment": "ssl_light"},
                         knn={"k": [10]})
     data["grid"] = {"teacher": "t", "student": ["resnet8x4", "resnet20"],
-                    "loss": [{"name": "coss", "lambda": [0.5, 1.0], "neighbours": 3},
-                             {"name": "cos", "neighbours": 3}],
+                    "loss": [{"name": "coss", "lambda": [0.5, 1.0], "neighbours": 3,
+                              "epoch_anchors": 0.25},
+                             {"name": "cos", "neighbours": 3, "epoch_anchors": 0.25}],
                     "lr": [0.05, 0.1], **grid}
     path = tmp / "spec.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -206,8 +207,11 @@ def test_a_retried_group_reports_finished_members_without_rerunning_them(
     seen: list[dict[str, Any]] = []
     ran: list[list[str]] = []
     monkeypatch.setattr(callback_module.tune, "report", seen.append)
-    monkeypatch.setattr(callback_module, "run_group",
-                        lambda todo, report: ran.append([t.trial_id for t in todo]) or {})
+    def run_group(todo: list[TrialConfig], report: Any) -> dict[str, Any]:
+        ran.append([t.trial_id for t in todo])
+        return {}
+
+    monkeypatch.setattr(callback_module, "run_group", run_group)
     callback_module.group_trainable({callback_module.GROUP_KEY: [t.to_dict() for t in trials]})
     assert ran == [[other.trial_id]]
     assert seen == [{callback_module.MEMBER_KEY: done.trial_id, "kind": "final", "epoch": 2,

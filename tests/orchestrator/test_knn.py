@@ -44,3 +44,33 @@ def test_neighbour_graph_excludes_self_and_sorts() -> None:
     assert graph.shape == (4, 2)
     assert graph[0, 0] == 1 and graph[2, 0] == 3
     assert all(graph[i].tolist().count(i) == 0 for i in range(4))
+
+
+def test_top5_at_k1_equals_top1() -> None:
+    """DINO / solo-learn rank min(5, k) classes: with one neighbour, top-5 is top-1 (ukd
+    ranked 5 classes, 4 of them without a vote, and counted those)."""
+    gen = torch.Generator().manual_seed(0)
+    train = F.normalize(torch.randn(200, 8, generator=gen), dim=1)
+    labels = torch.randint(0, 10, (200,), generator=gen)
+    test = F.normalize(torch.randn(300, 8, generator=gen), dim=1)
+    truth = torch.randint(0, 10, (300,), generator=gen)
+    out = weighted_knn(train, labels, test, truth, ks=[1, 3, 20], temperature=0.07,
+                       num_classes=10)
+    assert out["top5_k1"] == out["top1_k1"]
+    assert 0 < out["top1_k1"] < 100
+    assert out["top5_k3"] >= out["top1_k3"] and out["top5_k20"] >= out["top1_k20"]
+
+
+def test_top5_never_counts_a_class_without_votes() -> None:
+    # All 5 neighbours are class 0; the truth (class 3) received no vote: a top-5 miss, where
+    # a sort over zero-score classes could place class 3 among the first five.
+    train = _circle([0.0, 0.01, 0.02, 0.03, 0.04, 3.0])
+    labels = torch.tensor([0, 0, 0, 0, 0, 3])
+    test = _circle([0.015])
+    out = weighted_knn(train, labels, test, torch.tensor([3]), ks=[5], temperature=0.07,
+                       num_classes=4)
+    assert out["top1_k5"] == 0.0 and out["top5_k5"] == 0.0
+    # with k = 6 class 3 gets a vote, and ranks second: a top-5 hit
+    out = weighted_knn(train, labels, test, torch.tensor([3]), ks=[6], temperature=0.07,
+                       num_classes=4)
+    assert out["top1_k6"] == 0.0 and out["top5_k6"] == 100.0

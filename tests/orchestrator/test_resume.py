@@ -22,6 +22,7 @@ from orchestrator.spec import load_spec
 from tests.orchestrator.sweeps import (
     Session,
     Store,
+    listening_sockets,
     shared_cache,
     start_ukd,
     tiny_spec,
@@ -33,9 +34,12 @@ from tests.orchestrator.sweeps import (
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("resume")
-    # Two trials side by side: 1 epoch (finishes first) and 3 epochs (still training).
+    # Two trials, one at a time in grid order: 1 epoch, then 3 epochs. The 3-epoch one
+    # starts after the other finished, so "one finished, one mid-training" comes without a
+    # race between them (side by side, a late start of the short one could let the long
+    # one finish first).
     spec = tiny_spec(tmp, shared_cache(tmp_path_factory), name="resume",
-                     grid={"epochs": [1, 3]})
+                     grid={"epochs": [1, 3]}, resources={"max_concurrent": 1})
     path = write_spec(tmp / "resume.yaml", spec)
     first = expand(load_spec(path))
     short = next(t for t in first if t.train.epochs == 1)
@@ -58,6 +62,9 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         wait_for(one_finished_one_checkpointed, 420, "a finished and a checkpointed trial",
                  proc, log1)
         sessions[0].sample()  # mid-sweep: its Ray is up, a trial is training
+        # The sweep's own Ray: the address it recorded, served from the sweep's session.
+        gcs_port = Store.of(tmp / "out").parent().data.tags["ukd.ray_address"].rsplit(":")[-1]
+        served = [address for address, _ in listening_sockets(sessions[0].members())]
         os.kill(proc.pid, signal.SIGKILL)  # the ukd process this test started, nothing else
         proc.wait(timeout=30)
         killed_at_ms = int(time.time() * 1000)
@@ -66,6 +73,7 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
                   for r in store.runs()}
 
         spec["grid"]["epochs"] = [1, 3, 2]  # the grid grows by one trial
+        spec["resources"]["max_concurrent"] = 2  # not part of a trial's id
         write_spec(path, spec)
         log2 = tmp / "resumed.log"
         proc2 = start_ukd(["sweep", str(path), "--resume"], log2)
@@ -75,7 +83,7 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         yield {"tmp": tmp, "path": path, "spec": spec, "short": short, "long": long,
                "before": before, "killed_at_ms": killed_at_ms, "rc": rc,
                "output": log2.read_text(), "killed": sessions[0], "resumed": sessions[1],
-               "out": tmp / "out"}
+               "out": tmp / "out", "gcs_port": gcs_port, "served": served}
     finally:
         for p in procs:
             if p.poll() is None:
@@ -144,11 +152,14 @@ def test_finished_trials_keep_weights_not_checkpoints(killed_and_resumed: dict[s
 
 
 def test_killed_driver_leaves_no_ray_process(killed_and_resumed: dict[str, Any]) -> None:
-    """Every process of the killed sweep's session exits: Ray's GCS and raylet (which were
-    up when it was killed) and whatever workers and agents it had, whatever their names."""
+    """Every process of the killed sweep's session exits: its Ray (whose GCS, at the
+    address the sweep recorded, was served from the session when it was killed) and whatever
+    workers and agents it had, whatever their names."""
     killed: Session = killed_and_resumed["killed"]
-    names = " ".join(killed.seen.values())
-    assert "gcs_server" in names and "raylet" in names, names
+    port = killed_and_resumed["gcs_port"]
+    assert any(a.rsplit(":", 1)[-1] == port for a in killed_and_resumed["served"]), \
+        (port, killed_and_resumed["served"])
+    assert len(killed.seen) > 1
     assert killed.wait_empty(300) == {}
     resumed: Session = killed_and_resumed["resumed"]
     assert resumed.wait_empty(300) == {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -138,12 +137,12 @@ def test_local_ray_listens_on_localhost_only() -> None:
             return os.getpid()
 
         worker = ray.get(ping.remote(), timeout=120)
-        time.sleep(1)
-        watcher.sample()
+        watcher.sample()  # the worker stays in Ray's pool: still alive here
         assert worker in watcher.seen
         sockets = listening_sockets(watcher.seen)
-        owners = {owner for _, owner in sockets}
-        assert {"gcs_server", "raylet"} <= owners, sockets
+        # The scan sees Ray's servers: the GCS's own port (whatever its process is named).
+        gcs_port = ray.get_runtime_context().gcs_address.rsplit(":", 1)[-1]
+        assert any(a.rsplit(":", 1)[-1] == gcs_port for a, _ in sockets), (gcs_port, sockets)
         for address, owner in sockets:
             host = address.rsplit(":", 1)[0]
             assert host in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"), (address, owner)

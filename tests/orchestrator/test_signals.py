@@ -1,8 +1,8 @@
 """Interruptions other than Ctrl+C: a closed terminal (the sweep runs in a pseudo-terminal
 that is then closed, as when a terminal window or a tmux session is killed: SIGHUP) and
-SIGTERM (`kill`, a scheduler's preemption). Either stops the sweep like Ctrl+C: the parent
-run and the running trials are marked KILLED (resumable), never left RUNNING, and no process
-of the sweep's session is left."""
+SIGTERM (`kill`, a scheduler's preemption), during the trials or during the teacher stage.
+Either stops the sweep like Ctrl+C: the parent run and the running trials are marked KILLED
+(resumable), never left RUNNING, and no process of the sweep's session is left."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ from orchestrator.spec import load_spec
 from tests.orchestrator.sweeps import (
     Session,
     Store,
+    ignores,
     shared_cache,
     start_in_terminal,
+    start_ukd,
     tiny_spec,
     wait_for,
     write_spec,
@@ -47,14 +49,16 @@ def interrupted(request: pytest.FixtureRequest,
         # Both trials are training (an epoch checkpointed each): inside Tune's fit.
         wait_for(lambda: all((d / "checkpoint.pt").is_file() for d in dirs), 480,
                  "both trials to checkpoint an epoch", proc, log)
-        session.sample()
+        ray_processes = {pid: ignores(pid, signal.SIGHUP) for pid in session.sample()
+                         if pid != proc.pid}
         if how == "hangup":
             terminal.hang_up()  # the kernel sends SIGHUP; the terminal is gone
         else:
             os.kill(proc.pid, signal.SIGTERM)  # the ukd process this test started
         rc = proc.wait(timeout=300)
         yield {"how": how, "rc": rc, "out": tmp / "out", "session": session,
-               "output": log.read_text(errors="replace"), "trials": len(dirs)}
+               "output": log.read_text(errors="replace"), "trials": len(dirs),
+               "ray_processes": ray_processes}
     finally:
         terminal.hang_up()
         if proc.poll() is None:
@@ -72,6 +76,14 @@ def test_running_trials_and_the_sweep_are_killed_not_running(
     assert store.parent().info.status == "KILLED"
 
 
+def test_the_sweeps_ray_ignores_the_hangup(interrupted: dict[str, Any]) -> None:
+    """Ray's processes are in the terminal's foreground group with the sweep: they ignore
+    SIGHUP (inherited), so they cannot die under the sweep before it stops its trials."""
+    ray_processes = {pid: ignored for pid, ignored in interrupted["ray_processes"].items()
+                     if ignored is not None}
+    assert ray_processes and all(ray_processes.values()), ray_processes
+
+
 def test_sigterm_exits_130_and_says_how_to_continue(interrupted: dict[str, Any]) -> None:
     if interrupted["how"] != "sigterm":
         pytest.skip("a closed terminal shows nothing (its output has nowhere to go)")
@@ -83,3 +95,38 @@ def test_no_process_of_the_sweep_is_left(interrupted: dict[str, Any]) -> None:
     session: Session = interrupted["session"]
     assert len(session.seen) > 1  # sampled while its Ray was up
     assert session.wait_empty(300) == {}
+
+
+@pytest.fixture(scope="module")
+def interrupted_stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """SIGTERM while the teacher stage trains (a teacher of its own, far more pretraining
+    epochs than it gets through): before any trial started."""
+    tmp = tmp_path_factory.mktemp("signal-stage")
+    spec = tiny_spec(tmp, tmp / "cache", name="signal-stage")
+    spec["teachers"]["t"]["pretrain"]["epochs"] = EPOCHS
+    path = write_spec(tmp / "sweep.yaml", spec)
+    log = tmp / "sweep.log"
+    proc = start_ukd(["sweep", str(path)], log)
+    session = Session(proc.pid)
+    try:
+        wait_for(lambda: "stage: 1 teacher(s)" in log.read_text(), 300, "the stage", proc, log)
+        session.sample()
+        os.kill(proc.pid, signal.SIGTERM)  # the ukd process this test started
+        rc = proc.wait(timeout=300)
+        yield {"rc": rc, "out": tmp / "out", "session": session, "output": log.read_text()}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        session.kill_all()
+
+
+def test_sigterm_in_the_stage_kills_the_sweep_run(interrupted_stage: dict[str, Any]) -> None:
+    output = interrupted_stage["output"]
+    assert interrupted_stage["rc"] == 130, output[-3000:]
+    assert "interrupted: the sweep's runs are marked KILLED; run the same command again" \
+        in output
+    store = Store.of(interrupted_stage["out"])
+    assert store.parent().info.status == "KILLED"
+    assert store.runs() == []  # no trial had started
+    assert interrupted_stage["session"].wait_empty(300) == {}

@@ -22,7 +22,7 @@ def test_valid_spec_loads_with_absolute_paths(write_spec: Any) -> None:
     spec = load_spec(write_spec(minimal_spec()))
     assert spec.output_dir.is_absolute() and spec.cache_dir.is_absolute()
     assert len(spec.grid.pairs) == 2
-    assert spec.grid.loss[0].axes == {"lambda": (0.5, 1.0)}
+    assert spec.grid.loss[0].axes["lambda"] == (0.5, 1.0)
 
 
 @pytest.mark.parametrize(

@@ -39,10 +39,11 @@ SMALL_QUEUE = 1024  # > 2 epochs of 256 keys: a queue that was not restored cann
 EXPECTED_TERMS: dict[str, set[str]] = {
     "coss": {"co", "ss"},
     "cos": {"co"},
+    "cospress": {"sim", "fea"},
     "seed": {"seed"},
     "compress": {"compress"},
     "disco": {"contrast", "mse1", "mse2"},
-    "smd": {"smd"},
+    "smd": {"smd", "cos"},  # the official warm-up term, weight 1 in epochs 0-1
     "bingo": {"anchor", "neighbour", "mix"},
     "kd": {"kd"},
     "rkd": {"distance", "angle"},
@@ -65,6 +66,9 @@ def _small(bundle: DatasetBundle) -> DatasetBundle:
 
 def _spec(tmp: Path) -> dict[str, Any]:
     queue = {"queue_size": SMALL_QUEUE}
+    # CoSS / CoS: 1/16 of the images anchor an epoch (256 images, as the plain epochs of the
+    # other objectives), not the official 16 x 256.
+    earlier_epoch = {"epoch_anchors": 0.0625}
     return {
         "name": "objectives",
         "output_dir": str(tmp / "out"),
@@ -77,8 +81,9 @@ def _spec(tmp: Path) -> dict[str, Any]:
             "teacher": "tiny_sup",
             "student": "resnet20",
             "loss": [
-                {"name": "coss"},
-                {"name": "cos"},
+                {"name": "coss", **earlier_epoch},
+                {"name": "cos", **earlier_epoch},
+                {"name": "cospress"},
                 {"name": "seed", **queue},
                 {"name": "compress", "variant": ["2q", "1q"], **queue},
                 {"name": "disco", **queue},
@@ -176,9 +181,10 @@ def test_resume_restores_objective_state(trials: dict[tuple[str, str | None], Tr
     head_was_ready: list[bool] = []
     prepare = SSKD.prepare
 
-    def spy(self: SSKD, *args: Any) -> None:
+    def spy(self: SSKD, *args: Any, **kwargs: Any) -> None:
         head_was_ready.append(bool(self.teacher_head_ready))
-        prepare(self, *args)
+        assert kwargs.get("rotate") is not None  # the engine's rotated-copies pipeline
+        prepare(self, *args, **kwargs)
 
     monkeypatch.setattr(SSKD, "prepare", spy)
     straight, straight_reports = _run(_with(config, tmp_path / "straight", 2))
@@ -204,3 +210,25 @@ def test_resume_restores_objective_state(trials: dict[tuple[str, str | None], Tr
     assert straight["knn/top1_k10"] == pytest.approx(resumed["knn/top1_k10"])
     if name == "sskd":  # the resumed trial reuses the checkpointed head, it does not retrain
         assert head_was_ready == [False, False, True]
+
+
+def test_sskd_steps_get_separately_cropped_rotations(
+        trials: dict[tuple[str, str | None], TrialConfig], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the engine, an SSKD batch's four copies of an image are not rotations of one
+    another (the official pipeline crops each rotated copy on its own)."""
+    seen: list[torch.Tensor] = []
+    compute = SSKD.compute
+
+    def spy(self: SSKD, step: Any) -> Any:
+        assert step.rotated is not None
+        seen.append(step.rotated.detach().cpu())
+        return compute(self, step)
+
+    monkeypatch.setattr(SSKD, "compute", spy)
+    _run(_with(trials[("sskd", None)], tmp_path / "sskd", 1))
+    assert seen and all(x.shape[0] == 4 * 128 for x in seen)
+    grouped = seen[0].reshape(128, 4, *seen[0].shape[1:])
+    back = torch.stack([torch.rot90(grouped[:, k], -k, dims=(2, 3)) for k in range(4)], dim=1)
+    same = [(back[:, k] - back[:, 0]).abs().flatten(1).amax(1) < 1e-4 for k in (1, 2, 3)]
+    assert float(torch.stack(same).float().mean()) < 0.5  # ssl_light crops each copy anew
