@@ -30,6 +30,7 @@ from orchestrator.config import TeacherReport, TrialConfig, flat_params
 from orchestrator.engine.group import make_groups
 from orchestrator.engine.member import CHECKPOINT, STUDENT_WEIGHTS
 from orchestrator.errors import UserInputError
+from orchestrator.gpu import in_gpu_share
 from orchestrator.grid import varying_axes
 from orchestrator.locks import LockBusy, exclusive_lock
 from orchestrator.preflight import preflight
@@ -272,7 +273,8 @@ def _run_stages(spec: SweepSpec, trials: list[TrialConfig], tracker: Tracker,
     sizes = graph_sizes(trials)
     # Any: Ray's stubs type remote functions of at most a few positional parameters.
     stage: Any = ray.remote(num_cpus=spec.resources.stage_cpu, num_gpus=spec.resources.gpu,
-                            resources=dict(spec.resources.custom))(ensure_teacher)
+                            resources=dict(spec.resources.custom))(
+        in_gpu_share(ensure_teacher, spec.resources.gpu, spec.resources.device))
     view.console.print(f"[bold]stage[/bold]: {len(teachers)} teacher(s) "
                        f"({', '.join(t.teacher.label for t in teachers.values())})")
     futures = {key: stage.remote(t.teacher, t.dataset, t.eval.knn, t.runtime.cache_dir,
@@ -329,8 +331,10 @@ def _run_references(spec: SweepSpec, trials: list[TrialConfig],
     threads = max(1, math.ceil(spec.resources.stage_cpu))
     task: Any = ray.remote(num_cpus=spec.resources.stage_cpu, num_gpus=spec.resources.gpu,
                            resources=dict(spec.resources.custom))
-    teacher_task: Any = task(ensure_teacher_metrics)
-    reference_task: Any = task(ensure_reference)
+    teacher_task: Any = task(in_gpu_share(ensure_teacher_metrics, spec.resources.gpu,
+                                          spec.resources.device))
+    reference_task: Any = task(in_gpu_share(ensure_reference, spec.resources.gpu,
+                                            spec.resources.device))
     first = {t.teacher.key: t for t in trials}
     teacher_futures = {key: teacher_task.remote(first[key].teacher, first[key].dataset,
                                                 spec.eval, str(spec.cache_dir),

@@ -181,3 +181,18 @@ def concurrency_line(spec: SweepSpec | Any, groups_count: int,
                    "the GPU's memory")
     return (f"at once: {at_once} of {groups_count} {unit} ({need} each; {where}{packing}; "
             f"limited by {by})")
+
+
+def in_gpu_share(fn: Callable[..., Any], gpu: float, device: str) -> Callable[..., Any]:
+    """``fn`` with this process's CUDA memory capped at ``gpu`` first: the stage tasks (teacher,
+    references) get the same cap as the trials when they share a GPU."""
+
+    def capped(*args: Any, **kwargs: Any) -> Any:
+        from orchestrator.teachers import resolve_device
+
+        cap_memory(resolve_device(device), gpu)
+        return fn(*args, **kwargs)
+
+    capped.__name__ = getattr(fn, "__name__", "stage")
+    capped.__qualname__ = capped.__name__
+    return capped

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from orchestrator.grid import expand
@@ -90,6 +91,10 @@ def cluster_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         driver_left = driver.wait_empty(120)
         sweep_left = wait_gone(started_by_sweep, 120)
         held = cluster.wait_idle(120)
+        # Nothing of the killed sweep writes any more: the checkpoint's epoch is where the
+        # resume must start (usually mid-training; the last epoch if the kill came after its
+        # checkpoint, which is a race, so the test compares with what is on disk).
+        checkpoint_epoch = int(torch.load(long_dir / "checkpoint.pt", weights_only=False)["epoch"])
         client = MlflowClient(tracking_uri=server.backend)  # the server's store, read directly
         store = Store(client, Store.of(tmp / "out").manifest)
         before = {r.data.tags["ukd.trial_id"]: (r.info.run_id, r.info.status)
@@ -105,6 +110,7 @@ def cluster_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
                "killed_output": log1.read_text(), "driver_left": driver_left,
                "started_by_sweep": started_by_sweep, "sweep_left": sweep_left, "held": held,
                "before": before, "killed_at_ms": killed_at_ms, "rc": rc,
+               "checkpoint_epoch": checkpoint_epoch,
                "output": log2.read_text(), "store": store, "server": server,
                "report": report}
     finally:
@@ -160,7 +166,7 @@ def test_resume_through_the_cluster_finishes_every_trial(cluster_sweep: dict[str
         assert runs[trial_id].info.run_id == run_id  # the interrupted run was reused
     long = runs[result["long"].trial_id]
     resumed_from = int(long.data.tags["ukd.resumed_from_epoch"])
-    assert 1 <= resumed_from < LONG
+    assert resumed_from == result["checkpoint_epoch"] and 1 <= resumed_from <= LONG
     assert store.steps(long, "loss/total") == list(range(1, LONG + 1))
     after_kill = {m.step for m in store.history(long, "loss/total")
                   if m.timestamp > result["killed_at_ms"]}

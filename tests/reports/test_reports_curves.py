@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import time
 from pathlib import Path
 
 import pytest
@@ -131,7 +130,7 @@ def test_png_and_svg_written(pictures: PictureStore, plan: CurvePlan, tmp_path: 
     assert "loss/sim" in written[0].svg.read_text(encoding="utf-8")
 
 
-def test_repeated_step_keeps_latest_and_histories_are_fast(tmp_path: Path) -> None:
+def test_repeated_step_keeps_latest_and_nan_is_dropped(tmp_path: Path) -> None:
     uri, client = new_store(tmp_path)
     experiment = client.create_experiment("h", artifact_location=(tmp_path / "a").as_uri())
     run_ids = []
@@ -150,13 +149,10 @@ def test_repeated_step_keeps_latest_and_histories_are_fast(tmp_path: Path) -> No
         client.log_batch(run_id, metrics=metrics)
     ref = SweepRef(uri, experiment, run_ids[0])
     wanted = {run_id: ["loss/total", "loss/a", "loss/b", "knn/top1_k10"] for run_id in run_ids}
-    started = time.perf_counter()
     histories = load_metric_histories(ref, wanted)
-    elapsed = time.perf_counter() - started
     assert histories[run_ids[0]]["knn/top1_k10"] == [(5, 50.0), (10, 77.0)]
     assert histories[run_ids[0]]["loss/a"][-1] == (30, 30.0)  # the NaN is dropped
     assert histories[run_ids[1]]["knn/top1_k10"] == [(5, 50.0), (10, 100.0)]
     assert load_metric_histories(ref, {run_ids[0]: ["never/logged"]}) == {
         run_ids[0]: {"never/logged": []}
     }
-    assert elapsed < 30.0, f"400 histories took {elapsed:.1f} s"

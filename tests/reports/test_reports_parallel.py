@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -102,14 +101,12 @@ def _big_sweep(runs: int) -> SweepData:
     )
 
 
-def test_600_runs_stay_fast_and_readable(tmp_path: Path) -> None:
+def test_600_runs_stay_readable(tmp_path: Path) -> None:
     data = _big_sweep(600)
-    started = time.perf_counter()
     pdata = build_parallel(data, "knn/top1_k10")
     assert pdata is not None
     figure = plot_parallel(pdata)
     picture = write_parallel(pdata, tmp_path)
-    elapsed = time.perf_counter() - started
     assert len(pdata.run_ids) == 600
     lr = next(axis for axis in pdata.axes if axis.name == "lr")
     assert not lr.categorical and len(lr.ticks) <= 8  # many values: linear, few ticks
@@ -118,4 +115,3 @@ def test_600_runs_stay_fast_and_readable(tmp_path: Path) -> None:
     # Two line collections (no metric, metric), not one artist per run.
     assert len(figure.axes[0].collections) == 2
     assert picture.svg.stat().st_size < 3_000_000
-    assert elapsed < 20.0, f"600 runs took {elapsed:.1f} s"
