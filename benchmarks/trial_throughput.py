@@ -21,6 +21,7 @@ object with the figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -173,18 +174,22 @@ class Engine:
                                   AUGMENT_PRESETS["crop_flip"], 0, BATCH,
                                   memory_format=memory_format(device))
 
-    def members(self, k: int) -> list[Member]:
+    def members(self, k: int, level: str = "group") -> list[Member]:
+        # The layout run_group gives them (contiguous for stacks on CPU).
+        layout = memory_format(self.device, stacked=level == "stack")
+        self.stream = dataclasses.replace(self.stream, memory_format=layout)
         out = []
         for i in range(k):
             t = trial(self.pair, i, self.device, self.threads, self.directory,
                       lam=(0.25, 0.5, 1.0, 2.0)[i % 4], lr=(0.05, 0.1)[(i // 4) % 2])
             out.append(build_member(t, teacher=self.teacher, images=self.images, labels=None,
                                     num_classes=100, mean=self.mean, std=self.std,
-                                    device=self.device, graphs=lambda size: torch.empty(0)))
+                                    device=self.device, graphs=lambda size: torch.empty(0),
+                                    layout=layout))
         return out
 
     def throughput(self, k: int, level: str, steps: int, warmup: int) -> float:
-        members = self.members(k)
+        members = self.members(k, level)
         stacks, alone = plan_stacks(members) if level == "stack" else ([], members)
         for m in alone:
             m.begin_epoch(0)
@@ -248,7 +253,7 @@ class Engine:
     def flops_per_step(self, k: int, level: str) -> float:
         from torch.utils.flop_counter import FlopCounterMode
 
-        members = self.members(k)
+        members = self.members(k, level)
         stacks, alone = plan_stacks(members) if level == "stack" else ([], members)
         for m in alone:
             m.begin_epoch(0)

@@ -117,8 +117,10 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
     bundle = load_dataset(data.name, data.root, data.download)
     use_labels = DATASETS[data.name].has_labels and data.labels
 
+    stacking = fuse_level(level or first.runtime.fuse, device) == "stack"
+    layout = memory_format(device, stacked=stacking)
     teacher_report, frozen = _teacher(trials, bundle)
-    frozen = frozen.to(device).to(memory_format=memory_format(device))
+    frozen = frozen.to(device).to(memory_format=layout)
     if first.train.compile:  # CUDA graphs where shapes allow (mode reduce-overhead)
         frozen.backbone.compile(mode="reduce-overhead" if device.type == "cuda" else None)
     shared = SharedTeacher(frozen)
@@ -130,7 +132,7 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
     stream = BatchStream(
         images, labels, mean, std, AUGMENT_PRESETS[first.train.augment], first.train.seed,
         first.train.batch_size, batches, graphs.cpu(batches.pool) if batches else None,
-        memory_format(device))
+        layout)
 
     members: list[Member] = []
     outcomes: dict[str, MemberOutcome] = {}
@@ -140,7 +142,7 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
             members.append(build_member(
                 trial, teacher=shared, images=images, labels=labels,
                 num_classes=bundle.num_classes, mean=mean, std=std, device=device,
-                graphs=graphs.device))
+                graphs=graphs.device, layout=layout))
         except Exception as exc:  # e.g. an unreadable checkpoint: this member only
             failure = exc if isinstance(exc, TrialFailure) else TrialFailure(
                 f"{type(exc).__name__}: {exc}", 1)
@@ -148,7 +150,6 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
             report(trial.trial_id, {"kind": "failed", "reason": failure.reason,
                                     "epoch": failure.epoch})
     check = check_every or (CHECK_EVERY_CUDA if device.type == "cuda" else 1)
-    stacking = fuse_level(level or first.runtime.fuse, device) == "stack"
     evaluate_every = first.eval.every
 
     epochs = first.train.epochs

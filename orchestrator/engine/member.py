@@ -187,8 +187,11 @@ def failing_as(member: Member, epoch: int) -> Iterator[None]:
 
 def build_member(trial: TrialConfig, *, teacher: TeacherOutputs, images: Tensor,
                  labels: Tensor | None, num_classes: int, mean: Tensor, std: Tensor,
-                 device: torch.device, graphs: Callable[[int], Tensor]) -> Member:
-    """Student, objective and optimiser of a trial, restored from its checkpoint if any."""
+                 device: torch.device, graphs: Callable[[int], Tensor],
+                 layout: torch.memory_format | None = None) -> Member:
+    """Student, objective and optimiser of a trial, restored from its checkpoint if any
+    (``layout``: the student's memory format, by default :func:`memory_format` of the
+    device)."""
     directory = Path(trial.runtime.trial_dir)
     directory.mkdir(parents=True, exist_ok=True)
     write_yaml(directory / CONFIG_FILE, trial.to_dict())
@@ -209,7 +212,7 @@ def build_member(trial: TrialConfig, *, teacher: TeacherOutputs, images: Tensor,
             generator=generator(seed, "model", 1),
         )
         objective = build_objective(trial.loss.name, trial.loss.params, ctx)
-    student = student.to(device).to(memory_format=memory_format(device))
+    student = student.to(device).to(memory_format=layout or memory_format(device))
     if trial.train.compile:  # in place: state_dict keys (checkpoints) stay the same
         student.compile(mode="reduce-overhead" if device.type == "cuda" else None)
     objective = objective.to(device)

@@ -24,6 +24,7 @@ from orchestrator.engine import member as member_module
 from orchestrator.engine.batches import BatchStream
 from orchestrator.engine.group import group_key, make_groups, run_group, run_trial
 from orchestrator.engine.member import build_member
+from orchestrator.engine.precision import memory_format
 from orchestrator.engine.stacked import Stack, plan_stacks
 from orchestrator.engine.teacher_pass import SharedTeacher
 from orchestrator.grid import expand
@@ -53,11 +54,12 @@ def small_data() -> Iterator[DatasetBundle]:
         yield small
 
 
-def _trials(tmp: Path, epochs: int = 2, **grid: Any) -> list[TrialConfig]:
+def _trials(tmp: Path, epochs: int = 2, students: tuple[str, ...] = ("wrn_16_2", "resnet20"),
+            **grid: Any) -> list[TrialConfig]:
     data = minimal_spec(output_dir=str(tmp / "out"), cache_dir=str(tmp.parent / "cache"),
                         train={"epochs": epochs, "batch_size": 64, "augment": "ssl_light"},
                         knn={"k": [10]})
-    data["grid"] = {"teacher": "t", "student": ["resnet8x4", "resnet20"],
+    data["grid"] = {"teacher": "t", "student": list(students),
                     "loss": [{"name": "coss", "lambda": [0.5, 1.0], "neighbours": 3,
                               "epoch_anchors": 0.25},
                              {"name": "cos", "neighbours": 3, "epoch_anchors": 0.25}],
@@ -111,7 +113,10 @@ def test_stacked_members_match_the_member_path(small_data: DatasetBundle,
                                                tmp_path: Path) -> None:
     """20 steps of three stacked CoSS / CoS members (different lambda and lr) against the
     same members stepping one by one: loss terms within 1e-4 relative."""
-    trials = [t for t in _trials(tmp_path, epochs=5) if t.student.arch == "resnet8x4"
+    # resnet8x4: a step of wrn_16_2 at lr 0.1 amplifies float rounding about 5x per step
+    # (1e-6 at the first step, 1.5e-4 at the fifth), resnet8x4 stays within 1e-4 for 20.
+    trials = [t for t in _trials(tmp_path, epochs=5, students=("resnet8x4",), batch_size=[32])
+              if t.student.arch == "resnet8x4"
               and t.loss.name == "coss"][:3]
     bundle = small_data
     device = torch.device("cpu")
@@ -126,7 +131,8 @@ def test_stacked_members_match_the_member_path(small_data: DatasetBundle,
     def members(directory: Path) -> list[Any]:
         return [build_member(t, teacher=teacher, images=images, labels=None,
                              num_classes=bundle.num_classes, mean=mean, std=std,
-                             device=device, graphs=lambda size: graph)
+                             device=device, graphs=lambda size: graph,
+                             layout=memory_format(device, stacked=True))
                 for t in _moved(trials, directory)]
 
     stream = BatchStream(images, None, mean, std, AUGMENT_PRESETS["ssl_light"],
@@ -137,7 +143,7 @@ def test_stacked_members_match_the_member_path(small_data: DatasetBundle,
     assert left == [] and len(stacks) == 1 and stacks[0].k == 3
     stack: Stack = stacks[0]
     steps = 0
-    for epoch in range(first.train.epochs):  # 4 steps an epoch
+    for epoch in range(first.train.epochs):
         for m in alone:
             m.begin_epoch(epoch)
         stack.begin_epoch(epoch)
@@ -155,7 +161,7 @@ def test_stacked_members_match_the_member_path(small_data: DatasetBundle,
 
 
 def test_a_failing_member_fails_alone(small_data: DatasetBundle, tmp_path: Path) -> None:
-    trials = _trials(tmp_path, lr=[0.05, 1.0e6])[:4]  # resnet8x4: coss 0.5 x lr 0.05 / 1e6
+    trials = _trials(tmp_path, lr=[0.05, 1.0e6])[:4]  # wrn_16_2: coss 0.5 x lr 0.05 / 1e6
     bad = [t for t in trials if t.train.lr == 1.0e6]
     good = [t for t in trials if t.train.lr == 0.05]
     outcomes, reports = _run(_moved(trials, tmp_path / "fused"))

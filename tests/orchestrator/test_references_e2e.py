@@ -19,6 +19,7 @@ from orchestrator.cli import app
 from orchestrator.grid import expand
 from orchestrator.references import ensure_reference, plan_references
 from orchestrator.spec import load_spec
+from tests.orchestrator.sweeps import shared_cache
 from tests.reports.browser_support import (
     chromium_or_skip,
     find_chromium,
@@ -29,17 +30,17 @@ from tests.reports.browser_support import (
 QUICKSTART = Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml"
 
 
-def _spec(tmp: Path) -> Path:
+def _spec(tmp: Path, cache: Path) -> Path:
     spec = {
         "name": "refs",
         "output_dir": str(tmp / "out"),
-        "cache_dir": str(tmp / "cache"),
+        "cache_dir": str(cache),  # the session's 1-epoch teacher, trained once
         "dataset": {"name": "digits", "labels": False},
         "teachers": {"t": {"arch": "resnet20", "source": "pretrain",
                            "pretrain": {"recipe": "simclr", "epochs": 1, "batch_size": 256}}},
         "grid": {"teacher": "t", "student": "resnet20", "loss": "cos", "seed": [0, 1]},
         "train": {"epochs": 2, "batch_size": 256, "augment": "ssl_light"},
-        "eval": {"every": 1, "knn": {"k": [10]}, "linear": {"epochs": 20}},
+        "eval": {"every": 1, "knn": {"k": [10]}, "linear": {"epochs": 5}},
         "references": {"random_init": True, "ssl_only": {"epochs": 1, "batch_size": 256}},
         "resources": {"cpu": 1, "max_concurrent": 2, "threads": 1, "stage_cpu": 1},
     }
@@ -51,13 +52,14 @@ def _spec(tmp: Path) -> Path:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("refs-e2e")
-    path = _spec(tmp)
+    cache = shared_cache(tmp_path_factory)
+    path = _spec(tmp, cache)
     result = CliRunner().invoke(app, ["sweep", str(path)])
     assert result.exit_code == 0, result.output
     out = tmp / "out"
     manifest = json.loads((out / N.SWEEP_JSON).read_text())
     client = MlflowClient(tracking_uri=manifest["tracking_uri"])
-    return {"spec": path, "out": out, "cache": tmp / "cache", "output": result.output,
+    return {"spec": path, "out": out, "cache": cache, "output": result.output,
             "manifest": manifest, "client": client}
 
 
