@@ -7,3 +7,5 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install --quiet -e .
 .venv/bin/ukd sweep experiments/quickstart.yaml "$@"
 .venv/bin/ukd report runs/quickstart
+# The linear probe's table beside kNN's (report-linear/, also the parent run's artifacts).
+.venv/bin/ukd report runs/quickstart --metric linear/top1 --out runs/quickstart/report-linear

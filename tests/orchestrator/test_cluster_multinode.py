@@ -5,8 +5,8 @@ MLflow server that proxies artifacts, all on 127.0.0.1 in a private network name
 (tests/orchestrator/cluster.py). The driver is killed (SIGKILL) once one trial has finished
 and the other has an epoch checkpoint; the killed sweep's processes on the cluster exit and
 its resources are released; `ukd sweep --resume` finishes it through the same cluster; every
-artifact is on the server, none on the driver's disk; `ukd report` reads it from the server
-and stores the report there."""
+artifact is on the server, none on the driver's disk (`ukd report` through the server:
+tests/orchestrator/test_tracking_server.py)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ from tests.orchestrator.cluster import (
     skip_without_namespaces,
 )
 from tests.orchestrator.sweeps import (
-    UKD,
     Session,
     Store,
     shared_cache,
@@ -104,15 +103,12 @@ def cluster_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         proc2 = start_ukd([*args, "--resume"], log2, prefix=ns.prefix(), env=cluster.env)
         procs.append(proc2)
         rc = proc2.wait(timeout=480)
-        report = ns.run([UKD, "report", store.manifest["parent_run_id"], "--tracking-uri",
-                         server.uri, "--out", str(tmp / "report")], timeout=300)
         yield {"tmp": tmp, "out": tmp / "out", "nodes": nodes, "short": short, "long": long,
                "killed_output": log1.read_text(), "driver_left": driver_left,
                "started_by_sweep": started_by_sweep, "sweep_left": sweep_left, "held": held,
                "before": before, "killed_at_ms": killed_at_ms, "rc": rc,
                "checkpoint_epoch": checkpoint_epoch,
-               "output": log2.read_text(), "store": store, "server": server,
-               "report": report}
+               "output": log2.read_text(), "store": store, "server": server}
     finally:
         for p in procs:
             if p.poll() is None:
@@ -193,16 +189,3 @@ def test_every_artifact_went_through_the_server(cluster_sweep: dict[str, Any]) -
     out = cluster_sweep["out"]
     assert not (out / "mlflow.db").exists() and not (out / "artifacts").exists()
     assert not list(out.rglob("mlruns")) and not (Path.cwd() / "mlruns").exists()
-
-
-def test_report_reads_the_server_and_stores_the_report_there(
-        cluster_sweep: dict[str, Any]) -> None:
-    report = cluster_sweep["report"]
-    assert report.returncode == 0, report.stdout + report.stderr
-    assert "resnet20" in (cluster_sweep["tmp"] / "report" / "comparison.md").read_text()
-    store: Store = cluster_sweep["store"]
-    server: MlflowServer = cluster_sweep["server"]
-    parent = store.parent()
-    stored = _files(server.artifacts / store.manifest["experiment_id"] / parent.info.run_id
-                    / "artifacts")
-    assert {"report/comparison.md", "report/index.html"} <= stored

@@ -1,4 +1,4 @@
-"""Eight trials at once (fractional CPUs) against the embedded SQLite store: the driver is the
+"""Four trials at once (fractional CPUs) against the embedded SQLite store: the driver is the
 only writer, so no run, param or metric is lost."""
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from tests.orchestrator.sweeps import (
     write_spec,
 )
 
-TRIALS = 8
+TRIALS = 4
 
 
 @pytest.fixture(scope="module")
-def eight_at_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def four_at_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("concurrency")
     spec = tiny_spec(tmp, shared_cache(tmp_path_factory), name="concurrency",
                      grid={"seed": list(range(TRIALS))},
-                     resources={"cpu": 0.25, "max_concurrent": TRIALS, "fuse": "off"})
+                     resources={"cpu": 0.5, "max_concurrent": TRIALS, "fuse": "off"})
     path = write_spec(tmp / "concurrency.yaml", spec)
     # Its own process (as users run it): Ray started in-process changes the test process's
     # state (e.g. token auth), which later tests attaching to a cluster must not inherit.
@@ -48,21 +48,21 @@ def eight_at_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         session.kill_all()
 
 
-def test_all_trials_finished(eight_at_once: dict[str, Any]) -> None:
-    result = eight_at_once["result"]
+def test_all_trials_finished(four_at_once: dict[str, Any]) -> None:
+    result = four_at_once["result"]
     assert result.returncode == 0, result.output
     assert f"{TRIALS} trials: {TRIALS} finished now, 0 already finished, 0 failed" in \
         result.output
     # With fuse: off each trial is its own Ray Tune trial, and the resources admit all of
     # them at once. Whether they overlap in time is the scheduler's business (a fast trial
     # may end before a slow actor starts), so no assertion on start and end times here.
-    assert len(Store.of(eight_at_once["out"]).runs()) == TRIALS
+    assert len(Store.of(four_at_once["out"]).runs()) == TRIALS
 
 
-def test_no_run_param_or_metric_is_lost(eight_at_once: dict[str, Any]) -> None:
-    store = Store.of(eight_at_once["out"])
+def test_no_run_param_or_metric_is_lost(four_at_once: dict[str, Any]) -> None:
+    store = Store.of(four_at_once["out"])
     runs = {r.data.tags["ukd.trial_id"]: r for r in store.runs()}
-    trials = eight_at_once["trials"]
+    trials = four_at_once["trials"]
     assert sorted(runs) == sorted(t.trial_id for t in trials)
     for t in trials:
         run = runs[t.trial_id]
@@ -79,6 +79,6 @@ def test_no_run_param_or_metric_is_lost(eight_at_once: dict[str, Any]) -> None:
             "config.yaml", "student.pt"}
 
 
-def test_ray_processes_are_gone(eight_at_once: dict[str, Any]) -> None:
-    session: Session = eight_at_once["session"]
+def test_ray_processes_are_gone(four_at_once: dict[str, Any]) -> None:
+    session: Session = four_at_once["session"]
     assert session.wait_empty(300) == {}
