@@ -93,7 +93,14 @@ def test_failures_are_recorded_and_the_rest_finish(failed_sweep: dict[str, Any])
             assert tags["ukd.failure_reason"].startswith("teacher stage failed:"), tags
             assert tags["ukd.failure_epoch"] == "0"
             continue
-        assert tags["ukd.failure_epoch"] == "1"
+        failed_at = int(tags["ukd.failure_epoch"])
+        if t.trial_id == failed_sweep["damaged"].trial_id:
+            assert failed_at == 1  # raised as it started
+        else:
+            # Which epoch lr 1e6 first makes the loss non-finite in depends on float
+            # rounding (memory layout, kernels); the epochs before it were logged, none after.
+            assert 1 <= failed_at <= t.train.epochs
+            assert store.steps(run, "loss/total") == list(range(1, failed_at))
         assert tags["ukd.attempts"] == "2"  # resources.retries: 1
         expected = ("unreadable checkpoint" if t.trial_id == failed_sweep["damaged"].trial_id
                     else "non-finite loss")
