@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,6 +260,27 @@ def _sigterm_as_sigint() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _stage_task(spec: SweepSpec, fn: Callable[..., Any]) -> Any:
+    """``fn`` as a Ray task with the stages' resources (stage_cpu, the trials' gpu share and
+    custom resources), its CUDA memory capped at that share. Any: Ray's stubs type remote
+    functions of at most a few positional parameters."""
+    import ray
+
+    res = spec.resources
+    return ray.remote(num_cpus=res.stage_cpu, num_gpus=res.gpu, resources=dict(res.custom))(
+        in_gpu_share(fn, res.gpu, res.device))
+
+
+def _stage_threads(spec: SweepSpec) -> int:
+    return max(1, math.ceil(spec.resources.stage_cpu))
+
+
+def _failure(exc: BaseException) -> str:
+    """A failed Ray task's own exception (Ray wraps it), as ``Type: message``."""
+    cause = getattr(exc, "cause", None) or exc
+    return f"{type(cause).__name__}: {cause}"
+
+
 def _run_stages(spec: SweepSpec, trials: list[TrialConfig], tracker: Tracker,
                 outcome: SweepOutcome, view: SweepProgress
                 ) -> tuple[dict[str, TeacherReport], dict[str, str]]:
@@ -271,15 +292,12 @@ def _run_stages(spec: SweepSpec, trials: list[TrialConfig], tracker: Tracker,
 
     teachers = {t.teacher.key: t for t in trials}
     sizes = graph_sizes(trials)
-    # Any: Ray's stubs type remote functions of at most a few positional parameters.
-    stage: Any = ray.remote(num_cpus=spec.resources.stage_cpu, num_gpus=spec.resources.gpu,
-                            resources=dict(spec.resources.custom))(
-        in_gpu_share(ensure_teacher, spec.resources.gpu, spec.resources.device))
+    stage = _stage_task(spec, ensure_teacher)
     view.console.print(f"[bold]stage[/bold]: {len(teachers)} teacher(s) "
                        f"({', '.join(t.teacher.label for t in teachers.values())})")
     futures = {key: stage.remote(t.teacher, t.dataset, t.eval.knn, t.runtime.cache_dir,
                                  t.runtime.device, tuple(sorted(sizes[key])),
-                                 max(1, math.ceil(spec.resources.stage_cpu)))
+                                 _stage_threads(spec))
                for key, t in teachers.items()}
     reports: dict[str, TeacherReport] = {}
     failed: dict[str, str] = {}
@@ -287,8 +305,7 @@ def _run_stages(spec: SweepSpec, trials: list[TrialConfig], tracker: Tracker,
         try:
             report: TeacherReport = ray.get(future)
         except Exception as exc:  # its trials fail with this reason, the others go on
-            cause = getattr(exc, "cause", None) or exc
-            failed[key] = f"teacher stage failed: {type(cause).__name__}: {cause}"[:2000]
+            failed[key] = f"teacher stage failed: {_failure(exc)}"[:2000]
             view.console.print(f"  teacher {teachers[key].teacher.label}: "
                                f"[red]failed[/red] ({escape(short(failed[key]))})",
                                highlight=False, soft_wrap=True)
@@ -328,13 +345,9 @@ def _run_references(spec: SweepSpec, trials: list[TrialConfig],
     planned = plan_references(spec.references, trials)
     if spec.eval.linear is None and not planned:
         return reports
-    threads = max(1, math.ceil(spec.resources.stage_cpu))
-    task: Any = ray.remote(num_cpus=spec.resources.stage_cpu, num_gpus=spec.resources.gpu,
-                           resources=dict(spec.resources.custom))
-    teacher_task: Any = task(in_gpu_share(ensure_teacher_metrics, spec.resources.gpu,
-                                          spec.resources.device))
-    reference_task: Any = task(in_gpu_share(ensure_reference, spec.resources.gpu,
-                                            spec.resources.device))
+    threads = _stage_threads(spec)
+    teacher_task = _stage_task(spec, ensure_teacher_metrics)
+    reference_task = _stage_task(spec, ensure_reference)
     first = {t.teacher.key: t for t in trials}
     teacher_futures = {key: teacher_task.remote(first[key].teacher, first[key].dataset,
                                                 spec.eval, str(spec.cache_dir),
@@ -353,9 +366,8 @@ def _run_references(spec: SweepSpec, trials: list[TrialConfig],
         try:
             metrics: dict[str, float] = ray.get(future)
         except Exception as exc:  # the trials log no teacher linear probe, they go on
-            cause = getattr(exc, "cause", None) or exc
             view.console.print(f"  teacher {reports[key].label} linear probe: [red]failed"
-                               f"[/red] ({escape(short(f'{type(cause).__name__}: {cause}'))})",
+                               f"[/red] ({escape(short(_failure(exc)))})",
                                highlight=False, soft_wrap=True)
             continue
         out[key] = dataclasses.replace(reports[key], metrics={**reports[key].metrics,
@@ -367,8 +379,7 @@ def _run_references(spec: SweepSpec, trials: list[TrialConfig],
         try:
             result: ReferenceReport = ray.get(future)
         except Exception as exc:
-            cause = getattr(exc, "cause", None) or exc
-            reason = f"reference stage failed: {type(cause).__name__}: {cause}"[:2000]
+            reason = f"reference stage failed: {_failure(exc)}"[:2000]
             tracker.log_reference(ref, None, reason)
             view.console.print(f"  {ref.label}: [red]failed[/red] ({escape(short(reason))})",
                                highlight=False, soft_wrap=True)

@@ -19,7 +19,6 @@ from orchestrator.cli import app
 from orchestrator.grid import expand
 from orchestrator.references import ensure_reference, plan_references
 from orchestrator.spec import load_spec
-from tests.orchestrator.sweeps import shared_cache
 from tests.reports.browser_support import (
     chromium_or_skip,
     find_chromium,
@@ -34,7 +33,7 @@ def _spec(tmp: Path, cache: Path) -> Path:
     spec = {
         "name": "refs",
         "output_dir": str(tmp / "out"),
-        "cache_dir": str(cache),  # the session's 1-epoch teacher, trained once
+        "cache_dir": str(cache),  # its own: the sweep trains (and logs) its teacher
         "dataset": {"name": "digits", "labels": False},
         "teachers": {"t": {"arch": "resnet20", "source": "pretrain",
                            "pretrain": {"recipe": "simclr", "epochs": 1, "batch_size": 256}}},
@@ -52,7 +51,7 @@ def _spec(tmp: Path, cache: Path) -> Path:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("refs-e2e")
-    cache = shared_cache(tmp_path_factory)
+    cache = tmp / "cache"
     path = _spec(tmp, cache)
     result = CliRunner().invoke(app, ["sweep", str(path)])
     assert result.exit_code == 0, result.output
