@@ -31,6 +31,8 @@ TAG_FAILURE_REASON = "ukd.failure_reason"
 TAG_FAILURE_EPOCH = "ukd.failure_epoch"
 TAG_ATTEMPTS = "ukd.attempts"
 TAG_RESUMED_FROM = "ukd.resumed_from_epoch"
+# A trial report's wall time in ms: a resumed trial re-sends earlier reports, logged with it.
+REPORT_TIME = "time_ms"
 TAG_TEACHER_HASH = "ukd.teacher_hash"
 TAG_TEACHER_DIR = "ukd.teacher_dir"
 TAG_REFERENCE_KEY = "ukd.reference_key"  # a reference run's model and evaluation hash

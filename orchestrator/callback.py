@@ -15,11 +15,11 @@ from typing import Any
 
 from ray import tune
 
-from common import names
+from common import faults, names
 from common.atomic import write_json
 from orchestrator.config import TrialConfig
 from orchestrator.engine.group import run_group
-from orchestrator.engine.member import CHECKPOINT
+from orchestrator.engine.member import CHECKPOINT, RESUMED, checkpoint_resume
 from orchestrator.gpu import wait_for_memory
 from orchestrator.progress import SweepProgress
 from orchestrator.tracking import Tracker
@@ -39,7 +39,11 @@ def group_trainable(config: dict[str, Any]) -> None:
         directory = Path(trial.runtime.trial_dir)
         (directory / FAILURE_FILE).unlink(missing_ok=True)
         done = directory / FINAL_FILE
-        if done.is_file():  # finished in an earlier attempt of this group: report it again
+        if done.is_file():  # finished in an earlier attempt of this group: report it again,
+            # with its checkpoint's history (the driver that got it first may have died)
+            resumed = checkpoint_resume(directory)
+            if resumed is not None:
+                tune.report({MEMBER_KEY: trial.trial_id, **resumed})
             tune.report({MEMBER_KEY: trial.trial_id, **json.loads(done.read_text())})
         else:
             todo.append(trial)
@@ -53,6 +57,7 @@ def group_trainable(config: dict[str, Any]) -> None:
                                                   "traceback": traceback.format_exc()})
         elif metrics.get("kind") == "final":
             write_json(directory / FINAL_FILE, metrics)
+            faults.reach(faults.FINAL_WRITTEN, int(metrics["epoch"]))
         tune.report({MEMBER_KEY: trial_id, **metrics})
 
     import ray
@@ -151,18 +156,13 @@ class SweepCallback(tune.Callback):
                         result: dict[str, Any], **info: Any) -> None:
         t = self.by_id[result[MEMBER_KEY]]
         kind = result.get("kind")
-        if "resumed_from_epoch" in result:
-            # Continued from its checkpoint (first report after the resume): the epoch it
-            # held, and that epoch's metrics in case the dead process never got them to MLflow
-            # (log_epoch skips epochs already there).
-            epoch = int(result["resumed_from_epoch"])
-            self.tracker.set_trial_tags(t.trial_id, {"ukd.resumed_from_epoch": str(epoch)})
-            replay = result.get("resumed_metrics") or {}
-            if epoch > 0 and any(k.startswith("loss/") for k in replay):
-                self.tracker.log_epoch(t.trial_id, {**replay, "epoch": epoch})
-            result = {k: v for k, v in result.items()
-                      if k not in ("resumed_from_epoch", "resumed_metrics")}
-        if kind == "node":
+        if kind == RESUMED:
+            # Continues from its checkpoint: the epoch it held, and every report before it,
+            # since the dead driver may not have got them all to MLflow (logged if missing).
+            self.tracker.set_trial_tags(t.trial_id, {
+                names.TAG_RESUMED_FROM: str(int(result["resumed_from_epoch"]))})
+            self.tracker.log_missing(t.trial_id, result["history"])
+        elif kind == "node":
             self.tracker.set_trial_tags(t.trial_id, {names.TAG_NODE_ID: str(result[NODE_KEY])})
         elif kind == "eval":  # periodic evaluation: its metrics at step = epoch
             self.tracker.log_eval(t.trial_id, result)
@@ -171,8 +171,10 @@ class SweepCallback(tune.Callback):
             self.progress.update(t.trial_id, epoch=int(result["epoch"]),
                                  loss=result.get("loss/total"))
         elif kind == "final" and t.trial_id not in self.done:
+            faults.reach(faults.FINAL_RECEIVED)
             final = {k: v for k, v in result.items() if not k.startswith("teacher_")}
             self.tracker.finish_trial(t, final)
+            faults.reach(faults.RUN_FINISHED)
             # FINISHED is final (never resumed): the weights are the artifact, the optimiser
             # checkpoint only served resuming.
             (Path(t.runtime.trial_dir) / CHECKPOINT).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from common import faults
 from orchestrator.errors import UserInputError
 
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray node on 127.0.0.1 only
@@ -111,7 +112,11 @@ def _init_ray(address: str | None, dashboard: bool) -> bool:
     target = address or os.environ.get("RAY_ADDRESS")
     if target:
         try:
-            ray.init(address=target, logging_level=logging.WARNING, log_to_driver=False)
+            # Trials on the cluster's nodes do not inherit this environment: the crash
+            # tests' fault settings (common/faults.py) go with the job, nothing otherwise.
+            fault_env = faults.forwarded()
+            ray.init(address=target, logging_level=logging.WARNING, log_to_driver=False,
+                     runtime_env={"env_vars": fault_env} if fault_env else None)
         except ConnectionError as exc:
             raise UserInputError(
                 f"cannot attach to the Ray cluster at {target}: {exc}. If the cluster uses "

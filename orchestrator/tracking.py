@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 
+from common import faults
 from common import names as N
 from common.hashing import content_hash
 from models.pretrain import RECIPES
@@ -34,6 +35,7 @@ from orchestrator.config import (
 )
 
 MAX_BATCH = 900  # MLflow accepts up to 1000 metrics per log_batch
+REPORT_KEYS = ("epoch", N.REPORT_TIME)  # keys of a report that are not metrics
 # Keys Ray Tune adds to every reported result: not metrics of the trial.
 TUNE_AUTO_KEYS = frozenset({
     "done", "training_iteration", "iterations_since_restore", "time_this_iter_s",
@@ -344,9 +346,10 @@ class Tracker:
         assert self.parent_run_id is not None
         return str(self.client.get_run(self.parent_run_id).data.tags.get(key, ""))
 
-    def log_metrics(self, trial_id: str, metrics: Mapping[str, float], step: int) -> None:
+    def log_metrics(self, trial_id: str, metrics: Mapping[str, float], step: int,
+                    stamp: int | None = None) -> None:
         run_id = self.trial_runs[trial_id]
-        stamp = _now_ms()
+        stamp = _now_ms() if stamp is None else stamp
         batch = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
         for start in range(0, len(batch), MAX_BATCH):
             self.client.log_batch(run_id, metrics=batch[start:start + MAX_BATCH])
@@ -355,22 +358,41 @@ class Tracker:
         epoch = int(metrics["epoch"])
         if epoch <= self.logged_steps.get(trial_id, 0):
             return  # already logged before a crash; the resumed trial repeats no epoch
-        self.log_metrics(trial_id, _numeric(metrics, exclude=("epoch",)), step=epoch)
+        self.log_metrics(trial_id, _numeric(metrics, exclude=REPORT_KEYS), step=epoch)
         self.logged_steps[trial_id] = epoch
 
     def log_eval(self, trial_id: str, metrics: Mapping[str, Any]) -> None:
         """A periodic evaluation's metrics at step = epoch."""
-        self.log_metrics(trial_id, _numeric(metrics, exclude=("epoch",)),
+        self.log_metrics(trial_id, _numeric(metrics, exclude=REPORT_KEYS),
                          step=int(metrics["epoch"]))
 
+    def log_missing(self, trial_id: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Log each row's metrics at its ``epoch`` step unless the run already has that
+        metric at that step -- the reports a killed driver may have dropped, sent again by
+        the resumed trial; each keeps the time it was first reported (``time_ms``)."""
+        run_id = self.trial_runs[trial_id]
+        rows = list(rows)
+        keys = {k for row in rows for k in _numeric(row, exclude=REPORT_KEYS)}
+        have = {k: {m.step for m in self.client.get_metric_history(run_id, k)} for k in keys}
+        for row in rows:
+            step = int(row["epoch"])
+            fresh = {k: v for k, v in _numeric(row, exclude=REPORT_KEYS).items()
+                     if step not in have[k]}
+            if fresh:
+                self.log_metrics(trial_id, fresh, step=step, stamp=row.get(N.REPORT_TIME))
+            if row.get("kind") == "epoch":
+                self.logged_steps[trial_id] = max(step, self.logged_steps.get(trial_id, 0))
+
     def finish_trial(self, trial: TrialConfig, final: Mapping[str, Any]) -> None:
+        """Final metrics (each at most once: a resumed trial may send them again), the
+        config and weights as artifacts, then FINISHED."""
         run_id = self.trial_runs[trial.trial_id]
-        self.log_metrics(trial.trial_id, _numeric(final, exclude=("epoch",)),
-                         step=int(final.get("epoch", 0)))
+        self.log_missing(trial.trial_id, [final])
         trial_dir = Path(trial.runtime.trial_dir)
         for name in ("config.yaml", "student.pt"):
             if (trial_dir / name).is_file():
                 self.client.log_artifact(run_id, str(trial_dir / name))
+        faults.reach(faults.FINAL_LOGGED)
         self.client.set_terminated(run_id, status="FINISHED")
         self.open_runs.discard(trial.trial_id)
 

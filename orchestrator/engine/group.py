@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from common import faults
 from models.augment import AUGMENT_PRESETS
 from orchestrator.config import CheckpointSource, TeacherReport, TrialConfig
 from orchestrator.datasets import DATASETS, load_dataset
@@ -34,7 +35,7 @@ from orchestrator.teachers import (
     run_stage,
 )
 
-# (trial id, metrics): metrics["kind"] is "epoch", "final" or "failed".
+# (trial id, metrics): metrics["kind"] is "resumed", "epoch", "eval", "final" or "failed".
 GroupReporter = Callable[[str, dict[str, Any]], None]
 Reporter = Callable[[dict[str, Any]], None]
 CHECK_EVERY_CUDA = 25  # steps between non-finite checks on CUDA (each is a host sync)
@@ -149,6 +150,10 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
             outcomes[trial.trial_id].failure = failure
             report(trial.trial_id, {"kind": "failed", "reason": failure.reason,
                                     "epoch": failure.epoch})
+    for m in members:
+        resumed = m.resumed()  # before any step: what MLflow may lack of the earlier run
+        if resumed is not None:
+            report(m.trial_id, resumed)
     check = check_every or (CHECK_EVERY_CUDA if device.type == "cuda" else 1)
     evaluate_every = first.eval.every
 
@@ -183,19 +188,16 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
             if not m.active:
                 continue
             with failing_as(m, epoch):
-                metrics = m.end_epoch(epoch, lrs[m.trial_id])
-                periodic = {}
+                rows = [m.record({"kind": "epoch", **m.end_epoch(epoch, lrs[m.trial_id])})]
                 if evaluate_every and (epoch + 1) % evaluate_every == 0 and epoch + 1 < epochs:
                     periodic = evaluate(m.trial, m.student, bundle, images, device)
                     m.best.update(periodic, epoch + 1)
-                m.save_checkpoint(epoch, metrics)
-                resumed = {}
-                if m.start_epoch and epoch == m.start_epoch:
-                    resumed = {"resumed_from_epoch": m.start_epoch,
-                               "resumed_metrics": m.resumed_metrics}
-                report(m.trial_id, {"kind": "epoch", **metrics, **resumed})
-                if periodic:
-                    report(m.trial_id, {"kind": "eval", "epoch": epoch + 1, **periodic})
+                    rows.append(m.record({"kind": "eval", "epoch": epoch + 1, **periodic}))
+                m.save_checkpoint(epoch)
+                faults.reach(faults.EPOCH_SAVED, epoch + 1)
+                for row in rows:
+                    report(m.trial_id, row)
+                faults.reach(faults.EPOCH_REPORTED, epoch + 1)
         _report_failures(members, outcomes, report)
 
     for m in members:
@@ -208,11 +210,11 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
                 final.update(m.best.metrics())
             final.update({f"teacher_knn/{k}": v for k, v in teacher_report.knn.items()})
             m.save_weights()
+            faults.reach(faults.WEIGHTS_SAVED, epochs)
             m.finished = True
             final["train_time_s"] = m.train_time_s
-            extra = ({"resumed_from_epoch": m.start_epoch, "resumed_metrics": m.resumed_metrics}
-                     if m.start_epoch == epochs else {})
-            report(m.trial_id, {"kind": "final", "epoch": epochs, **final, **extra})
+            report(m.trial_id, {"kind": "final", "epoch": epochs, **final})
+            faults.reach(faults.FINAL_REPORTED, epochs)
             outcomes[m.trial_id].metrics = final
     _report_failures(members, outcomes, report)
     return outcomes

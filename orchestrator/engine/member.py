@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from common import names
 from common.atomic import torch_save, write_yaml
 from common.schedules import cosine_factor, step_factor
 from losses import LossTerms, Objective, ObjectiveContext, StepInputs, build_objective
@@ -34,6 +35,7 @@ from orchestrator.errors import TrialFailure
 CHECKPOINT = "checkpoint.pt"
 STUDENT_WEIGHTS = "student.pt"
 CONFIG_FILE = "config.yaml"
+RESUMED = "resumed"  # the report kind of a member that continues from its checkpoint
 
 
 def lr_factor(train: TrainConfig, epoch: int) -> float:
@@ -56,7 +58,10 @@ class Member:
     device: torch.device
     graph: Tensor | None = None  # the teacher graph an objective reads in its step (BINGO)
     start_epoch: int = 0
-    resumed_metrics: dict[str, float] = field(default_factory=dict)
+    # Every epoch's and periodic evaluation's metrics so far, as reported (kept in the
+    # checkpoint: a resumed trial hands them on again, since a killed driver may have
+    # dropped some before they reached MLflow).
+    history: list[dict[str, Any]] = field(default_factory=list)
     best: BestTracker = field(default_factory=lambda: BestTracker({}))
     failure: TrialFailure | None = None
     finished: bool = False
@@ -148,16 +153,29 @@ class Member:
                         "epoch_time_s": time.perf_counter() - self._epoch_started})
         return metrics
 
-    def save_checkpoint(self, epoch: int, metrics: dict[str, float]) -> None:
+    def record(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Add a report (``kind`` epoch or eval) to the history, stamped with its wall time
+        in ms (a replay logs it to MLflow with that time); returns the report."""
+        row = {**metrics, names.REPORT_TIME: int(time.time() * 1000)}
+        self.history.append(row)
+        return row
+
+    def save_checkpoint(self, epoch: int) -> None:
         torch_save(self.directory / CHECKPOINT, {
             "epoch": epoch + 1,
             "student": self.student.state_dict(),
             "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": self.rng.get_state(),
-            "metrics": metrics,
+            "history": self.history,
             "best": {k: list(v) for k, v in self.best.best.items()},
         })
+
+    def resumed(self) -> dict[str, Any] | None:
+        """The report that says this member continues from its checkpoint, if it does."""
+        if not self.start_epoch:
+            return None
+        return resumed_report(self.start_epoch, self.history)
 
     def fail(self, exc: BaseException, epoch: int) -> TrialFailure:
         if isinstance(exc, TrialFailure):
@@ -246,11 +264,24 @@ def build_member(trial: TrialConfig, *, teacher: TeacherOutputs, images: Tensor,
     if state is not None:
         rng.set_state(state["rng"].cpu())
         member.start_epoch = int(state["epoch"])
-        member.resumed_metrics = dict(state.get("metrics", {}))
+        member.history = list(state.get("history", []))
         member.best = BestTracker.restored(state.get("best"))
         if member.start_epoch >= trial.train.epochs:
             member.start_epoch = trial.train.epochs  # trained, only the evaluation is left
     return member
+
+
+def resumed_report(epoch: int, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """``kind: resumed``: the checkpoint's epoch and every report before it."""
+    return {"kind": RESUMED, "resumed_from_epoch": epoch, "history": history}
+
+
+def checkpoint_resume(trial_dir: Path) -> dict[str, Any] | None:
+    """The resumed report of a trial whose checkpoint is on disk (None without one)."""
+    state = _read_checkpoint(trial_dir / CHECKPOINT, torch.device("cpu"))
+    if state is None:
+        return None
+    return resumed_report(int(state["epoch"]), list(state.get("history", [])))
 
 
 def _read_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:

@@ -3,10 +3,10 @@ resource only the worker has, so they run there; separate raylets, token authent
 logging to an
 MLflow server that proxies artifacts, all on 127.0.0.1 in a private network namespace
 (tests/orchestrator/cluster.py). The driver is killed (SIGKILL) once one trial has finished
-and the other has an epoch checkpoint; the killed sweep's processes on the cluster exit and
-its resources are released; `ukd sweep --resume` finishes it through the same cluster; every
-artifact is on the server, none on the driver's disk (`ukd report` through the server:
-tests/orchestrator/test_tracking_server.py)."""
+and the other is held after an epoch checkpoint; the killed sweep's processes on the cluster
+exit and its resources are released; `ukd sweep --resume` finishes it through the same
+cluster; every artifact is on the server, none on the driver's disk (`ukd report` through the
+server: tests/orchestrator/test_tracking_server.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from common import faults
 from orchestrator.grid import expand
 from orchestrator.spec import load_spec
 from tests.orchestrator.cluster import (
@@ -41,6 +42,7 @@ from tests.orchestrator.sweeps import (
 )
 
 LONG = 5  # epochs of the trial that is mid-training when the driver is killed
+HELD = 2  # the epoch after whose checkpoint it is held and killed
 
 
 @pytest.fixture(scope="module")
@@ -69,20 +71,20 @@ def cluster_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         long = next(t for t in trials if t.train.epochs == LONG)
         short_dir, long_dir = Path(short.runtime.trial_dir), Path(long.runtime.trial_dir)
 
-        def one_finished_one_checkpointed() -> bool:
-            return ((short_dir / "student.pt").is_file()
-                    and not (short_dir / "checkpoint.pt").exists()
-                    and (long_dir / "checkpoint.pt").is_file()
-                    and not (long_dir / "student.pt").exists())
-
         args = ["sweep", str(path), "--address", cluster.address, "--tracking-uri", server.uri]
         idle = worker.identities()  # the worker node's own processes, before any sweep
         log1 = tmp / "killed.log"
-        proc = start_ukd(args, log1, prefix=ns.prefix(), env=cluster.env)
+        # The long trial is held right after its epoch-2 checkpoint (common/faults.py; the
+        # driver forwards the setting to the cluster's nodes): the short one has finished.
+        marker = tmp / "fault.marker"
+        proc = start_ukd(args, log1, prefix=ns.prefix(),
+                         env={**cluster.env, faults.FAULT_ENV: f"{faults.EPOCH_SAVED}@{HELD}",
+                              faults.MARKER_ENV: str(marker)})
         procs.append(proc)
         driver = Session(proc.pid)
-        wait_for(one_finished_one_checkpointed, 480, "a finished and a checkpointed trial",
+        wait_for(marker.is_file, 480, "the long trial held after an epoch checkpoint",
                  proc, log1)
+        assert (short_dir / "student.pt").is_file() and not (long_dir / "student.pt").exists()
         started_by_sweep = worker.identities() - idle  # its trials' workers, on the worker
         os.kill(proc.pid, signal.SIGKILL)  # the ukd process this test started, nothing else
         proc.wait(timeout=30)
@@ -90,9 +92,8 @@ def cluster_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         driver_left = driver.wait_empty(120)
         sweep_left = wait_gone(started_by_sweep, 120)
         held = cluster.wait_idle(120)
-        # Nothing of the killed sweep writes any more: the checkpoint's epoch is where the
-        # resume must start (usually mid-training; the last epoch if the kill came after its
-        # checkpoint, which is a race, so the test compares with what is on disk).
+        # Nothing of the killed sweep writes any more: the checkpoint's epoch (where the
+        # trial was held) is where the resume must start.
         checkpoint_epoch = int(torch.load(long_dir / "checkpoint.pt", weights_only=False)["epoch"])
         client = MlflowClient(tracking_uri=server.backend)  # the server's store, read directly
         store = Store(client, Store.of(tmp / "out").manifest)
@@ -162,7 +163,7 @@ def test_resume_through_the_cluster_finishes_every_trial(cluster_sweep: dict[str
         assert runs[trial_id].info.run_id == run_id  # the interrupted run was reused
     long = runs[result["long"].trial_id]
     resumed_from = int(long.data.tags["ukd.resumed_from_epoch"])
-    assert resumed_from == result["checkpoint_epoch"] and 1 <= resumed_from <= LONG
+    assert resumed_from == result["checkpoint_epoch"] == HELD
     assert store.steps(long, "loss/total") == list(range(1, LONG + 1))
     after_kill = {m.step for m in store.history(long, "loss/total")
                   if m.timestamp > result["killed_at_ms"]}

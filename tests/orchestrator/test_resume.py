@@ -1,7 +1,7 @@
 """Resume after SIGKILL: a real `ukd sweep` process is killed once one trial has finished and
-another has an epoch checkpoint; `ukd sweep --resume` (with one trial added to the grid) then
-finishes the sweep. Also: the killed driver's Ray processes exit, and an existing sweep's
-grid may grow but not change."""
+another is held right after an epoch checkpoint (a fault-injection point, no race);
+`ukd sweep --resume` (with one trial added to the grid) then finishes the sweep. Also: the
+killed driver's Ray processes exit, and an existing sweep's grid may grow but not change."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from common import faults
 from orchestrator.cli import app
 from orchestrator.grid import expand
 from orchestrator.locks import exclusive_lock
@@ -47,22 +48,22 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
     long = next(t for t in first if t.train.epochs == 3)
     short_dir, long_dir = Path(short.runtime.trial_dir), Path(long.runtime.trial_dir)
 
-    def one_finished_one_checkpointed() -> bool:
-        # FINISHED is written to MLflow before the finished trial's checkpoint is deleted.
-        return ((short_dir / "student.pt").is_file() and not (short_dir / "checkpoint.pt")
-                .exists() and (long_dir / "checkpoint.pt").is_file()
-                and not (long_dir / "student.pt").exists())
-
     procs = []
     sessions: list[Session] = []
+    marker = tmp / "fault.marker"
     try:
         log1 = tmp / "killed.log"
-        proc = start_ukd(["sweep", str(path)], log1)
+        # The long trial is held right after its epoch-2 checkpoint (common/faults.py): the
+        # short one has finished by then (one trial at a time), the long one has epoch 3 to go.
+        proc = start_ukd(["sweep", str(path)], log1,
+                         env={faults.FAULT_ENV: f"{faults.EPOCH_SAVED}@2",
+                              faults.MARKER_ENV: str(marker)})
         procs.append(proc)
         sessions.append(Session(proc.pid))
-        wait_for(one_finished_one_checkpointed, 420, "a finished and a checkpointed trial",
+        wait_for(marker.is_file, 420, "the long trial held after its epoch-2 checkpoint",
                  proc, log1)
-        sessions[0].sample()  # mid-sweep: its Ray is up, a trial is training
+        assert (short_dir / "student.pt").is_file() and not (long_dir / "student.pt").exists()
+        sessions[0].sample()  # mid-sweep: its Ray is up, a trial is held in its epoch
         # The sweep's own Ray: the address it recorded, served from the sweep's session.
         gcs_port = Store.of(tmp / "out").parent().data.tags["ukd.ray_address"].rsplit(":")[-1]
         served = [address for address, _ in listening_sockets(sessions[0].members())]
@@ -70,9 +71,7 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         proc.wait(timeout=30)
         killed_at_ms = int(time.time() * 1000)
         # Once the killed session is gone nothing writes the checkpoint any more: its epoch
-        # is what the resume must start from. Usually 1 or 2; 3 when the kill came after the
-        # last epoch's checkpoint (the resume then only evaluates). Which one is a race, so
-        # the tests below compare with the epoch read here instead of assuming one.
+        # (2, where the trial was held) is what the resume must start from.
         leftover = sessions[0].wait_empty(300)
         assert leftover == {}, leftover
         checkpoint_epoch = int(torch.load(long_dir / "checkpoint.pt", weights_only=False)["epoch"])
@@ -137,7 +136,7 @@ def test_resumed_trial_continued_from_its_checkpoint(killed_and_resumed: dict[st
     by_id = {r.data.tags["ukd.trial_id"]: r for r in store.runs()}
     long = by_id[result["long"].trial_id]
     resumed_from = int(long.data.tags["ukd.resumed_from_epoch"])
-    assert resumed_from == result["checkpoint_epoch"] and 1 <= resumed_from <= 3
+    assert resumed_from == result["checkpoint_epoch"] == 2
     after_kill = {m.step for m in store.history(long, "loss/total")
                   if m.timestamp > result["killed_at_ms"]}
     assert set(range(resumed_from + 1, 4)) <= after_kill  # trained after the resume ...
