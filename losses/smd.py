@@ -72,7 +72,9 @@ def smd_loss(student: Tensor, teacher: Tensor, tau: float = 0.04) -> Tensor:
         s = F.normalize(student.float(), dim=1)
         t = F.normalize(teacher.float(), dim=1)
         with torch.no_grad():
-            d_t = _cross_distances(t, t)
+            # A point's distance to itself is 0; the expanded form leaves float32 rounding
+            # there (up to ~1e-3 after the square root), which w_p would carry when p = i.
+            d_t = _cross_distances(t, t).fill_diagonal_(0.0)
         d = _cross_distances(t, s)
         b = s.shape[0]
         eye = torch.eye(b, dtype=torch.bool, device=s.device)
