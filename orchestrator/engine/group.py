@@ -2,14 +2,16 @@
 every member its own step.
 
 :func:`run_group` is a plain function (no Ray): it takes trial configs and a ``report``
-callback and returns each member's outcome. Every member checkpoints atomically after every
+callback and a ``teacher`` loader (the engine is handed its teacher, it does not run the
+teacher stage: :mod:`orchestrator.stages.trials` wires the two) and returns each member's
+outcome. Every member checkpoints atomically after every
 epoch in its trial directory and resumes from there, so a killed group continues each member
-where it stopped; a member that fails stops alone. :func:`run_trial` is a group of one.
+where it stopped; a member that fails stops alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,26 +19,25 @@ import torch
 from torch import Tensor
 
 from models.augment import AUGMENT_PRESETS
-from orchestrator.config import CheckpointSource, TeacherReport, TrialConfig
-from orchestrator.datasets import DATASETS, load_dataset
-from orchestrator.engine.batches import BatchStream
-from orchestrator.engine.evaluate import evaluate
+from models.teacher import FrozenTeacher
+from orchestrator.data.batches import BatchStream
+from orchestrator.data.datasets import DATASETS, DatasetBundle, load_dataset
+from orchestrator.engine.device import cap_memory, resolve_device
+from orchestrator.engine.evaluators.base import evaluate
 from orchestrator.engine.member import Member, build_member, failing_as
 from orchestrator.engine.precision import memory_format
 from orchestrator.engine.stacked import Stack, plan_stacks
-from orchestrator.engine.teacher_pass import SharedTeacher
+from orchestrator.engine.teacher_pass import SharedTeacher, TeacherNeeds
 from orchestrator.errors import TrialFailure
-from orchestrator.gpu import cap_memory
-from orchestrator.teachers import (
-    TeacherNeeds,
-    load_frozen_teacher,
-    resolve_device,
-    run_stage,
-)
+from orchestrator.spec.config import CheckpointSource, TeacherReport, TrialConfig
 
 # (trial id, metrics): metrics["kind"] is "epoch", "final" or "failed".
 GroupReporter = Callable[[str, dict[str, Any]], None]
 Reporter = Callable[[dict[str, Any]], None]
+# The group's teacher (its stage's report and the loaded frozen teacher), given the group's
+# trials and data: the caller knows how teachers are made (orchestrator.stages.trials).
+TeacherLoader = Callable[[Sequence[TrialConfig], DatasetBundle],
+                         tuple[TeacherReport, FrozenTeacher]]
 CHECK_EVERY_CUDA = 25  # steps between non-finite checks on CUDA (each is a host sync)
 
 
@@ -78,17 +79,6 @@ def teacher_needs(trials: Sequence[TrialConfig]) -> TeacherNeeds:
                         ssl_head=any(t.requirements.teacher_embedding for t in trials))
 
 
-def run_trial(config: TrialConfig | Mapping[str, Any], report: Reporter | None = None
-              ) -> dict[str, float]:
-    """One trial on its own (a group of one); raises TrialFailure when it fails."""
-    trial = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
-    emit = report or (lambda _metrics: None)
-    outcome = run_group([trial], lambda _id, metrics: emit(metrics))[trial.trial_id]
-    if outcome.failure is not None:
-        raise outcome.failure
-    return outcome.metrics
-
-
 def fuse_level(fuse: str, device: torch.device) -> str:
     """``resources.fuse`` on a device: ``auto`` stacks on CUDA (launch-bound small students)
     and groups on CPU (compute-bound: stacking saves no arithmetic there)."""
@@ -97,11 +87,12 @@ def fuse_level(fuse: str, device: torch.device) -> str:
     return fuse
 
 
-def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
+def run_group(trials: Sequence[TrialConfig], report: GroupReporter, teacher: TeacherLoader,
               check_every: int | None = None, level: str | None = None
               ) -> dict[str, MemberOutcome]:
-    """Train and evaluate the trials of one group; ``level`` overrides the trials'
-    ``runtime.fuse`` (``stack`` or anything else: members step one after the other)."""
+    """Train and evaluate the trials of one group with the teacher ``teacher`` loads;
+    ``level`` overrides the trials' ``runtime.fuse`` (``stack`` or anything else: members
+    step one after the other)."""
     if not trials:
         return {}
     keys = {group_key(t) for t in trials}
@@ -119,7 +110,7 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
 
     stacking = fuse_level(level or first.runtime.fuse, device) == "stack"
     layout = memory_format(device, stacked=stacking)
-    teacher_report, frozen = _teacher(trials, bundle)
+    teacher_report, frozen = teacher(trials, bundle)
     frozen = frozen.to(device).to(memory_format=layout)
     if first.train.compile:  # CUDA graphs where shapes allow (mode reduce-overhead)
         frozen.backbone.compile(mode="reduce-overhead" if device.type == "cuda" else None)
@@ -244,20 +235,6 @@ def _report_failures(members: list[Member], outcomes: dict[str, MemberOutcome],
             out.failure = m.failure
             report(m.trial_id, {"kind": "failed", "reason": m.failure.reason,
                                 "epoch": m.failure.epoch})
-
-
-def _teacher(trials: Sequence[TrialConfig], bundle: Any) -> tuple[TeacherReport, Any]:
-    """The group's teacher, loaded once: from the stage's report when the driver ran it,
-    else by running the (cached, locked) stage here."""
-    first = trials[0]
-    needs = teacher_needs(trials)
-    sizes = tuple(sorted({s for t in trials if (s := t.requirements.graph_size)}))
-    report = first.teacher_report
-    if report is not None and all(s in report.graphs for s in sizes):
-        return report, load_frozen_teacher(first.teacher, first.runtime.cache_dir, bundle,
-                                           needs)
-    return run_stage(first.teacher, first.dataset, first.eval.knn, first.runtime.cache_dir,
-                     first.runtime.device, sizes, needs=needs)
 
 
 class _GraphCache:

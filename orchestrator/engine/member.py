@@ -24,12 +24,12 @@ from losses import LossTerms, Objective, ObjectiveContext, StepInputs, build_obj
 from models.augment import AUGMENT_PRESETS, augment, normalise
 from models.base import Backbone, build_model
 from models.teacher import TeacherOutputs
-from orchestrator.config import TrainConfig, TrialConfig
-from orchestrator.engine.batches import Batch, rotated_copies
-from orchestrator.engine.evaluate import BestTracker
+from orchestrator.data.batches import Batch, rotated_copies
+from orchestrator.data.streams import generator, seeded_init
+from orchestrator.engine.evaluators.base import BestTracker
 from orchestrator.engine.precision import autocast, memory_format
-from orchestrator.engine.streams import generator, seeded_init
 from orchestrator.errors import TrialFailure
+from orchestrator.spec.config import TrainConfig, TrialConfig
 
 CHECKPOINT = "checkpoint.pt"
 STUDENT_WEIGHTS = "student.pt"

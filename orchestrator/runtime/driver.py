@@ -25,17 +25,15 @@ from rich.markup import escape
 
 from common import names as N
 from common.atomic import remove_stale_temps, write_json, write_yaml
-from orchestrator.callback import GROUP_KEY, SweepCallback, group_trainable, short
-from orchestrator.config import TeacherReport, TrialConfig, flat_params
+from common.locks import LockBusy, exclusive_lock
 from orchestrator.engine.group import make_groups
 from orchestrator.engine.member import CHECKPOINT, STUDENT_WEIGHTS
 from orchestrator.errors import UserInputError
-from orchestrator.gpu import in_gpu_share
-from orchestrator.grid import varying_axes
-from orchestrator.locks import LockBusy, exclusive_lock
-from orchestrator.preflight import preflight
 from orchestrator.progress import SweepProgress
-from orchestrator.ray_runtime import (
+from orchestrator.runtime.callback import GROUP_KEY, SweepCallback, group_trainable, short
+from orchestrator.runtime.gpu import in_gpu_share
+from orchestrator.runtime.preflight import preflight
+from orchestrator.runtime.ray_runtime import (
     check_address,
     check_dashboard,
     cluster_session,
@@ -43,9 +41,11 @@ from orchestrator.ray_runtime import (
     ray_session,
     run_on_each_node,
 )
-from orchestrator.spec import SweepSpec
-from orchestrator.storage import check_shared_storage
-from orchestrator.teachers import ensure_teacher
+from orchestrator.runtime.storage import check_shared_storage
+from orchestrator.spec.config import TeacherReport, TrialConfig, flat_params
+from orchestrator.spec.grid import varying_axes
+from orchestrator.spec.load import SweepSpec
+from orchestrator.stages.teachers import ensure_teacher
 from orchestrator.tracking import Tracker, default_tracking_uri, is_local_store
 
 LOCK_FILE = "sweep.lock"
@@ -329,7 +329,7 @@ def teacher_line(report: TeacherReport, headline: str) -> str:
 def _run_references(spec: SweepSpec, trials: list[TrialConfig],
                     reports: dict[str, TeacherReport], tracker: Tracker, view: SweepProgress
                     ) -> dict[str, TeacherReport]:
-    """Reference stages beside the teachers' (orchestrator/references.py), one Ray task
+    """Reference stages beside the teachers' (orchestrator/stages/references.py), one Ray task
     each, cached: the teachers' own values of the evaluators beside kNN (the linear probe),
     returned in their reports for the trials to log, and the reference rows of the spec
     (random_init, ssl_only, supervised_only per student and seed), each logged once per
@@ -339,8 +339,12 @@ def _run_references(spec: SweepSpec, trials: list[TrialConfig],
 
     import ray
 
-    from orchestrator.config import ReferenceReport
-    from orchestrator.references import ensure_reference, ensure_teacher_metrics, plan_references
+    from orchestrator.spec.config import ReferenceReport
+    from orchestrator.stages.references import (
+        ensure_reference,
+        ensure_teacher_metrics,
+        plan_references,
+    )
 
     planned = plan_references(spec.references, trials)
     if spec.eval.linear is None and not planned:

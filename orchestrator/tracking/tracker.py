@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from common import names as N
 from common.hashing import content_hash
 from models.pretrain import RECIPES
-from orchestrator.config import (
+from orchestrator.spec.config import (
     DatasetConfig,
     PretrainSource,
     ReferenceConfig,
@@ -123,7 +123,7 @@ def dataset_input(dataset: DatasetConfig, context: str = "train") -> DatasetInpu
     """The sweep's dataset as an MLflow dataset input (the UI's Dataset column): its name, a
     digest of the name (one dataset, one digest, whoever logs it), where it is read from and
     what the trials may use of it."""
-    from orchestrator.datasets import DATASETS
+    from orchestrator.data.datasets import DATASETS
 
     info = DATASETS[dataset.name]
     source = dataset.root or ("sklearn.datasets.load_digits" if dataset.name == "digits"
