@@ -34,6 +34,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+# Over 60 lines: most of it is the Typer options (the command's signature and its --help).
 @app.command()
 def sweep(
     spec_file: Annotated[Path, typer.Argument(help="Sweep spec (YAML).")],

@@ -98,6 +98,40 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter, teacher: Tea
     keys = {group_key(t) for t in trials}
     if len(keys) != 1:
         raise ValueError("a group's trials must share one batch stream (see group_key)")
+    group = _set_up(trials, teacher, level)
+    members, outcomes = _build_members(trials, group, report)
+    check = check_every or (CHECK_EVERY_CUDA if group.device.type == "cuda" else 1)
+    epochs = trials[0].train.epochs
+    start = min((m.start_epoch for m in members), default=epochs)
+    for epoch in range(start, epochs):
+        if _run_epoch(members, group, epoch, check, report):
+            _report_failures(members, outcomes, report)
+    _finish(members, outcomes, group, report)
+    _report_failures(members, outcomes, report)
+    return outcomes
+
+
+@dataclass
+class _Group:
+    """What a group's members share: the device, the data on it, the teacher, the stream."""
+
+    first: TrialConfig
+    device: torch.device
+    bundle: DatasetBundle
+    images: Tensor
+    labels: Tensor | None
+    mean: Tensor
+    std: Tensor
+    layout: torch.memory_format
+    stacking: bool
+    teacher_report: TeacherReport
+    shared: SharedTeacher
+    graphs: _GraphCache
+    stream: BatchStream
+
+
+def _set_up(trials: Sequence[TrialConfig], teacher: TeacherLoader, level: str | None
+            ) -> _Group:
     first = trials[0]
     torch.set_num_threads(first.runtime.threads)
     device = resolve_device(first.runtime.device)
@@ -124,80 +158,95 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter, teacher: Tea
         images, labels, mean, std, AUGMENT_PRESETS[first.train.augment], first.train.seed,
         first.train.batch_size, batches, graphs.cpu(batches.pool) if batches else None,
         layout)
+    return _Group(first, device, bundle, images, labels, mean, std, layout, stacking,
+                  teacher_report, shared, graphs, stream)
 
+
+def _build_members(trials: Sequence[TrialConfig], group: _Group, report: GroupReporter
+                   ) -> tuple[list[Member], dict[str, MemberOutcome]]:
     members: list[Member] = []
     outcomes: dict[str, MemberOutcome] = {}
     for trial in trials:
         outcomes[trial.trial_id] = MemberOutcome(trial.trial_id)
         try:
             members.append(build_member(
-                trial, teacher=shared, images=images, labels=labels,
-                num_classes=bundle.num_classes, mean=mean, std=std, device=device,
-                graphs=graphs.device, layout=layout))
+                trial, teacher=group.shared, images=group.images, labels=group.labels,
+                num_classes=group.bundle.num_classes, mean=group.mean, std=group.std,
+                device=group.device, graphs=group.graphs.device, layout=group.layout))
         except Exception as exc:  # e.g. an unreadable checkpoint: this member only
             failure = exc if isinstance(exc, TrialFailure) else TrialFailure(
                 f"{type(exc).__name__}: {exc}", 1)
             outcomes[trial.trial_id].failure = failure
             report(trial.trial_id, {"kind": "failed", "reason": failure.reason,
                                     "epoch": failure.epoch})
-    check = check_every or (CHECK_EVERY_CUDA if device.type == "cuda" else 1)
-    evaluate_every = first.eval.every
+    return members, outcomes
 
-    epochs = first.train.epochs
-    start = min((m.start_epoch for m in members), default=epochs)
-    for epoch in range(start, epochs):
-        running = [m for m in members if m.runs_in(epoch)]
-        if not running:
-            continue
-        stacks, alone = plan_stacks(running) if stacking else ([], running)
-        lrs = {m.trial_id: m.begin_epoch(epoch) for m in alone}
-        for stack in stacks:
-            stack.begin_epoch(epoch)
-        for batch in stream.epoch(epoch):
-            shared.new_step()
-            for stack in stacks:
-                if any(m.active for m in stack.members):
-                    _step_stack(stack, batch, shared, epoch, check)
-            for m in alone:
-                if m.active:
-                    with failing_as(m, epoch):
-                        m.step(batch, shared)
-                        if (batch.step + 1) % check == 0:
-                            m.check_finite(epoch)
-            if not any(m.active for m in running):
-                break
+
+def _run_epoch(members: list[Member], group: _Group, epoch: int, check: int,
+               report: GroupReporter) -> bool:
+    """One epoch of the members that run in it: the shared batches, then each member's
+    end of epoch (schedule, periodic evaluation, checkpoint, report). False when no member
+    runs in it."""
+    running = [m for m in members if m.runs_in(epoch)]
+    if not running:
+        return False
+    shared = group.shared
+    stacks, alone = plan_stacks(running) if group.stacking else ([], running)
+    lrs = {m.trial_id: m.begin_epoch(epoch) for m in alone}
+    for stack in stacks:
+        stack.begin_epoch(epoch)
+    for batch in group.stream.epoch(epoch):
         shared.new_step()
         for stack in stacks:
-            stack.unstack()
-            lrs.update({m.trial_id: m.optimizer.param_groups[0]["lr"] for m in stack.members})
-        for m in running:
-            if not m.active:
-                continue
-            with failing_as(m, epoch):
-                metrics = m.end_epoch(epoch, lrs[m.trial_id])
-                periodic = {}
-                if evaluate_every and (epoch + 1) % evaluate_every == 0 and epoch + 1 < epochs:
-                    periodic = evaluate(m.trial, m.student, bundle, images, device)
-                    m.best.update(periodic, epoch + 1)
-                m.save_checkpoint(epoch, metrics)
-                resumed = {}
-                if m.start_epoch and epoch == m.start_epoch:
-                    resumed = {"resumed_from_epoch": m.start_epoch,
-                               "resumed_metrics": m.resumed_metrics}
-                report(m.trial_id, {"kind": "epoch", **metrics, **resumed})
-                if periodic:
-                    report(m.trial_id, {"kind": "eval", "epoch": epoch + 1, **periodic})
-        _report_failures(members, outcomes, report)
+            if any(m.active for m in stack.members):
+                _step_stack(stack, batch, shared, epoch, check)
+        for m in alone:
+            if m.active:
+                with failing_as(m, epoch):
+                    m.step(batch, shared)
+                    if (batch.step + 1) % check == 0:
+                        m.check_finite(epoch)
+        if not any(m.active for m in running):
+            break
+    shared.new_step()
+    for stack in stacks:
+        stack.unstack()
+        lrs.update({m.trial_id: m.optimizer.param_groups[0]["lr"] for m in stack.members})
+    evaluate_every, epochs = group.first.eval.every, group.first.train.epochs
+    for m in running:
+        if not m.active:
+            continue
+        with failing_as(m, epoch):
+            metrics = m.end_epoch(epoch, lrs[m.trial_id])
+            periodic = {}
+            if evaluate_every and (epoch + 1) % evaluate_every == 0 and epoch + 1 < epochs:
+                periodic = evaluate(m.trial, m.student, group.bundle, group.images,
+                                    group.device)
+                m.best.update(periodic, epoch + 1)
+            m.save_checkpoint(epoch, metrics)
+            resumed = {}
+            if m.start_epoch and epoch == m.start_epoch:
+                resumed = {"resumed_from_epoch": m.start_epoch,
+                           "resumed_metrics": m.resumed_metrics}
+            report(m.trial_id, {"kind": "epoch", **metrics, **resumed})
+            if periodic:
+                report(m.trial_id, {"kind": "eval", "epoch": epoch + 1, **periodic})
+    return True
 
+
+def _finish(members: list[Member], outcomes: dict[str, MemberOutcome], group: _Group,
+            report: GroupReporter) -> None:
+    """The final evaluation, weights and report of every member still active."""
+    evaluate_every, epochs = group.first.eval.every, group.first.train.epochs
     for m in members:
         if not m.active:
             continue
         with failing_as(m, epochs - 1):
-            final = evaluate(m.trial, m.student, bundle, images, device)
+            final = evaluate(m.trial, m.student, group.bundle, group.images, group.device)
             if evaluate_every:
                 m.best.update(final, epochs)
                 final.update(m.best.metrics())
-            final.update({f"teacher_knn/{k}": v for k, v in teacher_report.knn.items()})
+            final.update({f"teacher_knn/{k}": v for k, v in group.teacher_report.knn.items()})
             m.save_weights()
             m.finished = True
             final["train_time_s"] = m.train_time_s
@@ -205,8 +254,6 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter, teacher: Tea
                      if m.start_epoch == epochs else {})
             report(m.trial_id, {"kind": "final", "epoch": epochs, **final, **extra})
             outcomes[m.trial_id].metrics = final
-    _report_failures(members, outcomes, report)
-    return outcomes
 
 
 def _step_stack(stack: Stack, batch: Any, teacher: SharedTeacher, epoch: int,

@@ -185,6 +185,8 @@ def failing_as(member: Member, epoch: int) -> Iterator[None]:
         member.fail(exc, epoch)
 
 
+# Over 60 lines: one order to keep (seeded init, checkpoint restore, then the objective's
+# one-off prepare, which reads what the restore put back), so it is kept in one place.
 def build_member(trial: TrialConfig, *, teacher: TeacherOutputs, images: Tensor,
                  labels: Tensor | None, num_classes: int, mean: Tensor, std: Tensor,
                  device: torch.device, graphs: Callable[[int], Tensor],

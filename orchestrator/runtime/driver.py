@@ -150,6 +150,7 @@ def run_sweep(spec: SweepSpec, trials: list[TrialConfig], *, tracking_uri: str |
                 "it to end, or use another --output") from None
 
 
+# Over 60 lines: the sweep's sequence under one lock and one try/finally, read top to bottom.
 def _run_locked(spec: SweepSpec, trials: list[TrialConfig], started: float,
                 tracking_uri: str | None, address: str | None,
                 progress: SweepProgress | None, dashboard: bool) -> SweepOutcome:
@@ -335,8 +336,6 @@ def _run_references(spec: SweepSpec, trials: list[TrialConfig],
     (random_init, ssl_only, supervised_only per student and seed), each logged once per
     sweep as a run of its own. A failed reference is reported and logged FAILED; the
     trials go on."""
-    import dataclasses
-
     import ray
 
     from orchestrator.spec.config import ReferenceReport
@@ -365,20 +364,7 @@ def _run_references(spec: SweepSpec, trials: list[TrialConfig],
                            f"{len(planned) - len(todo)} already logged)")
     futures = [(r, reference_task.remote(r, str(spec.cache_dir), spec.resources.device,
                                          threads)) for r in todo]
-    out = dict(reports)
-    for key, future in teacher_futures.items():
-        try:
-            metrics: dict[str, float] = ray.get(future)
-        except Exception as exc:  # the trials log no teacher linear probe, they go on
-            view.console.print(f"  teacher {reports[key].label} linear probe: [red]failed"
-                               f"[/red] ({escape(short(_failure(exc)))})",
-                               highlight=False, soft_wrap=True)
-            continue
-        out[key] = dataclasses.replace(reports[key], metrics={**reports[key].metrics,
-                                                              **metrics})
-        shown = ", ".join(f"{k} {v:.2f}%" for k, v in metrics.items() if "top1" in k)
-        view.console.print(f"  teacher {reports[key].label}: {shown}", highlight=False,
-                           soft_wrap=True)
+    out = _teacher_probes(teacher_futures, reports, view)
     for ref, future in futures:
         try:
             result: ReferenceReport = ray.get(future)
@@ -394,5 +380,30 @@ def _run_references(spec: SweepSpec, trials: list[TrialConfig],
         shown = ", ".join(f"{k} {v:.2f}%" for k, v in result.metrics.items()
                           if k == spec.eval.headline or k.endswith("/top1"))
         view.console.print(f"  {ref.label}: {state}, {shown}", highlight=False,
+                           soft_wrap=True)
+    return out
+
+
+def _teacher_probes(futures: dict[str, Any], reports: dict[str, TeacherReport],
+                    view: SweepProgress) -> dict[str, TeacherReport]:
+    """The teachers' reports with the metrics of their reference tasks (the linear probe)
+    added; a failed task is reported and its teacher's report kept as it was."""
+    import dataclasses
+
+    import ray
+
+    out = dict(reports)
+    for key, future in futures.items():
+        try:
+            metrics: dict[str, float] = ray.get(future)
+        except Exception as exc:  # the trials log no teacher linear probe, they go on
+            view.console.print(f"  teacher {reports[key].label} linear probe: [red]failed"
+                               f"[/red] ({escape(short(_failure(exc)))})",
+                               highlight=False, soft_wrap=True)
+            continue
+        out[key] = dataclasses.replace(reports[key], metrics={**reports[key].metrics,
+                                                              **metrics})
+        shown = ", ".join(f"{k} {v:.2f}%" for k, v in metrics.items() if "top1" in k)
+        view.console.print(f"  teacher {reports[key].label}: {shown}", highlight=False,
                            soft_wrap=True)
     return out
