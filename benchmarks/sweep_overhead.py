@@ -22,13 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import TrialConfig
-from orchestrator.driver import graph_sizes, run_sweep
-from orchestrator.engine.group import make_groups, run_group
-from orchestrator.grid import expand
+from orchestrator.engine.group import make_groups
 from orchestrator.progress import SweepProgress
-from orchestrator.spec import load_spec
-from orchestrator.teachers import ensure_teacher
+from orchestrator.runtime.driver import graph_sizes, run_sweep
+from orchestrator.spec.config import TrialConfig
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import load_spec
+from orchestrator.stages.teachers import ensure_teacher
+from orchestrator.stages.trials import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -44,7 +44,12 @@ from models.base import build_model
 from models.heads import coss_projection
 from models.pretrain import PretrainConfig
 from models.teacher import FrozenTeacher
-from orchestrator.config import (
+from orchestrator.data.batches import BatchStream
+from orchestrator.engine.member import Member, build_member
+from orchestrator.engine.precision import memory_format
+from orchestrator.engine.stacked import plan_stacks
+from orchestrator.engine.teacher_pass import SharedTeacher
+from orchestrator.spec.config import (
     DatasetConfig,
     EvalConfig,
     LossConfig,
@@ -55,11 +60,6 @@ from orchestrator.config import (
     TrainConfig,
     TrialConfig,
 )
-from orchestrator.engine.batches import BatchStream
-from orchestrator.engine.member import Member, build_member
-from orchestrator.engine.precision import memory_format
-from orchestrator.engine.stacked import plan_stacks
-from orchestrator.engine.teacher_pass import SharedTeacher
 
 PAIRS = {"resnet32x4->resnet8x4": ("resnet32x4", "resnet8x4"),
          "wrn_40_2->wrn_16_2": ("wrn_40_2", "wrn_16_2")}

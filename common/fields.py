@@ -8,7 +8,7 @@ values are declared once, in its annotation::
     variant: Annotated[str, Choice(("2q", "1q"))] = "2q"
 
 :class:`Config` checks types and these constraints when a dataclass is built directly; the
-spec loader (orchestrator/spec.py) turns the same annotations into pydantic fields, so the
+spec loader (orchestrator/spec/load.py) turns the same annotations into pydantic fields, so the
 YAML validation, the JSON Schema and direct construction agree.
 """
 

@@ -39,7 +39,7 @@ TAG_REFERENCE_KEY = "ukd.reference_key"  # a reference run's model and evaluatio
 TAG_REFERENCE_DIR = "ukd.reference_dir"
 TAG_DATA_CONTEXT = "mlflow.data.context"  # a logged dataset input's role (train)
 
-# ---- params (flattened trial config; see orchestrator.config.flat_params)
+# ---- params (flattened trial config; see orchestrator.spec.config.flat_params)
 PARAM_TEACHER = "teacher"
 PARAM_STUDENT = "student"
 PARAM_OBJECTIVE = "loss.name"

@@ -18,8 +18,8 @@ from rich.table import Table
 from orchestrator.errors import UserInputError
 
 if TYPE_CHECKING:
-    from orchestrator.config import TrialConfig
-    from orchestrator.spec import SweepSpec
+    from orchestrator.spec.config import TrialConfig
+    from orchestrator.spec.load import SweepSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Unsupervised knowledge distillation sweeps: YAML grid -> Ray Tune -> "
@@ -34,6 +34,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+# Over 60 lines: most of it is the Typer options (the command's signature and its --help).
 @app.command()
 def sweep(
     spec_file: Annotated[Path, typer.Argument(help="Sweep spec (YAML).")],
@@ -53,9 +54,9 @@ def sweep(
     """Run a sweep: stages (teacher pretraining, neighbour graphs), then one Ray Tune trial
     per grid point, each logged to MLflow. Re-running continues an interrupted sweep."""
     from common.names import SWEEP_JSON
-    from orchestrator.driver import run_sweep
-    from orchestrator.grid import expand
-    from orchestrator.spec import load_spec
+    from orchestrator.runtime.driver import run_sweep
+    from orchestrator.spec.grid import expand
+    from orchestrator.spec.load import load_spec
 
     try:
         if spec_file.is_dir():
@@ -105,9 +106,9 @@ def _one_line(exc: Exception) -> str:
 
 
 def _print_plan(spec: SweepSpec, trials: list[TrialConfig], address: str | None) -> None:
-    from orchestrator.config import CheckpointSource, PretrainSource, flat_params
-    from orchestrator.driver import graph_sizes
-    from orchestrator.grid import varying_axes
+    from orchestrator.runtime.driver import graph_sizes
+    from orchestrator.spec.config import CheckpointSource, PretrainSource, flat_params
+    from orchestrator.spec.grid import varying_axes
 
     sizes = graph_sizes(trials)
     stages = Table(title="stages (before the trials)", show_lines=False)
@@ -148,8 +149,8 @@ def _print_plan(spec: SweepSpec, trials: list[TrialConfig], address: str | None)
                       t.loss.name + (f" ({shown})" if shown else ""),
                       *(flat.get(a, "-") for a in other_axes))
     out.print(table)
-    from orchestrator.datasets import DATASETS
-    from orchestrator.sampling import images_per_epoch
+    from orchestrator.data.datasets import DATASETS
+    from orchestrator.spec.display import images_per_epoch
 
     n = DATASETS[spec.dataset.name].train_size
     for line in dict.fromkeys(f"{t.loss.name}: {images_per_epoch(t, n)}" for t in trials):
@@ -164,8 +165,8 @@ def _print_plan(spec: SweepSpec, trials: list[TrialConfig], address: str | None)
 
 def _add_reference_rows(stages: Table, spec: SweepSpec, trials: list[TrialConfig]) -> None:
     """One row per reference kind and student (its seeds in the row), in the stages table."""
-    from orchestrator.config import ReferenceConfig
-    from orchestrator.references import plan_references
+    from orchestrator.spec.config import ReferenceConfig
+    from orchestrator.stages.references import plan_references
 
     evaluators = "kNN" + (" + linear probe" if spec.eval.linear is not None else "")
     rows: dict[tuple[str, str], list[ReferenceConfig]] = {}
@@ -185,8 +186,8 @@ def _print_groups(spec: SweepSpec, trials: list[TrialConfig], address: str | Non
     """How the trials run: fused groups (one batch stream and teacher pass each), and how
     many run at once on the cluster's resources (this machine without --address)."""
     from orchestrator.engine.group import make_groups
-    from orchestrator.gpu import concurrency_line
-    from orchestrator.ray_runtime import cluster_nodes
+    from orchestrator.runtime.gpu import concurrency_line
+    from orchestrator.runtime.ray_runtime import cluster_nodes
 
     res = spec.resources
     groups = make_groups(trials, res.fuse, res.max_group)
@@ -249,7 +250,7 @@ def schema() -> None:
     """Print the JSON Schema of a sweep spec (editors: yaml-language-server)."""
     import json
 
-    from orchestrator.spec_models import json_schema
+    from orchestrator.spec.models import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
 

@@ -2,14 +2,16 @@
 every member its own step.
 
 :func:`run_group` is a plain function (no Ray): it takes trial configs and a ``report``
-callback and returns each member's outcome. Every member checkpoints atomically after every
+callback and a ``teacher`` loader (the engine is handed its teacher, it does not run the
+teacher stage: :mod:`orchestrator.stages.trials` wires the two) and returns each member's
+outcome. Every member checkpoints atomically after every
 epoch in its trial directory and resumes from there, so a killed group continues each member
-where it stopped; a member that fails stops alone. :func:`run_trial` is a group of one.
+where it stopped; a member that fails stops alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,26 +20,25 @@ from torch import Tensor
 
 from common import faults
 from models.augment import AUGMENT_PRESETS
-from orchestrator.config import CheckpointSource, TeacherReport, TrialConfig
-from orchestrator.datasets import DATASETS, load_dataset
-from orchestrator.engine.batches import BatchStream
-from orchestrator.engine.evaluate import evaluate
+from models.teacher import FrozenTeacher
+from orchestrator.data.batches import BatchStream
+from orchestrator.data.datasets import DATASETS, DatasetBundle, load_dataset
+from orchestrator.engine.device import cap_memory, resolve_device
+from orchestrator.engine.evaluators.base import evaluate
 from orchestrator.engine.member import Member, build_member, failing_as
 from orchestrator.engine.precision import memory_format
 from orchestrator.engine.stacked import Stack, plan_stacks
-from orchestrator.engine.teacher_pass import SharedTeacher
+from orchestrator.engine.teacher_pass import SharedTeacher, TeacherNeeds
 from orchestrator.errors import TrialFailure
-from orchestrator.gpu import cap_memory
-from orchestrator.teachers import (
-    TeacherNeeds,
-    load_frozen_teacher,
-    resolve_device,
-    run_stage,
-)
+from orchestrator.spec.config import CheckpointSource, TeacherReport, TrialConfig
 
 # (trial id, metrics): metrics["kind"] is "resumed", "epoch", "eval", "final" or "failed".
 GroupReporter = Callable[[str, dict[str, Any]], None]
 Reporter = Callable[[dict[str, Any]], None]
+# The group's teacher (its stage's report and the loaded frozen teacher), given the group's
+# trials and data: the caller knows how teachers are made (orchestrator.stages.trials).
+TeacherLoader = Callable[[Sequence[TrialConfig], DatasetBundle],
+                         tuple[TeacherReport, FrozenTeacher]]
 CHECK_EVERY_CUDA = 25  # steps between non-finite checks on CUDA (each is a host sync)
 
 
@@ -79,17 +80,6 @@ def teacher_needs(trials: Sequence[TrialConfig]) -> TeacherNeeds:
                         ssl_head=any(t.requirements.teacher_embedding for t in trials))
 
 
-def run_trial(config: TrialConfig | Mapping[str, Any], report: Reporter | None = None
-              ) -> dict[str, float]:
-    """One trial on its own (a group of one); raises TrialFailure when it fails."""
-    trial = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
-    emit = report or (lambda _metrics: None)
-    outcome = run_group([trial], lambda _id, metrics: emit(metrics))[trial.trial_id]
-    if outcome.failure is not None:
-        raise outcome.failure
-    return outcome.metrics
-
-
 def fuse_level(fuse: str, device: torch.device) -> str:
     """``resources.fuse`` on a device: ``auto`` stacks on CUDA (launch-bound small students)
     and groups on CPU (compute-bound: stacking saves no arithmetic there)."""
@@ -98,16 +88,51 @@ def fuse_level(fuse: str, device: torch.device) -> str:
     return fuse
 
 
-def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
+def run_group(trials: Sequence[TrialConfig], report: GroupReporter, teacher: TeacherLoader,
               check_every: int | None = None, level: str | None = None
               ) -> dict[str, MemberOutcome]:
-    """Train and evaluate the trials of one group; ``level`` overrides the trials'
-    ``runtime.fuse`` (``stack`` or anything else: members step one after the other)."""
+    """Train and evaluate the trials of one group with the teacher ``teacher`` loads;
+    ``level`` overrides the trials' ``runtime.fuse`` (``stack`` or anything else: members
+    step one after the other)."""
     if not trials:
         return {}
     keys = {group_key(t) for t in trials}
     if len(keys) != 1:
         raise ValueError("a group's trials must share one batch stream (see group_key)")
+    group = _set_up(trials, teacher, level)
+    members, outcomes = _build_members(trials, group, report)
+    check = check_every or (CHECK_EVERY_CUDA if group.device.type == "cuda" else 1)
+    epochs = trials[0].train.epochs
+    start = min((m.start_epoch for m in members), default=epochs)
+    for epoch in range(start, epochs):
+        if _run_epoch(members, group, epoch, check, report):
+            _report_failures(members, outcomes, report)
+    _finish(members, outcomes, group, report)
+    _report_failures(members, outcomes, report)
+    return outcomes
+
+
+@dataclass
+class _Group:
+    """What a group's members share: the device, the data on it, the teacher, the stream."""
+
+    first: TrialConfig
+    device: torch.device
+    bundle: DatasetBundle
+    images: Tensor
+    labels: Tensor | None
+    mean: Tensor
+    std: Tensor
+    layout: torch.memory_format
+    stacking: bool
+    teacher_report: TeacherReport
+    shared: SharedTeacher
+    graphs: _GraphCache
+    stream: BatchStream
+
+
+def _set_up(trials: Sequence[TrialConfig], teacher: TeacherLoader, level: str | None
+            ) -> _Group:
     first = trials[0]
     torch.set_num_threads(first.runtime.threads)
     device = resolve_device(first.runtime.device)
@@ -120,7 +145,7 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
 
     stacking = fuse_level(level or first.runtime.fuse, device) == "stack"
     layout = memory_format(device, stacked=stacking)
-    teacher_report, frozen = _teacher(trials, bundle)
+    teacher_report, frozen = teacher(trials, bundle)
     frozen = frozen.to(device).to(memory_format=layout)
     if first.train.compile:  # CUDA graphs where shapes allow (mode reduce-overhead)
         frozen.backbone.compile(mode="reduce-overhead" if device.type == "cuda" else None)
@@ -134,16 +159,21 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
         images, labels, mean, std, AUGMENT_PRESETS[first.train.augment], first.train.seed,
         first.train.batch_size, batches, graphs.cpu(batches.pool) if batches else None,
         layout)
+    return _Group(first, device, bundle, images, labels, mean, std, layout, stacking,
+                  teacher_report, shared, graphs, stream)
 
+
+def _build_members(trials: Sequence[TrialConfig], group: _Group, report: GroupReporter
+                   ) -> tuple[list[Member], dict[str, MemberOutcome]]:
     members: list[Member] = []
     outcomes: dict[str, MemberOutcome] = {}
     for trial in trials:
         outcomes[trial.trial_id] = MemberOutcome(trial.trial_id)
         try:
             members.append(build_member(
-                trial, teacher=shared, images=images, labels=labels,
-                num_classes=bundle.num_classes, mean=mean, std=std, device=device,
-                graphs=graphs.device, layout=layout))
+                trial, teacher=group.shared, images=group.images, labels=group.labels,
+                num_classes=group.bundle.num_classes, mean=group.mean, std=group.std,
+                device=group.device, graphs=group.graphs.device, layout=group.layout))
         except Exception as exc:  # e.g. an unreadable checkpoint: this member only
             failure = exc if isinstance(exc, TrialFailure) else TrialFailure(
                 f"{type(exc).__name__}: {exc}", 1)
@@ -154,61 +184,71 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
         resumed = m.resumed()  # before any step: what MLflow may lack of the earlier run
         if resumed is not None:
             report(m.trial_id, resumed)
-    check = check_every or (CHECK_EVERY_CUDA if device.type == "cuda" else 1)
-    evaluate_every = first.eval.every
+    return members, outcomes
 
-    epochs = first.train.epochs
-    start = min((m.start_epoch for m in members), default=epochs)
-    for epoch in range(start, epochs):
-        running = [m for m in members if m.runs_in(epoch)]
-        if not running:
-            continue
-        stacks, alone = plan_stacks(running) if stacking else ([], running)
-        lrs = {m.trial_id: m.begin_epoch(epoch) for m in alone}
-        for stack in stacks:
-            stack.begin_epoch(epoch)
-        for batch in stream.epoch(epoch):
-            shared.new_step()
-            for stack in stacks:
-                if any(m.active for m in stack.members):
-                    _step_stack(stack, batch, shared, epoch, check)
-            for m in alone:
-                if m.active:
-                    with failing_as(m, epoch):
-                        m.step(batch, shared)
-                        if (batch.step + 1) % check == 0:
-                            m.check_finite(epoch)
-            if not any(m.active for m in running):
-                break
+
+def _run_epoch(members: list[Member], group: _Group, epoch: int, check: int,
+               report: GroupReporter) -> bool:
+    """One epoch of the members that run in it: the shared batches, then each member's
+    end of epoch (schedule, periodic evaluation, checkpoint, report). False when no member
+    runs in it."""
+    running = [m for m in members if m.runs_in(epoch)]
+    if not running:
+        return False
+    shared = group.shared
+    stacks, alone = plan_stacks(running) if group.stacking else ([], running)
+    lrs = {m.trial_id: m.begin_epoch(epoch) for m in alone}
+    for stack in stacks:
+        stack.begin_epoch(epoch)
+    for batch in group.stream.epoch(epoch):
         shared.new_step()
         for stack in stacks:
-            stack.unstack()
-            lrs.update({m.trial_id: m.optimizer.param_groups[0]["lr"] for m in stack.members})
-        for m in running:
-            if not m.active:
-                continue
-            with failing_as(m, epoch):
-                rows = [m.record({"kind": "epoch", **m.end_epoch(epoch, lrs[m.trial_id])})]
-                if evaluate_every and (epoch + 1) % evaluate_every == 0 and epoch + 1 < epochs:
-                    periodic = evaluate(m.trial, m.student, bundle, images, device)
-                    m.best.update(periodic, epoch + 1)
-                    rows.append(m.record({"kind": "eval", "epoch": epoch + 1, **periodic}))
-                m.save_checkpoint(epoch)
-                faults.reach(faults.EPOCH_SAVED, epoch + 1)
-                for row in rows:
-                    report(m.trial_id, row)
-                faults.reach(faults.EPOCH_REPORTED, epoch + 1)
-        _report_failures(members, outcomes, report)
+            if any(m.active for m in stack.members):
+                _step_stack(stack, batch, shared, epoch, check)
+        for m in alone:
+            if m.active:
+                with failing_as(m, epoch):
+                    m.step(batch, shared)
+                    if (batch.step + 1) % check == 0:
+                        m.check_finite(epoch)
+        if not any(m.active for m in running):
+            break
+    shared.new_step()
+    for stack in stacks:
+        stack.unstack()
+        lrs.update({m.trial_id: m.optimizer.param_groups[0]["lr"] for m in stack.members})
+    evaluate_every, epochs = group.first.eval.every, group.first.train.epochs
+    for m in running:
+        if not m.active:
+            continue
+        with failing_as(m, epoch):
+            rows = [m.record({"kind": "epoch", **m.end_epoch(epoch, lrs[m.trial_id])})]
+            if evaluate_every and (epoch + 1) % evaluate_every == 0 and epoch + 1 < epochs:
+                periodic = evaluate(m.trial, m.student, group.bundle, group.images,
+                                    group.device)
+                m.best.update(periodic, epoch + 1)
+                rows.append(m.record({"kind": "eval", "epoch": epoch + 1, **periodic}))
+            m.save_checkpoint(epoch)
+            faults.reach(faults.EPOCH_SAVED, epoch + 1)
+            for row in rows:
+                report(m.trial_id, row)
+            faults.reach(faults.EPOCH_REPORTED, epoch + 1)
+    return True
 
+
+def _finish(members: list[Member], outcomes: dict[str, MemberOutcome], group: _Group,
+            report: GroupReporter) -> None:
+    """The final evaluation, weights and report of every member still active."""
+    evaluate_every, epochs = group.first.eval.every, group.first.train.epochs
     for m in members:
         if not m.active:
             continue
         with failing_as(m, epochs - 1):
-            final = evaluate(m.trial, m.student, bundle, images, device)
+            final = evaluate(m.trial, m.student, group.bundle, group.images, group.device)
             if evaluate_every:
                 m.best.update(final, epochs)
                 final.update(m.best.metrics())
-            final.update({f"teacher_knn/{k}": v for k, v in teacher_report.knn.items()})
+            final.update({f"teacher_knn/{k}": v for k, v in group.teacher_report.knn.items()})
             m.save_weights()
             faults.reach(faults.WEIGHTS_SAVED, epochs)
             m.finished = True
@@ -216,8 +256,6 @@ def run_group(trials: Sequence[TrialConfig], report: GroupReporter,
             report(m.trial_id, {"kind": "final", "epoch": epochs, **final})
             faults.reach(faults.FINAL_REPORTED, epochs)
             outcomes[m.trial_id].metrics = final
-    _report_failures(members, outcomes, report)
-    return outcomes
 
 
 def _step_stack(stack: Stack, batch: Any, teacher: SharedTeacher, epoch: int,
@@ -246,20 +284,6 @@ def _report_failures(members: list[Member], outcomes: dict[str, MemberOutcome],
             out.failure = m.failure
             report(m.trial_id, {"kind": "failed", "reason": m.failure.reason,
                                 "epoch": m.failure.epoch})
-
-
-def _teacher(trials: Sequence[TrialConfig], bundle: Any) -> tuple[TeacherReport, Any]:
-    """The group's teacher, loaded once: from the stage's report when the driver ran it,
-    else by running the (cached, locked) stage here."""
-    first = trials[0]
-    needs = teacher_needs(trials)
-    sizes = tuple(sorted({s for t in trials if (s := t.requirements.graph_size)}))
-    report = first.teacher_report
-    if report is not None and all(s in report.graphs for s in sizes):
-        return report, load_frozen_teacher(first.teacher, first.runtime.cache_dir, bundle,
-                                           needs)
-    return run_stage(first.teacher, first.dataset, first.eval.knn, first.runtime.cache_dir,
-                     first.runtime.device, sizes, needs=needs)
 
 
 class _GraphCache:

@@ -25,12 +25,12 @@ from losses import LossTerms, Objective, ObjectiveContext, StepInputs, build_obj
 from models.augment import AUGMENT_PRESETS, augment, normalise
 from models.base import Backbone, build_model
 from models.teacher import TeacherOutputs
-from orchestrator.config import TrainConfig, TrialConfig
-from orchestrator.engine.batches import Batch, rotated_copies
-from orchestrator.engine.evaluate import BestTracker
+from orchestrator.data.batches import Batch, rotated_copies
+from orchestrator.data.streams import generator, seeded_init
+from orchestrator.engine.evaluators.base import BestTracker
 from orchestrator.engine.precision import autocast, memory_format
-from orchestrator.engine.streams import generator, seeded_init
 from orchestrator.errors import TrialFailure
+from orchestrator.spec.config import TrainConfig, TrialConfig
 
 CHECKPOINT = "checkpoint.pt"
 STUDENT_WEIGHTS = "student.pt"
@@ -203,6 +203,8 @@ def failing_as(member: Member, epoch: int) -> Iterator[None]:
         member.fail(exc, epoch)
 
 
+# Over 60 lines: one order to keep (seeded init, checkpoint restore, then the objective's
+# one-off prepare, which reads what the restore put back), so it is kept in one place.
 def build_member(trial: TrialConfig, *, teacher: TeacherOutputs, images: Tensor,
                  labels: Tensor | None, num_classes: int, mean: Tensor, std: Tensor,
                  device: torch.device, graphs: Callable[[int], Tensor],

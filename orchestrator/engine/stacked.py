@@ -27,7 +27,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from losses import StepInputs, get_objective
 from models.teacher import TeacherOutputs
-from orchestrator.engine.batches import Batch
+from orchestrator.data.batches import Batch
 from orchestrator.engine.member import Member
 from orchestrator.engine.precision import autocast
 

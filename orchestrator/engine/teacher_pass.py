@@ -8,11 +8,20 @@ share the batch's view tensors), so K members cost one teacher forward.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
 from models.teacher import FrozenTeacher
+
+
+@dataclass(frozen=True)
+class TeacherNeeds:
+    """What a trial asks of its teacher beyond the backbone."""
+
+    classifier: bool = False  # logits over the dataset's classes (KD, SSKD)
+    ssl_head: bool = False  # the SSL projection head (SEED, DisCo, BINGO)
 
 
 class SharedTeacher(nn.Module):

@@ -1,4 +1,4 @@
-"""GPU packing (orchestrator/gpu.py): the memory cap a fractional ``resources.gpu`` gives a
+"""GPU packing (orchestrator/runtime/gpu.py): the memory cap a fractional ``resources.gpu`` gives a
 trial, waiting for a GPU's memory between trials, and the dry-run's "at once" line. On CPU
 with torch.cuda stood in for; the last test runs on a real GPU when there is one."""
 
@@ -14,18 +14,16 @@ from typing import Any
 import pytest
 import torch
 
-from orchestrator.config import ResourcesConfig, TrialConfig
-from orchestrator.gpu import (
-    CONTEXT_RESERVE_BYTES,
-    cap_memory,
+from orchestrator.engine.device import CONTEXT_RESERVE_BYTES, cap_memory, memory_cap
+from orchestrator.runtime.gpu import (
     concurrency_line,
     local_nodes,
-    memory_cap,
     per_node,
     wait_for_memory,
 )
-from orchestrator.grid import expand
-from orchestrator.spec import load_spec
+from orchestrator.spec.config import ResourcesConfig, TrialConfig
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import load_spec
 from tests.orchestrator.sweeps import tiny_spec, write_spec
 
 GIB = 2**30
@@ -170,7 +168,7 @@ def test_per_node_needs_every_resource() -> None:
 
 CAP_ON_GPU = """
 import torch
-from orchestrator.gpu import cap_memory
+from orchestrator.engine.device import cap_memory
 device = torch.device("cuda", 0)
 fraction = cap_memory(device, 0.25)
 total = torch.cuda.mem_get_info(0)[1]

@@ -22,8 +22,8 @@ import torch
 from mlflow import MlflowClient
 
 from common import faults
-from orchestrator.grid import expand
-from orchestrator.spec import load_spec
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import load_spec
 from tests.orchestrator.cluster import (
     MlflowServer,
     NetNamespace,

@@ -1,5 +1,5 @@
 """Shared storage, checked from every node before a cluster sweep writes anything
-(orchestrator/storage.py): first with the node runner stood in for (a node that sees another
+(orchestrator/runtime/storage.py): first with the node runner stood in for (a node that sees another
 directory, a stale token, an unwritable directory, a dataset that differs, a node that does
 not answer or lacks ukd), then for real: a two-node Ray cluster whose worker runs in its own
 mount namespace with a private tmpfs over the directory that holds the output and cache
@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator import storage
 from orchestrator.errors import UserInputError
-from orchestrator.spec import SweepSpec, load_spec
-from orchestrator.storage import check_shared_storage
+from orchestrator.runtime import storage
+from orchestrator.runtime.storage import check_shared_storage
+from orchestrator.spec.load import SweepSpec, load_spec
 from tests.orchestrator.cluster import NetNamespace, RayCluster, skip_without_namespaces
 from tests.orchestrator.sweeps import start_ukd, tiny_spec, tree, write_spec
 

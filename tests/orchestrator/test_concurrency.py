@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import flat_params
-from orchestrator.grid import expand
-from orchestrator.spec import load_spec
+from orchestrator.spec.config import flat_params
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import load_spec
 from tests.orchestrator.sweeps import (
     Finished,
     Session,

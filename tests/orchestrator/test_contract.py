@@ -10,16 +10,16 @@ import pytest
 import yaml
 
 import models.pretrain as pretrain_module
-from orchestrator import teachers as teachers_module
-from orchestrator.callback import MEMBER_KEY, SweepCallback
-from orchestrator.config import TeacherReport
-from orchestrator.driver import SweepOutcome, teacher_line
-from orchestrator.engine import group as group_module
-from orchestrator.engine.group import run_trial
-from orchestrator.grid import expand
 from orchestrator.progress import SweepProgress
-from orchestrator.spec import load_spec
-from orchestrator.teachers import ensure_teacher, run_stage
+from orchestrator.runtime.callback import MEMBER_KEY, SweepCallback
+from orchestrator.runtime.driver import SweepOutcome, teacher_line
+from orchestrator.spec.config import TeacherReport
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import load_spec
+from orchestrator.stages import teachers as teachers_module
+from orchestrator.stages import trials as group_module
+from orchestrator.stages.teachers import ensure_teacher, run_stage
+from orchestrator.stages.trials import run_trial
 from orchestrator.tracking import Tracker
 from tests.orchestrator.specs import minimal_spec
 

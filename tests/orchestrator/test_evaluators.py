@@ -11,18 +11,18 @@ import torch
 from torch import Tensor, nn
 
 from models.base import Backbone
-from orchestrator.config import EvalConfig, LinearConfig, flat_params, trial_identity
-from orchestrator.datasets import DatasetBundle, Split
-from orchestrator.engine.evaluate import (
+from orchestrator.data.datasets import DatasetBundle, Split
+from orchestrator.engine.evaluators.base import (
     EVALUATORS,
     EvalContext,
     enabled_evaluators,
     evaluate_model,
     evaluator_names,
 )
-from orchestrator.engine.evaluators_linear import accuracy, linear_probe
-from orchestrator.grid import expand
-from orchestrator.spec import parse_spec
+from orchestrator.engine.evaluators.linear import accuracy, linear_probe
+from orchestrator.spec.config import EvalConfig, LinearConfig, flat_params, trial_identity
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import parse_spec
 from tests.orchestrator.specs import minimal_spec
 
 

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.grid import expand
-from orchestrator.spec import load_spec
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import load_spec
 from tests.orchestrator.sweeps import (
     Finished,
     Session,

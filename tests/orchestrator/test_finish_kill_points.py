@@ -24,8 +24,8 @@ import torch
 from common import faults
 from common.names import TAG_RESUMED_FROM
 from orchestrator.engine.member import CHECKPOINT, STUDENT_WEIGHTS
-from orchestrator.grid import expand
-from orchestrator.spec import load_spec
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import load_spec
 from tests.orchestrator.sweeps import (
     Session,
     Store,

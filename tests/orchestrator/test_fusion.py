@@ -14,22 +14,23 @@ import torch
 import yaml
 
 from models.augment import AUGMENT_PRESETS
-from orchestrator import callback as callback_module
-from orchestrator import teachers as teachers_module
-from orchestrator.config import TrialConfig
-from orchestrator.datasets import DatasetBundle, Split
-from orchestrator.datasets import load_dataset as real_load_dataset
+from orchestrator.data.batches import BatchStream
+from orchestrator.data.datasets import DatasetBundle, Split
+from orchestrator.data.datasets import load_dataset as real_load_dataset
 from orchestrator.engine import group as group_module
 from orchestrator.engine import member as member_module
-from orchestrator.engine.batches import BatchStream
-from orchestrator.engine.group import group_key, make_groups, run_group, run_trial
+from orchestrator.engine.group import group_key, make_groups
 from orchestrator.engine.member import build_member
 from orchestrator.engine.precision import memory_format
 from orchestrator.engine.stacked import Stack, plan_stacks
 from orchestrator.engine.teacher_pass import SharedTeacher
-from orchestrator.grid import expand
-from orchestrator.spec import load_spec
-from orchestrator.teachers import ensure_teacher, load_frozen_teacher
+from orchestrator.runtime import callback as callback_module
+from orchestrator.spec.config import TrialConfig
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import load_spec
+from orchestrator.stages import teachers as teachers_module
+from orchestrator.stages.teachers import ensure_teacher, load_frozen_teacher
+from orchestrator.stages.trials import run_group, run_trial
 from tests.orchestrator.specs import minimal_spec
 
 TRAIN_IMAGES = 256

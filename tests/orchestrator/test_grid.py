@@ -1,7 +1,7 @@
 from typing import Any
 
-from orchestrator.grid import expand, flat_params, varying_axes
-from orchestrator.spec import load_spec
+from orchestrator.spec.grid import expand, flat_params, varying_axes
+from orchestrator.spec.load import load_spec
 from tests.orchestrator.specs import minimal_spec
 
 

@@ -3,7 +3,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from orchestrator.knn import neighbour_graph, weighted_knn
+from orchestrator.engine.knn import neighbour_graph, weighted_knn
 
 
 def _circle(angles: list[float]) -> torch.Tensor:

@@ -16,9 +16,10 @@ from common import names as N
 from models.base import build_model
 from models.checkpoint_format import save_teacher
 from models.pretrain import PretrainConfig
-from orchestrator import references as R
 from orchestrator.cli import app
-from orchestrator.config import (
+from orchestrator.data.streams import seeded_init
+from orchestrator.errors import SpecError
+from orchestrator.spec.config import (
     CheckpointSource,
     DatasetConfig,
     EvalConfig,
@@ -27,10 +28,9 @@ from orchestrator.config import (
     ReferenceConfig,
     TeacherConfig,
 )
-from orchestrator.engine.streams import seeded_init
-from orchestrator.errors import SpecError
-from orchestrator.grid import expand
-from orchestrator.spec import parse_spec
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import parse_spec
+from orchestrator.stages import references as R
 from orchestrator.tracking import Tracker
 from tests.orchestrator.specs import minimal_spec
 
@@ -210,7 +210,7 @@ def test_tracker_logs_references_and_fits_mlflow(tmp_path: Path) -> None:
         "custom_model_development"
     parent = tracker.open_sweep("s1", "t", {})
     ref = ReferenceConfig("random_init", "resnet20", DIGITS, 1, None, EVAL)
-    from orchestrator.config import ReferenceReport
+    from orchestrator.spec.config import ReferenceReport
 
     report = ReferenceReport(ref.key, ref.kind, ref.student, 1, str(tmp_path),
                              {"knn/top1_k10": 88.0, "linear/top1": 90.0})

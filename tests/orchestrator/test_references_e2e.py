@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from common import names as N
 from orchestrator.cli import app
-from orchestrator.grid import expand
-from orchestrator.references import ensure_reference, plan_references
-from orchestrator.spec import load_spec
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import load_spec
+from orchestrator.stages.references import ensure_reference, plan_references
 from tests.reports.browser_support import (
     chromium_or_skip,
     find_chromium,

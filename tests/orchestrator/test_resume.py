@@ -17,10 +17,10 @@ import torch
 from typer.testing import CliRunner
 
 from common import faults
+from common.locks import exclusive_lock
 from orchestrator.cli import app
-from orchestrator.grid import expand
-from orchestrator.locks import exclusive_lock
-from orchestrator.spec import load_spec
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import load_spec
 from tests.orchestrator.sweeps import (
     Session,
     Store,

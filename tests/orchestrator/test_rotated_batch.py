@@ -9,7 +9,7 @@ import torch
 
 from losses.sskd import rotate_batch
 from models.augment import AUGMENT_PRESETS, AugmentConfig, normalise
-from orchestrator.engine.batches import BatchStream, rotated_copies
+from orchestrator.data.batches import BatchStream, rotated_copies
 
 MEAN, STD = torch.tensor([0.5]), torch.tensor([0.25])
 

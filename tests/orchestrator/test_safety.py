@@ -124,7 +124,7 @@ def test_names_resolve_through_the_registries_only(tmp_path: Path, key: str, val
 
 
 def test_local_ray_listens_on_localhost_only() -> None:
-    from orchestrator.ray_runtime import init_ray as _init_ray
+    from orchestrator.runtime.ray_runtime import init_ray as _init_ray
 
     assert not ray.is_initialized()
     watcher = ProcessWatcher(os.getpid())

@@ -5,9 +5,10 @@ import torch
 import yaml
 
 from losses import NeighbourBatches
-from orchestrator.grid import expand
-from orchestrator.sampling import epoch_size, images_per_epoch, neighbour_batches, random_batches
-from orchestrator.spec import load_spec
+from orchestrator.data.sampling import epoch_size, neighbour_batches, random_batches
+from orchestrator.spec.display import images_per_epoch
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import load_spec
 from tests.orchestrator.specs import minimal_spec
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.grid import expand
-from orchestrator.spec import load_spec
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import load_spec
 from tests.orchestrator.sweeps import (
     Session,
     Store,

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import SpecError
-from orchestrator.spec import load_spec
+from orchestrator.spec.load import load_spec
 from tests.orchestrator.specs import minimal_spec
 
 

@@ -13,10 +13,10 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.config import TrialConfig
-from orchestrator.grid import expand
-from orchestrator.spec import load_spec
-from orchestrator.teachers import ensure_teacher
+from orchestrator.spec.config import TrialConfig
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import load_spec
+from orchestrator.stages.teachers import ensure_teacher
 
 
 def tiny_sweep(tmp: Path, cache: Path) -> Path:

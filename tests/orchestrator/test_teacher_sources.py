@@ -41,9 +41,9 @@ def test_matching_checkpoint_with_prefix_passes_preflight(tmp_path: Path) -> Non
     torch.save({"state_dict": state}, ckpt)
     spec = _spec_with_teacher(tmp_path, {"arch": "resnet20", "source": "checkpoint",
                                          "checkpoint": str(ckpt)})
-    from orchestrator.grid import expand
-    from orchestrator.preflight import preflight
-    from orchestrator.spec import load_spec
+    from orchestrator.runtime.preflight import preflight
+    from orchestrator.spec.grid import expand
+    from orchestrator.spec.load import load_spec
 
     loaded = load_spec(spec)
     preflight(loaded, expand(loaded))  # raises on failure
@@ -106,12 +106,12 @@ def test_moco_v2_checkpoint_teacher_keeps_its_ssl_head(tmp_path: Path) -> None:
     """Issue 12, item 0: SEED / DisCo / BINGO on a checkpoint teacher distil its SSL embedding
     (the MoCo-v2 head of the file), CoSS its raw features; the path is the trial engine's."""
     from losses import ObjectiveContext, build_objective
-    from orchestrator.datasets import load_dataset
+    from orchestrator.data.datasets import load_dataset
     from orchestrator.engine.group import teacher_needs
-    from orchestrator.grid import expand
-    from orchestrator.preflight import preflight
-    from orchestrator.spec import load_spec
-    from orchestrator.teachers import load_frozen_teacher
+    from orchestrator.runtime.preflight import preflight
+    from orchestrator.spec.grid import expand
+    from orchestrator.spec.load import load_spec
+    from orchestrator.stages.teachers import load_frozen_teacher
 
     ckpt = tmp_path / "moco_v2.pth.tar"
     head = _moco_v2_checkpoint(ckpt)
@@ -156,9 +156,9 @@ def test_checkpoint_without_ssl_head_fails_before_anything_runs(tmp_path: Path) 
     assert "projection head" in lines[0] and "seed" in lines[0]
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
     # The same file serves objectives that use raw features only.
-    from orchestrator.grid import expand
-    from orchestrator.preflight import preflight
-    from orchestrator.spec import load_spec
+    from orchestrator.runtime.preflight import preflight
+    from orchestrator.spec.grid import expand
+    from orchestrator.spec.load import load_spec
 
     loaded = load_spec(_checkpoint_spec(tmp_path, ckpt, ["coss", "smd"]))
     preflight(loaded, expand(loaded))

@@ -21,15 +21,15 @@ import yaml
 
 from losses import objective_names
 from losses.sskd import SSKD
-from orchestrator import teachers as teachers_module
-from orchestrator.config import TrialConfig
-from orchestrator.datasets import DatasetBundle, Split
-from orchestrator.datasets import load_dataset as real_load_dataset
+from orchestrator.data.datasets import DatasetBundle, Split
+from orchestrator.data.datasets import load_dataset as real_load_dataset
 from orchestrator.engine import group as group_module
-from orchestrator.engine.group import run_trial
 from orchestrator.engine.member import CHECKPOINT
-from orchestrator.grid import expand
-from orchestrator.spec import load_spec
+from orchestrator.spec.config import TrialConfig
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import load_spec
+from orchestrator.stages import teachers as teachers_module
+from orchestrator.stages.trials import run_trial
 
 TRAIN_IMAGES = 256
 SMALL_QUEUE = 1024  # > 2 epochs of 256 keys: a queue that was not restored cannot catch up

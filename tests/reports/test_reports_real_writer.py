@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.driver import record_sweep
-from orchestrator.grid import expand
-from orchestrator.spec import load_spec
+from orchestrator.runtime.driver import record_sweep
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import load_spec
 from orchestrator.tracking import default_tracking_uri
 from reports import build_comparison, load_sweep, resolve_sweep, to_markdown
 from reports.records import ColumnKey, RowKey

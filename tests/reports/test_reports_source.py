@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config import flat_params
-from orchestrator.driver import write_trials_manifest
-from orchestrator.grid import expand
-from orchestrator.spec import load_spec
+from orchestrator.runtime.driver import write_trials_manifest
+from orchestrator.spec.config import flat_params
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import load_spec
 from reports.source import (
     ReportError,
     load_sweep,

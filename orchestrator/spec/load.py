@@ -1,5 +1,5 @@
-"""Sweep spec: the YAML file, validated on load (pydantic, orchestrator/spec_models.py) into
-the typed config sections of orchestrator/config.py.
+"""Sweep spec: the YAML file, validated on load (pydantic, orchestrator/spec/models.py) into
+the typed config sections of orchestrator/spec/config.py.
 
 Every rejection is a :class:`SpecError` naming the file, the YAML path of the key and what is
 allowed. YAML is read with a ``yaml.SafeLoader`` only; no string in it is ever evaluated.
@@ -26,7 +26,9 @@ from common.fields import Config, yaml_key
 from losses import get_objective, make_params
 from models.hub import resolve_weights
 from models.pretrain import RECIPES, PretrainConfig
-from orchestrator.config import (
+from orchestrator.data.datasets import DATASETS
+from orchestrator.errors import SpecError
+from orchestrator.spec.config import (
     SSL_RECIPES,
     CheckpointSource,
     DatasetConfig,
@@ -41,9 +43,7 @@ from orchestrator.config import (
     TorchvisionSource,
     TrainConfig,
 )
-from orchestrator.datasets import DATASETS
-from orchestrator.errors import SpecError
-from orchestrator.spec_models import (
+from orchestrator.spec.models import (
     TEACHER_SPECS,
     TOP_KEYS,
     SweepSpecModel,

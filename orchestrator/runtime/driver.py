@@ -25,17 +25,15 @@ from rich.markup import escape
 
 from common import names as N
 from common.atomic import remove_stale_temps, write_json, write_yaml
-from orchestrator.callback import GROUP_KEY, SweepCallback, group_trainable, short
-from orchestrator.config import TeacherReport, TrialConfig, flat_params
+from common.locks import LockBusy, exclusive_lock
 from orchestrator.engine.group import make_groups
 from orchestrator.engine.member import CHECKPOINT, STUDENT_WEIGHTS
 from orchestrator.errors import UserInputError
-from orchestrator.gpu import in_gpu_share
-from orchestrator.grid import varying_axes
-from orchestrator.locks import LockBusy, exclusive_lock
-from orchestrator.preflight import preflight
 from orchestrator.progress import SweepProgress
-from orchestrator.ray_runtime import (
+from orchestrator.runtime.callback import GROUP_KEY, SweepCallback, group_trainable, short
+from orchestrator.runtime.gpu import in_gpu_share
+from orchestrator.runtime.preflight import preflight
+from orchestrator.runtime.ray_runtime import (
     check_address,
     check_dashboard,
     cluster_session,
@@ -43,9 +41,11 @@ from orchestrator.ray_runtime import (
     ray_session,
     run_on_each_node,
 )
-from orchestrator.spec import SweepSpec
-from orchestrator.storage import check_shared_storage
-from orchestrator.teachers import ensure_teacher
+from orchestrator.runtime.storage import check_shared_storage
+from orchestrator.spec.config import TeacherReport, TrialConfig, flat_params
+from orchestrator.spec.grid import varying_axes
+from orchestrator.spec.load import SweepSpec
+from orchestrator.stages.teachers import ensure_teacher
 from orchestrator.tracking import Tracker, default_tracking_uri, is_local_store
 
 LOCK_FILE = "sweep.lock"
@@ -150,6 +150,7 @@ def run_sweep(spec: SweepSpec, trials: list[TrialConfig], *, tracking_uri: str |
                 "it to end, or use another --output") from None
 
 
+# Over 60 lines: the sweep's sequence under one lock and one try/finally, read top to bottom.
 def _run_locked(spec: SweepSpec, trials: list[TrialConfig], started: float,
                 tracking_uri: str | None, address: str | None,
                 progress: SweepProgress | None, dashboard: bool) -> SweepOutcome:
@@ -329,18 +330,20 @@ def teacher_line(report: TeacherReport, headline: str) -> str:
 def _run_references(spec: SweepSpec, trials: list[TrialConfig],
                     reports: dict[str, TeacherReport], tracker: Tracker, view: SweepProgress
                     ) -> dict[str, TeacherReport]:
-    """Reference stages beside the teachers' (orchestrator/references.py), one Ray task
+    """Reference stages beside the teachers' (orchestrator/stages/references.py), one Ray task
     each, cached: the teachers' own values of the evaluators beside kNN (the linear probe),
     returned in their reports for the trials to log, and the reference rows of the spec
     (random_init, ssl_only, supervised_only per student and seed), each logged once per
     sweep as a run of its own. A failed reference is reported and logged FAILED; the
     trials go on."""
-    import dataclasses
-
     import ray
 
-    from orchestrator.config import ReferenceReport
-    from orchestrator.references import ensure_reference, ensure_teacher_metrics, plan_references
+    from orchestrator.spec.config import ReferenceReport
+    from orchestrator.stages.references import (
+        ensure_reference,
+        ensure_teacher_metrics,
+        plan_references,
+    )
 
     planned = plan_references(spec.references, trials)
     if spec.eval.linear is None and not planned:
@@ -361,20 +364,7 @@ def _run_references(spec: SweepSpec, trials: list[TrialConfig],
                            f"{len(planned) - len(todo)} already logged)")
     futures = [(r, reference_task.remote(r, str(spec.cache_dir), spec.resources.device,
                                          threads)) for r in todo]
-    out = dict(reports)
-    for key, future in teacher_futures.items():
-        try:
-            metrics: dict[str, float] = ray.get(future)
-        except Exception as exc:  # the trials log no teacher linear probe, they go on
-            view.console.print(f"  teacher {reports[key].label} linear probe: [red]failed"
-                               f"[/red] ({escape(short(_failure(exc)))})",
-                               highlight=False, soft_wrap=True)
-            continue
-        out[key] = dataclasses.replace(reports[key], metrics={**reports[key].metrics,
-                                                              **metrics})
-        shown = ", ".join(f"{k} {v:.2f}%" for k, v in metrics.items() if "top1" in k)
-        view.console.print(f"  teacher {reports[key].label}: {shown}", highlight=False,
-                           soft_wrap=True)
+    out = _teacher_probes(teacher_futures, reports, view)
     for ref, future in futures:
         try:
             result: ReferenceReport = ray.get(future)
@@ -390,5 +380,30 @@ def _run_references(spec: SweepSpec, trials: list[TrialConfig],
         shown = ", ".join(f"{k} {v:.2f}%" for k, v in result.metrics.items()
                           if k == spec.eval.headline or k.endswith("/top1"))
         view.console.print(f"  {ref.label}: {state}, {shown}", highlight=False,
+                           soft_wrap=True)
+    return out
+
+
+def _teacher_probes(futures: dict[str, Any], reports: dict[str, TeacherReport],
+                    view: SweepProgress) -> dict[str, TeacherReport]:
+    """The teachers' reports with the metrics of their reference tasks (the linear probe)
+    added; a failed task is reported and its teacher's report kept as it was."""
+    import dataclasses
+
+    import ray
+
+    out = dict(reports)
+    for key, future in futures.items():
+        try:
+            metrics: dict[str, float] = ray.get(future)
+        except Exception as exc:  # the trials log no teacher linear probe, they go on
+            view.console.print(f"  teacher {reports[key].label} linear probe: [red]failed"
+                               f"[/red] ({escape(short(_failure(exc)))})",
+                               highlight=False, soft_wrap=True)
+            continue
+        out[key] = dataclasses.replace(reports[key], metrics={**reports[key].metrics,
+                                                              **metrics})
+        shown = ", ".join(f"{k} {v:.2f}%" for k, v in metrics.items() if "top1" in k)
+        view.console.print(f"  teacher {reports[key].label}: {shown}", highlight=False,
                            soft_wrap=True)
     return out

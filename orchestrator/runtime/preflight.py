@@ -15,11 +15,11 @@ import tempfile
 from pathlib import Path
 
 from common.names import EXPERIMENT_PREFIX, SWEEP_JSON
-from orchestrator.config import TrialConfig
-from orchestrator.datasets import DATASETS, check_available
+from orchestrator.data.datasets import DATASETS, check_available
 from orchestrator.errors import UserInputError
-from orchestrator.spec import SweepSpec
-from orchestrator.teachers import check_teacher_sources, teacher_needs_by_label
+from orchestrator.spec.config import TrialConfig
+from orchestrator.spec.load import SweepSpec
+from orchestrator.stages.teachers import check_teacher_sources, teacher_needs_by_label
 
 _VERIFIED_DATA: set[tuple[str, str | None]] = set()  # datasets read once in this process
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from orchestrator.engine.evaluate import EvalContext, register_evaluator
-from orchestrator.engine.evaluators_linear import accuracy
+from orchestrator.engine.evaluators.base import EvalContext, register_evaluator
+from orchestrator.engine.evaluators.linear import accuracy
 
 PREFIX = "classifier/"
 

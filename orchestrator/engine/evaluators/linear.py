@@ -1,7 +1,7 @@
 """Linear probe on the frozen backbone (docs/METHODS.md, "Linear probe").
 
 The pooled features of the train and test split (test-time transform, no head) are computed
-once (:class:`~orchestrator.engine.evaluate.EvalContext` caches them for every evaluator),
+once (:class:`~orchestrator.engine.evaluators.base.EvalContext` caches them for every evaluator),
 standardised with the train split's per-dimension mean and std, and a linear classifier is
 trained on them by SGD with momentum and a cosine schedule to zero: zero initialisation and a
 batch order drawn from the run's seed, so a seed gives one result. Everything runs on the
@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from orchestrator.config import LinearConfig
-from orchestrator.engine.evaluate import EvalContext, register_evaluator
-from orchestrator.engine.streams import generator
+from orchestrator.data.streams import generator
+from orchestrator.engine.evaluators.base import EvalContext, register_evaluator
+from orchestrator.spec.config import LinearConfig
 
 PREFIX = "linear/"
 

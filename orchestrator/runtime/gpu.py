@@ -10,7 +10,8 @@ error in that trial only), and before it starts it waits until the GPU has its s
 finished trial's process may still be releasing its memory when Ray already hands its GPU
 share to the next.
 
-Torch alone (the trial engine imports this module); CUDA is never initialised without a GPU.
+The cap itself is the engine's (:mod:`orchestrator.engine.device`): a group sets it where it
+runs. Torch alone; CUDA is never initialised without a GPU.
 """
 
 from __future__ import annotations
@@ -21,58 +22,20 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.engine.device import (
+    CONTEXT_RESERVE_BYTES,
+    MemInfo,
+    cap_memory,
+    resolve_device,
+)
+
 if TYPE_CHECKING:
-    import torch
+    from orchestrator.spec.config import TrialConfig
+    from orchestrator.spec.load import SweepSpec
 
-    from orchestrator.config import TrialConfig
-    from orchestrator.spec import SweepSpec
-
-CONTEXT_RESERVE_BYTES = 768 * 2**20  # per process, outside the allocator (CUDA context, cuDNN)
-MIN_CAP_SHARE = 0.5  # the cap never goes below half the trial's share
 WAIT_TIMEOUT_S = 300.0  # how long a group waits for its GPU share to be freed
 WAIT_POLL_S = 1.0
 EPS = 1e-9  # resource arithmetic: 1 / 0.1 is 9.999...
-
-MemInfo = Callable[[int], tuple[int, int]]  # device index -> (free, total) bytes
-
-
-def memory_cap(gpu: float, total_bytes: int) -> float | None:
-    """The fraction of a GPU's memory one trial's allocator may use, or None for no cap.
-
-    ``gpu`` is ``resources.gpu``: below 1 the trial shares the GPU, and gets its share minus
-    :data:`CONTEXT_RESERVE_BYTES` (so the shares and the contexts together fit), never below
-    half its share; 0 (CPU) or whole GPUs (>= 1): no cap.
-    """
-    if not 0 < gpu < 1:
-        return None
-    reserve = CONTEXT_RESERVE_BYTES / total_bytes if total_bytes > 0 else 0.0
-    return max(gpu - reserve, gpu * MIN_CAP_SHARE)
-
-
-def _cuda_device(device: torch.device) -> int:
-    import torch
-
-    return device.index if device.index is not None else torch.cuda.current_device()
-
-
-def cap_memory(device: torch.device, gpu: float, *, mem_info: MemInfo | None = None,
-               set_fraction: Callable[[float, int], None] | None = None) -> float | None:
-    """Cap this process's CUDA allocator on ``device`` at the trial's share (see
-    :func:`memory_cap`); returns the fraction set, None when nothing was capped (CPU, whole
-    GPUs). ``mem_info`` / ``set_fraction`` stand in for torch.cuda in tests."""
-    if device.type != "cuda" or not 0 < gpu < 1:
-        return None
-    import torch
-
-    index = _cuda_device(device)
-    info = mem_info or (lambda i: torch.cuda.mem_get_info(i))
-    _, total = info(index)
-    fraction = memory_cap(gpu, total)
-    if fraction is None:
-        return None
-    (set_fraction or (lambda f, i: torch.cuda.set_per_process_memory_fraction(f, i)))(
-        fraction, index)
-    return fraction
 
 
 def wait_for_memory(trials: Sequence[TrialConfig], *, mem_info: MemInfo | None = None,
@@ -188,8 +151,6 @@ def in_gpu_share(fn: Callable[..., Any], gpu: float, device: str) -> Callable[..
     references) get the same cap as the trials when they share a GPU."""
 
     def capped(*args: Any, **kwargs: Any) -> Any:
-        from orchestrator.teachers import resolve_device
-
         cap_memory(resolve_device(device), gpu)
         return fn(*args, **kwargs)
 

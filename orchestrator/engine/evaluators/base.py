@@ -6,9 +6,11 @@ the test-time transform are computed once per evaluation and shared by the evalu
 need them. ``EvalConfig.every`` > 0 evaluates every N epochs too (step = epoch); the final
 value is the last epoch's, and the best one is logged as ``<metric>_best`` with its epoch.
 
-Registered: ``knn`` (here), ``linear`` (:mod:`evaluators_linear`, the linear probe) and
-``classifier`` (:mod:`evaluators_classifier`, the model's own logits). The same evaluation
-serves trials (:func:`evaluate`), reference runs and teachers (:func:`evaluate_model`).
+The registry lives here; the plug-ins (``knn``, ``linear`` -- the linear probe --, and
+``classifier`` -- the model's own logits) are modules of this package that register
+themselves, imported by the package's ``__init__``, so no module imports one that imports
+it. The same evaluation serves trials (:func:`evaluate`), reference runs and teachers
+(:func:`evaluate_model`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,9 @@ from torch import Tensor
 
 from models.augment import normalise
 from models.base import Backbone
-from orchestrator.config import EvalConfig, TrialConfig
-from orchestrator.datasets import DatasetBundle
+from orchestrator.data.datasets import DatasetBundle
 from orchestrator.engine.precision import autocast
-from orchestrator.knn import weighted_knn
+from orchestrator.spec.config import EvalConfig, TrialConfig
 
 
 @dataclass
@@ -105,15 +106,6 @@ def register_evaluator(name: str) -> Callable[[Evaluator], Evaluator]:
     return add
 
 
-@register_evaluator("knn")
-def knn_evaluator(ctx: EvalContext) -> dict[str, float]:
-    """Weighted kNN on the student backbone (docs/METHODS.md, "Weighted kNN")."""
-    knn = ctx.evaluation.knn
-    scores = weighted_knn(ctx.train_features, ctx.train_labels, ctx.test_features,
-                          ctx.test_labels, knn.k, knn.temperature, ctx.bundle.num_classes)
-    return {f"knn/{k}": v for k, v in scores.items()}
-
-
 def evaluator_names(evaluation: EvalConfig, has_classifier: bool) -> list[str]:
     """The evaluators an evaluation runs, in order: kNN always, the linear probe when
     configured, the classifier's accuracy when asked for and the model has a classifier."""
@@ -176,6 +168,3 @@ class BestTracker:
             out[f"{key}_best_epoch"] = float(epoch)
         return out
 
-
-# The evaluators beside kNN register themselves on import (after the registry exists).
-from orchestrator.engine import evaluators_classifier, evaluators_linear  # noqa: E402, F401

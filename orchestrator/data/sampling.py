@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from losses.base import NeighbourBatches
-
-if TYPE_CHECKING:
-    from orchestrator.config import TrialConfig
 
 
 def random_batches(n: int, batch_size: int, gen: torch.Generator) -> list[Tensor]:
@@ -87,28 +83,3 @@ def epoch_size(n: int, batch_size: int, nb: NeighbourBatches | None = None) -> E
     count = anchors_per_epoch(n, nb.neighbours, batch_size, nb.anchors)
     steps = math.ceil(count / per_batch)
     return EpochSize(steps, count * group, count)
-
-
-def images_per_epoch(trial: TrialConfig, n: int | None = None) -> str:
-    """One line for ``ukd sweep --dry-run``: how many images an epoch of ``trial`` shows
-    (``n``: the training-set size when known; without it the line gives the formula)."""
-    batch = trial.train.batch_size
-    nb = trial.requirements.neighbour_batches
-    if nb is None:
-        line = f"plain batches of {batch}: an epoch shows N images"
-        if n is not None:
-            size = epoch_size(n, batch)
-            line += f" (N = {n:,}: {size.steps} steps, {size.images:,} images)"
-        return line
-    group = nb.neighbours + 1
-    per_batch = max(1, batch // group)
-    share = ("every training image anchors once" if nb.anchors == 1.0
-             else f"{nb.anchors:g} of the training images anchor once")
-    line = (f"neighbour batches of {per_batch} anchors x (1 + {nb.neighbours} of top-"
-            f"{nb.pool}) = {per_batch * group} images: {share}, an epoch shows "
-            f"{nb.anchors * group:g} x N images")
-    if n is not None:
-        size = epoch_size(n, batch, nb)
-        line += (f" (N = {n:,}: {size.steps} steps, {size.images:,} images, "
-                 f"{size.images / n:.1f} x N)")
-    return line

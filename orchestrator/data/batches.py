@@ -17,8 +17,8 @@ from torch import Tensor
 
 from losses import NeighbourBatches
 from models.augment import AugmentConfig, augment, normalise
-from orchestrator.engine.streams import generator
-from orchestrator.sampling import neighbour_batches, random_batches
+from orchestrator.data.sampling import neighbour_batches, random_batches
+from orchestrator.data.streams import generator
 
 ROTATED = -1  # the rotated batch's key among a batch's views (and its generator's part)
 

@@ -17,11 +17,11 @@ from ray import tune
 
 from common import faults, names
 from common.atomic import write_json
-from orchestrator.config import TrialConfig
-from orchestrator.engine.group import run_group
 from orchestrator.engine.member import CHECKPOINT, RESUMED, checkpoint_resume
-from orchestrator.gpu import wait_for_memory
 from orchestrator.progress import SweepProgress
+from orchestrator.runtime.gpu import wait_for_memory
+from orchestrator.spec.config import TrialConfig
+from orchestrator.stages.trials import run_group
 from orchestrator.tracking import Tracker
 
 FAILURE_FILE = "failure.json"

@@ -10,7 +10,7 @@ filesystem mounted at the same path on every node.
 With a cluster (``--address``) the driver writes a probe file holding a random token into
 each directory (the deepest part of the path that exists yet: a new output directory is
 checked where it will be created), and one tiny Ray task per alive node
-(:func:`orchestrator.ray_runtime.run_on_each_node`) reads every probe back and creates and
+(:func:`orchestrator.runtime.ray_runtime.run_on_each_node`) reads every probe back and creates and
 removes an entry beside it. A dataset root the sweep only reads (``download: false``) gets no
 probe: the node compares its listing with the driver's. The probes are removed whatever
 happens. The first problem found is one :class:`UserInputError` line naming the node, the
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.errors import UserInputError
 
 if TYPE_CHECKING:
-    from orchestrator.spec import SweepSpec
+    from orchestrator.spec.load import SweepSpec
 
 PROBE_PREFIX = ".ukd-storage-probe-"
 NODE_TIMEOUT_S = 180.0  # a node that has not run its probe task by then is reported

@@ -74,7 +74,7 @@ def _quiet() -> None:
 @contextlib.contextmanager
 def _keep_signal_handlers() -> Iterator[None]:
     """ray.init installs Ray's own handler for SIGTERM (it logs a stack trace and aborts the
-    driver) over a Python handler the driver had set -- orchestrator/driver.py makes SIGTERM
+    driver) over a Python handler the driver had set -- orchestrator/runtime/driver.py makes SIGTERM
     and SIGHUP stop the sweep like Ctrl+C -- while Python still reports its own: the Python
     handlers are put back."""
     if threading.current_thread() is not threading.main_thread():
@@ -252,7 +252,7 @@ def run_on_each_node(fn: Callable[..., Any], *args: Any, timeout: float
 def cluster_nodes(address: str | None) -> list[dict[str, float]] | None:
     """Per-node resources (``{"CPU": 16.0, "GPU": 4.0, ...}``) of the cluster at --address /
     RAY_ADDRESS, connecting for the call; None without a cluster (a local Ray: the machine
-    itself, orchestrator.gpu.local_nodes). For ``ukd sweep --dry-run``."""
+    itself, orchestrator.runtime.gpu.local_nodes). For ``ukd sweep --dry-run``."""
     check_address(address)
     if cluster_address(address) is None:
         return None

@@ -33,14 +33,14 @@ from common.fields import Bounds, Config, FieldInfo, config_fields
 from losses import OBJECTIVES, objective_names
 from models import model_names
 from models.pretrain import PretrainConfig
-from orchestrator.config import (
+from orchestrator.data.datasets import dataset_names
+from orchestrator.spec.config import (
     DatasetConfig,
     KnnConfig,
     LinearConfig,
     ResourcesConfig,
     TrainConfig,
 )
-from orchestrator.datasets import dataset_names
 
 FORBID = ConfigDict(extra="forbid", frozen=True)
 _SCALARS: dict[type, Any] = {int: StrictInt, float: StrictFloat, bool: StrictBool,

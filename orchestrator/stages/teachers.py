@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,19 @@ import torch
 
 from common.atomic import torch_save, write_json
 from common.hashing import content_hash
+from common.locks import file_lock
 from models.checkpoint_format import CheckpointError, load_teacher, save_teacher
 from models.hub import WeightsUnavailableError, fetch_weights, pretrained_backbone
 from models.pretrain import RECIPES, pretrain_teacher
 from models.teacher import FrozenTeacher
 from models.weights import build_teacher_from_checkpoint
-from orchestrator.config import (
+from orchestrator.data.datasets import DatasetBundle, load_dataset
+from orchestrator.engine.device import resolve_device
+from orchestrator.engine.knn import embed, neighbour_graph, weighted_knn
+from orchestrator.engine.precision import autocast
+from orchestrator.engine.teacher_pass import TeacherNeeds
+from orchestrator.errors import UserInputError
+from orchestrator.spec.config import (
     CheckpointSource,
     DatasetConfig,
     KnnConfig,
@@ -38,37 +44,17 @@ from orchestrator.config import (
     TeacherReport,
     TrialConfig,
 )
-from orchestrator.datasets import DatasetBundle, load_dataset
-from orchestrator.engine.precision import autocast
-from orchestrator.errors import UserInputError
-from orchestrator.knn import embed, neighbour_graph, weighted_knn
-from orchestrator.locks import file_lock
 
 TEACHER_FILE = "teacher.pt"
-
-
-@dataclass(frozen=True)
-class TeacherNeeds:
-    """What a trial asks of its teacher beyond the backbone."""
-
-    classifier: bool = False  # logits over the dataset's classes (KD, SSKD)
-    ssl_head: bool = False  # the SSL projection head (SEED, DisCo, BINGO)
+NO_NEEDS = TeacherNeeds()  # the backbone only
 
 
 def teacher_dir(cache_dir: str | Path, key: str) -> Path:
     return Path(cache_dir) / "teachers" / key
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("resources.device is cuda but no CUDA device is visible")
-    return torch.device(name)
-
-
 def load_frozen_teacher(teacher: TeacherConfig, cache_dir: str | Path, bundle: DatasetBundle,
-                        needs: TeacherNeeds = TeacherNeeds()) -> FrozenTeacher:
+                        needs: TeacherNeeds = NO_NEEDS) -> FrozenTeacher:
     """The teacher a trial distils from (the stage must have run for pretrained ones).
 
     A checkpoint is asked for a classifier over the dataset's classes when ``needs`` says so,
@@ -122,7 +108,7 @@ def ensure_teacher(teacher: TeacherConfig, dataset: DatasetConfig, knn: KnnConfi
 def run_stage(teacher: TeacherConfig, dataset: DatasetConfig, knn: KnnConfig,
               cache_dir: str | Path, device_name: str = "auto",
               graph_sizes: tuple[int, ...] = (), threads: int | None = None,
-              needs: TeacherNeeds = TeacherNeeds()) -> tuple[TeacherReport, FrozenTeacher]:
+              needs: TeacherNeeds = NO_NEEDS) -> tuple[TeacherReport, FrozenTeacher]:
     """The stage, returning the loaded teacher too (loaded with ``needs``), so that a trial
     run on its own loads its teacher once."""
     if threads is not None:

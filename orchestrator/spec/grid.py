@@ -11,7 +11,7 @@ import dataclasses
 import itertools
 from pathlib import Path
 
-from orchestrator.config import (
+from orchestrator.spec.config import (
     LossConfig,
     RuntimeConfig,
     StudentConfig,
@@ -19,7 +19,7 @@ from orchestrator.config import (
     flat_params,
     trial_identity,
 )
-from orchestrator.spec import SweepSpec
+from orchestrator.spec.load import SweepSpec
 
 # Grid axes besides teacher/student/pairs/loss, each overriding the train field of its name.
 SCALAR_AXES = ("batch_size", "seed", "lr", "epochs", "weight_decay")

@@ -2,7 +2,7 @@
 
 Per (student architecture, dataset, seed), computed once and cached like the teachers:
 - ``random_init``: the untrained student, initialised exactly as a trial of that seed
-  initialises its backbone (:func:`~orchestrator.engine.streams.seeded_init`);
+  initialises its backbone (:func:`~orchestrator.data.streams.seeded_init`);
 - ``ssl_only``: the student trained by a pretraining recipe (SimCLR / MoCo-v2) and no teacher,
   CoSS's "no teacher" row;
 - ``supervised_only``: the student trained with cross-entropy alone, SSKD's "S" column.
@@ -12,7 +12,7 @@ model has one). The weights are cached under ``cache_dir/references/<key>/`` (ke
 kind, architecture, dataset, seed and the resolved recipe), the metrics beside them per
 evaluation setting, all under a file lock, so concurrent sweeps never train one twice. No
 Ray, no MLflow: the driver runs :func:`ensure_reference` as a Ray task and the tracker logs
-the :class:`~orchestrator.config.ReferenceReport` as a run of its own.
+the :class:`~orchestrator.spec.config.ReferenceReport` as a run of its own.
 """
 
 from __future__ import annotations
@@ -27,9 +27,14 @@ import torch
 
 from common.atomic import torch_save, write_json
 from common.hashing import content_hash
+from common.locks import file_lock
 from models.base import Backbone, build_model
 from models.pretrain import pretrain_teacher
-from orchestrator.config import (
+from orchestrator.data.datasets import DATASETS, DatasetBundle, load_dataset
+from orchestrator.data.streams import seeded_init
+from orchestrator.engine.device import resolve_device
+from orchestrator.engine.evaluators.base import EvalContext, evaluate_model
+from orchestrator.spec.config import (
     DatasetConfig,
     EvalConfig,
     ReferenceConfig,
@@ -38,11 +43,7 @@ from orchestrator.config import (
     TeacherConfig,
     TrialConfig,
 )
-from orchestrator.datasets import DATASETS, DatasetBundle, load_dataset
-from orchestrator.engine.evaluate import EvalContext, evaluate_model
-from orchestrator.engine.streams import seeded_init
-from orchestrator.locks import file_lock
-from orchestrator.teachers import load_frozen_teacher, resolve_device, teacher_dir
+from orchestrator.stages.teachers import load_frozen_teacher, teacher_dir
 
 WEIGHTS_FILE = "student.pt"
 META_FILE = "meta.json"

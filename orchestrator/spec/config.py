@@ -1,7 +1,7 @@
 """The typed trial contract: everything one trial needs, as frozen dataclasses.
 
-The spec loader (orchestrator/spec.py) validates the YAML into these sections, the grid
-(orchestrator/grid.py) crosses them into :class:`TrialConfig` objects, and the trial runner
+The spec loader (orchestrator/spec/load.py) validates the YAML into these sections, the grid
+(orchestrator/spec/grid.py) crosses them into :class:`TrialConfig` objects, and the trial runner
 reads them as they are -- no string keys, no casts. The module needs neither pydantic nor Ray:
 the trial engine and the benchmarks import it on machines that have only torch.
 
@@ -24,7 +24,7 @@ from losses import ObjectiveRequirements, get_objective, make_params, params_to_
 from models import model_names
 from models.augment import AUGMENT_PRESETS
 from models.pretrain import PretrainConfig
-from orchestrator.datasets import dataset_names
+from orchestrator.data.datasets import dataset_names
 
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on CUDA, fp32 on CPU
@@ -336,7 +336,7 @@ class RuntimeConfig:
     trial_dir: str
     cache_dir: str
     fuse: str = "off"  # resources.fuse: how the members of its group run (engine/group.py)
-    gpu_fraction: float = 0.0  # resources.gpu of its group (orchestrator/gpu.py: memory cap)
+    gpu_fraction: float = 0.0  # resources.gpu of its group (engine/device.py: memory cap)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,2 @@
+"""The data layer: datasets (registry, loading), seeded random streams, batch samplers and
+the batch stream (order, neighbour batches, augmented views). Lowest layer of orchestrator."""
