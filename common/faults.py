@@ -1,12 +1,15 @@
-"""Fault-injection points: hold a sweep at one exact step, on purpose, for the crash tests.
+"""Fault-injection points: stop a sweep at one exact step, on purpose, for the crash tests.
 
 A crash test that kills a process "some time after" an event tests whichever step the kill
 happens to land on. Instead, the code calls :func:`reach` at each step of a sequence that must
 survive a crash (a trial's finish: checkpoint, report, weights, ``final.json``; the driver's
 MLflow FINISHED and clean-up), and a test names one point in ``UKD_FAULT_AT`` (``POINT`` or
 ``POINT@EPOCH``, the epoch 1-based). The process that reaches that point writes the file named
-by ``UKD_FAULT_MARKER`` and then takes no further step (it blocks), so the test can wait for
-the file and kill the sweep exactly there.
+by ``UKD_FAULT_MARKER`` and takes no further step (it blocks). With ``UKD_FAULT_KILL=1`` it
+also kills the sweep's driver there and then (SIGKILL; the driver exports its pid as
+``UKD_FAULT_DRIVER_PID`` before Ray starts, so local trial processes find it): nothing the
+driver had not done by that point gets done. Without it the test kills the sweep once the
+marker is there (the driver may meanwhile handle what was already reported to it).
 
 Without ``UKD_FAULT_AT`` every call is one environment lookup and returns.
 """
@@ -14,12 +17,15 @@ Without ``UKD_FAULT_AT`` every call is one environment lookup and returns.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 
 from common.atomic import atomic_write
 
 FAULT_ENV = "UKD_FAULT_AT"
 MARKER_ENV = "UKD_FAULT_MARKER"
+KILL_ENV = "UKD_FAULT_KILL"
+DRIVER_PID_ENV = "UKD_FAULT_DRIVER_PID"
 
 # Trial side, in the order of a trial's last epoch and finish.
 EPOCH_SAVED = "epoch_saved"  # a member's epoch checkpoint is on disk, its epoch not reported
@@ -37,6 +43,12 @@ DRIVER_POINTS = (FINAL_RECEIVED, FINAL_LOGGED, RUN_FINISHED)
 POINTS = TRIAL_POINTS + DRIVER_POINTS
 
 
+def arm_driver() -> None:
+    """In the driver, before Ray starts: let trial processes find the driver to kill."""
+    if os.environ.get(FAULT_ENV):
+        os.environ[DRIVER_PID_ENV] = str(os.getpid())
+
+
 def forwarded() -> dict[str, str]:
     """The fault settings of this process, for processes that do not inherit its
     environment (trials on the nodes of a Ray cluster); empty without a fault."""
@@ -44,7 +56,7 @@ def forwarded() -> dict[str, str]:
 
 
 def reach(point: str, epoch: int | None = None) -> None:
-    """Hold this process here for good if ``UKD_FAULT_AT`` names this point (and epoch)."""
+    """Stop here if ``UKD_FAULT_AT`` names this point (and this epoch)."""
     wanted = os.environ.get(FAULT_ENV)
     if not wanted:
         return
@@ -54,4 +66,6 @@ def reach(point: str, epoch: int | None = None) -> None:
     marker = os.environ.get(MARKER_ENV)
     if marker:
         atomic_write(marker, lambda f: f.write(f"{point} {epoch} {os.getpid()}\n".encode()))
-    threading.Event().wait()  # until the test kills the sweep
+    if os.environ.get(KILL_ENV) == "1":
+        os.kill(int(os.environ.get(DRIVER_PID_ENV, os.getpid())), signal.SIGKILL)
+    threading.Event().wait()  # until the sweep is killed

@@ -23,6 +23,7 @@ from typing import Any
 from ray import tune
 from rich.markup import escape
 
+from common import faults
 from common import names as N
 from common.atomic import remove_stale_temps, write_json, write_yaml
 from common.locks import LockBusy, exclusive_lock
@@ -125,6 +126,7 @@ def run_sweep(spec: SweepSpec, trials: list[TrialConfig], *, tracking_uri: str |
               address: str | None = None, progress: SweepProgress | None = None,
               dashboard: bool = False) -> SweepOutcome:
     started = time.perf_counter()
+    faults.arm_driver()  # only with UKD_FAULT_AT set (crash tests): before Ray starts
     check_address(address)
     preflight(spec, trials, tracking_uri)
     if dashboard:

@@ -3,17 +3,16 @@
 The finish sequence of a trial: its last epoch's checkpoint, the epoch's report, the final
 evaluation and ``student.pt``, ``final.json``, the final report (trial process); then the
 driver's MLflow metrics and artifacts, FINISHED, and the checkpoint's removal (driver). Each
-step is a fault-injection point (``common/faults.py``): the sweep is held exactly there
-(``UKD_FAULT_AT``), the test waits for the point's marker file -- no timing -- and kills the
-`ukd` process with SIGKILL (its Ray goes with it). The rerun must end with the trial FINISHED
-once in one run, each epoch's metrics and each periodic evaluation logged once, the final
-evaluation logged once, ``ukd.resumed_from_epoch`` set to the checkpoint's epoch whenever the
-trial continued from it, and no epoch trained again that the checkpoint held.
-"""
+step is a fault-injection point (``common/faults.py``): the process that reaches it kills the
+`ukd` driver with SIGKILL exactly there (``UKD_FAULT_AT``, ``UKD_FAULT_KILL=1``; its Ray goes
+with it) and writes a marker file the test waits for -- no timing. The rerun must end with
+the trial FINISHED once in one run, each epoch's metrics and each periodic evaluation logged
+once, the final evaluation logged once, ``ukd.resumed_from_epoch`` set to the checkpoint's
+epoch whenever the trial continued from it, and no epoch trained again that the checkpoint
+held."""
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from pathlib import Path
@@ -52,13 +51,12 @@ def test_a_sweep_killed_in_the_finish_sequence_finishes_once(
     # The epoch points at the last epoch: the start of the finish sequence.
     at = f"{point}@{EPOCHS}" if point in (faults.EPOCH_SAVED, faults.EPOCH_REPORTED) else point
     log1 = tmp_path / "killed.log"
-    proc = start_ukd(["sweep", str(path)], log1,
-                     env={faults.FAULT_ENV: at, faults.MARKER_ENV: str(marker)})
+    proc = start_ukd(["sweep", str(path)], log1, env={
+        faults.FAULT_ENV: at, faults.MARKER_ENV: str(marker), faults.KILL_ENV: "1"})
     session = Session(proc.pid)
     try:
-        wait_for(marker.is_file, 420, f"the sweep held at {at}", proc, log1)
-        os.kill(proc.pid, signal.SIGKILL)  # the ukd process this test started
-        proc.wait(timeout=30)
+        wait_for(marker.is_file, 420, f"the sweep killed at {at}", proc, log1)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
         killed_at_ms = int(time.time() * 1000)
         assert session.wait_empty(300) == {}
     finally:
