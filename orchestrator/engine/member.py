@@ -175,7 +175,7 @@ class Member:
         """The report that says this member continues from its checkpoint, if it does."""
         if not self.start_epoch:
             return None
-        return resumed_report(self.start_epoch, self.history)
+        return resumed_report(self.start_epoch, list(self.history))  # a snapshot
 
     def fail(self, exc: BaseException, epoch: int) -> TrialFailure:
         if isinstance(exc, TrialFailure):

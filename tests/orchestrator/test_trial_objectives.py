@@ -204,8 +204,12 @@ def test_resume_restores_objective_state(trials: dict[tuple[str, str | None], Tr
         assert int(b[f"{queue}.ptr"]) == 2 * TRAIN_IMAGES
     for key in a:
         torch.testing.assert_close(a[key], b[key], msg=key)
-    second = {k: v for k, v in straight_reports[1].items() if k.startswith("loss/")}
-    again = {k: v for k, v in resumed_reports[0].items() if k.startswith("loss/")}
+    straight_epochs = [r for r in straight_reports if r["kind"] == "epoch"]
+    resumed_epochs = [r for r in resumed_reports if r["kind"] == "epoch"]
+    assert resumed_reports[0]["kind"] == "resumed" and resumed_reports[0][
+        "resumed_from_epoch"] == 1 and len(resumed_reports[0]["history"]) == 1
+    second = {k: v for k, v in straight_epochs[1].items() if k.startswith("loss/")}
+    again = {k: v for k, v in resumed_epochs[0].items() if k.startswith("loss/")}
     assert second == pytest.approx(again, rel=1e-5, abs=1e-6)
     assert straight["knn/top1_k10"] == pytest.approx(resumed["knn/top1_k10"])
     if name == "sskd":  # the resumed trial reuses the checkpointed head, it does not retrain
