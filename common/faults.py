@@ -32,13 +32,14 @@ EPOCH_SAVED = "epoch_saved"  # a member's epoch checkpoint is on disk, its epoch
 EPOCH_REPORTED = "epoch_reported"  # the epoch's metrics were handed to Ray Tune
 WEIGHTS_SAVED = "weights_saved"  # student.pt written, the final metrics not yet handed on
 FINAL_WRITTEN = "final_written"  # final.json written, not yet reported to Ray Tune
-FINAL_REPORTED = "final_reported"  # the final metrics were handed to Ray Tune
+# (Once tune.report has handed the final metrics on, the driver already holds them: the steps
+# after that are the driver's points below, which stop it at each one deterministically.)
 # Driver side.
 FINAL_RECEIVED = "final_received"  # the driver got the final metrics, MLflow not yet told
 FINAL_LOGGED = "final_logged"  # final metrics and artifacts in MLflow, the run still RUNNING
 RUN_FINISHED = "run_finished"  # the run is FINISHED, the trial's checkpoint not yet removed
 
-TRIAL_POINTS = (EPOCH_SAVED, EPOCH_REPORTED, WEIGHTS_SAVED, FINAL_WRITTEN, FINAL_REPORTED)
+TRIAL_POINTS = (EPOCH_SAVED, EPOCH_REPORTED, WEIGHTS_SAVED, FINAL_WRITTEN)
 DRIVER_POINTS = (FINAL_RECEIVED, FINAL_LOGGED, RUN_FINISHED)
 POINTS = TRIAL_POINTS + DRIVER_POINTS
 
