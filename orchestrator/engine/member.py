@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ RESUMED = "resumed"  # the report kind of a member that continues from its check
 SGD_KERNELS = {"cuda": "fused"}
 
 
-def sgd(params: list[Tensor], train: TrainConfig, kernel: str) -> torch.optim.SGD:
+def sgd(params: Sequence[Tensor], train: TrainConfig, kernel: str) -> torch.optim.SGD:
     """The trial's SGD (lr, momentum, weight decay of ``train``) with ``kernel`` ``fused`` or
     ``foreach``."""
     if kernel not in ("fused", "foreach"):
