@@ -174,14 +174,38 @@ def check_fused_group(s: Settings, tmp: Path) -> dict[str, Any]:
     return compare(together, alone, TOLERANCE["fused_group"])
 
 
+def watch_dtypes(members: list[Member]) -> dict[str, set[str]]:
+    """The output dtypes of the members' Conv2d and Linear modules, by kind, from now on (a
+    plain function as the hook: the stack's template, a deepcopy of a member, shares it)."""
+    seen: dict[str, set[str]] = {}
+
+    def hook(module: torch.nn.Module, inputs: Any, output: Tensor) -> None:
+        seen.setdefault(type(module).__name__, set()).add(str(output.dtype))
+
+    for m in members:
+        for module in [*m.student.modules(), *m.objective.modules()]:
+            if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
+                module.register_forward_hook(hook)
+    return seen
+
+
 def check_stacked(s: Settings, tmp: Path) -> dict[str, Any]:
+    """Also which dtypes the vmapped forward computes in: on CUDA its convolutions must run
+    in bf16 (autocast casts aten::convolution, which vmap's batching rule calls, on CUDA; on
+    CPU it does not, and ``auto`` is fp32 there anyway)."""
     eng = engine(s, tmp / "stacked")
-    stacked = run_steps(eng, eng.members(s.k, "stack", tmp / "stacked" / "s"), "stack",
-                        s.steps)
+    together = eng.members(s.k, "stack", tmp / "stacked" / "s")
+    dtypes = watch_dtypes(together)
+    stacked = run_steps(eng, together, "stack", s.steps)
     # the member path with the stack's layout (run_group's: contiguous on CPU)
     members = run_steps(eng, eng.members(s.k, "stack", tmp / "stacked" / "m"), "group",
                         s.steps)
-    return compare(stacked, members, TOLERANCE["stacked"])
+    result = compare(stacked, members, TOLERANCE["stacked"])
+    result["stacked_dtypes"] = {k: sorted(v) for k, v in dtypes.items()}
+    if s.torch_device.type == "cuda" and dtypes.get("Conv2d") != {str(torch.bfloat16)}:
+        result["verdict"] = FAIL
+        result["why"] = "the stacked convolutions did not run in bf16 under autocast"
+    return result
 
 
 @dataclass
