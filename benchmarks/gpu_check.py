@@ -21,7 +21,7 @@ verdict ``pass``, ``fail`` or ``n/a`` (cannot run on this device):
   after the epoch's last check) fails alone, naming its epoch; the others finish finite; at
   the group and the stacked level;
 - ``memory_cap`` (CUDA): in a child process capped at a quarter of the GPU
-  (orchestrator/gpu.py ``cap_memory``), an allocation within the share succeeds, and in a
+  (orchestrator/engine/device.py ``cap_memory``), an allocation within the share succeeds, and in a
   group of two the member that asks for more than its share fails with CUDA's out-of-memory
   error while the other finishes its epoch;
 - ``gpu_decode`` (CUDA): nvJPEG (``torchvision.io.decode_jpeg(device="cuda")``) against
@@ -60,11 +60,11 @@ from torch import Tensor
 
 from benchmarks import trial_throughput as tt
 from benchmarks.augment_throughput import tensor_path
-from orchestrator.engine.batches import Batch, BatchStream
+from orchestrator.data.batches import Batch, BatchStream
+from orchestrator.engine.device import cap_memory
 from orchestrator.engine.group import CHECK_EVERY_CUDA, train_epoch
 from orchestrator.engine.member import Member, failing_as
 from orchestrator.engine.stacked import Stack, plan_stacks
-from orchestrator.gpu import cap_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 PASS, FAIL, NA = "pass", "fail", "n/a"

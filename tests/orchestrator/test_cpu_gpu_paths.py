@@ -13,7 +13,7 @@ What a GPU sweep runs and these tests run on CPU too:
 
 What cannot run on CPU, and is checked by ``benchmarks/gpu_check.py`` on a GPU instead:
 nvJPEG decoding (``torchvision.io.decode_jpeg(device="cuda")``), the per-trial CUDA memory cap
-(``torch.cuda.set_per_process_memory_fraction``, orchestrator/gpu.py), ``cudnn.benchmark``,
+(``torch.cuda.set_per_process_memory_fraction``, orchestrator/engine/device.py), ``cudnn.benchmark``,
 CUDA graphs (``compile`` mode ``reduce-overhead`` on CUDA), the fused SGD's CUDA kernel and
 bf16 tensor-core numerics (CPU bf16 rounds the same formats with other kernels).
 """
@@ -30,18 +30,18 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from orchestrator import teachers as teachers_module
-from orchestrator.config import TrialConfig
-from orchestrator.datasets import DatasetBundle, Split
-from orchestrator.datasets import load_dataset as real_load_dataset
+from orchestrator.data.datasets import DatasetBundle, Split
+from orchestrator.data.datasets import load_dataset as real_load_dataset
 from orchestrator.engine import group as group_module
 from orchestrator.engine import member as member_module
 from orchestrator.engine import stacked as stacked_module
-from orchestrator.engine.group import run_group, run_trial
 from orchestrator.engine.member import Member
 from orchestrator.engine.precision import autocast, autocast_dtype
-from orchestrator.grid import expand
-from orchestrator.spec import load_spec
+from orchestrator.spec.config import TrialConfig
+from orchestrator.spec.grid import expand
+from orchestrator.spec.load import load_spec
+from orchestrator.stages import teachers as teachers_module
+from orchestrator.stages.trials import run_group, run_trial
 from tests.orchestrator.specs import minimal_spec
 
 # 4 steps of 16 an epoch; 64 test images. bf16 on this 2-core CPU (no native bf16) steps
