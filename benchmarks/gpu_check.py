@@ -191,8 +191,8 @@ def watch_dtypes(members: list[Member]) -> dict[str, set[str]]:
 
 def check_stacked(s: Settings, tmp: Path) -> dict[str, Any]:
     """Also which dtypes the vmapped forward computes in: on CUDA its convolutions must run
-    in bf16 (autocast casts aten::convolution, which vmap's batching rule calls, on CUDA; on
-    CPU it does not, and ``auto`` is fp32 there anyway)."""
+    in bf16 (CUDA's autocast casts aten::convolution, which vmap's batching rule calls; CPU's
+    does not, and ``auto`` is fp32 on CPU anyway)."""
     eng = engine(s, tmp / "stacked")
     together = eng.members(s.k, "stack", tmp / "stacked" / "s")
     dtypes = watch_dtypes(together)
