@@ -103,17 +103,17 @@ class PilImages(Dataset[tuple[torch.Tensor, int]]):
 
 
 def seeds_style(pair: tuple[str, str], images: np.ndarray[Any, Any], device: torch.device,
-                steps: int, warmup: int, workers: int) -> float:
+                steps: int, warmup: int, workers: int, batch: int = BATCH) -> float:
     torch.manual_seed(0)
     teacher = build_model(pair[0]).to(device).eval()
     student = build_model(pair[1]).to(device).train()
     head = coss_projection(student.feature_dim, teacher.feature_dim).to(device)
     params = [*student.parameters(), *head.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
-    transform = transforms.Compose([transforms.RandomCrop(32, padding=4),
+    transform = transforms.Compose([transforms.RandomCrop(images.shape[1], padding=4),
                                     transforms.RandomHorizontalFlip(), transforms.ToTensor(),
                                     transforms.Normalize(MEAN, STD)])
-    loader = DataLoader(PilImages(images, transform), batch_size=BATCH, shuffle=True,
+    loader = DataLoader(PilImages(images, transform), batch_size=batch, shuffle=True,
                         num_workers=workers, drop_last=True, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0)
     batches = iter(loader)
@@ -138,14 +138,15 @@ def seeds_style(pair: tuple[str, str], images: np.ndarray[Any, Any], device: tor
         losses.append(loss.item())  # the seeds log the loss every step (a host sync)
 
     seconds = timed(device, steps, warmup, step)
-    return steps * BATCH / seconds
+    return steps * batch / seconds
 
 
 # ----------------------------------------------------------------------------- (b, c) ukd
 
 
 def trial(pair: tuple[str, str], index: int, device: torch.device, threads: int,
-          directory: Path, lam: float, lr: float) -> TrialConfig:
+          directory: Path, lam: float, lr: float, batch: int = BATCH,
+          precision: str = "auto", compile: bool = False) -> TrialConfig:
     teacher = TeacherConfig("teacher", PretrainSource(pair[0], PretrainConfig(arch=pair[0])),
                             "cifar100")
     return TrialConfig(
@@ -153,7 +154,8 @@ def trial(pair: tuple[str, str], index: int, device: torch.device, threads: int,
         dataset=DatasetConfig("cifar100", labels=False), teacher=teacher,
         student=StudentConfig(pair[1]),
         loss=LossConfig.of("coss", {"lambda": lam, "neighbours": 0}),
-        train=TrainConfig(epochs=10_000, batch_size=BATCH, lr=lr, augment="crop_flip"),
+        train=TrainConfig(epochs=10_000, batch_size=batch, lr=lr, augment="crop_flip",
+                          precision=precision, compile=compile),
         eval=EvalConfig(),
         runtime=RuntimeConfig(device.type, threads, str(directory / f"bench{index:02d}"),
                               str(directory)))
@@ -163,25 +165,31 @@ class Engine:
     """The trial engine's pieces, as run_group wires them, without the epochs' bookkeeping."""
 
     def __init__(self, pair: tuple[str, str], images: torch.Tensor, device: torch.device,
-                 threads: int, directory: Path) -> None:
+                 threads: int, directory: Path, batch: int = BATCH,
+                 precision: str = "auto", compile: bool = False) -> None:
         self.pair, self.device, self.threads, self.directory = pair, device, threads, directory
+        self.batch, self.precision, self.compile = batch, precision, compile
         torch.manual_seed(0)
         teacher = FrozenTeacher(build_model(pair[0]))
         self.teacher = SharedTeacher(teacher.to(device).to(memory_format=memory_format(device)))
         self.images = images.to(device)
         self.mean, self.std = torch.tensor(MEAN, device=device), torch.tensor(STD, device=device)
         self.stream = BatchStream(self.images, None, self.mean, self.std,
-                                  AUGMENT_PRESETS["crop_flip"], 0, BATCH,
+                                  AUGMENT_PRESETS["crop_flip"], 0, batch,
                                   memory_format=memory_format(device))
 
-    def members(self, k: int, level: str = "group") -> list[Member]:
-        # The layout run_group gives them (contiguous for stacks on CPU).
+    def members(self, k: int, level: str = "group", directory: Path | None = None
+                ) -> list[Member]:
+        """K fresh members (CoSS, lambda and lr differ), in ``directory`` (default the
+        engine's); the stream gets the layout run_group gives them (contiguous for stacks on
+        CPU)."""
         layout = memory_format(self.device, stacked=level == "stack")
         self.stream = dataclasses.replace(self.stream, memory_format=layout)
         out = []
         for i in range(k):
-            t = trial(self.pair, i, self.device, self.threads, self.directory,
-                      lam=(0.25, 0.5, 1.0, 2.0)[i % 4], lr=(0.05, 0.1)[(i // 4) % 2])
+            t = trial(self.pair, i, self.device, self.threads, directory or self.directory,
+                      lam=(0.25, 0.5, 1.0, 2.0)[i % 4], lr=(0.05, 0.1)[(i // 4) % 2],
+                      batch=self.batch, precision=self.precision, compile=self.compile)
             out.append(build_member(t, teacher=self.teacher, images=self.images, labels=None,
                                     num_classes=100, mean=self.mean, std=self.std,
                                     device=self.device, graphs=lambda size: torch.empty(0),
@@ -218,7 +226,7 @@ class Engine:
         seconds = timed(self.device, steps, warmup, step)
         for m in members:
             m.check_finite(0)
-        return k * steps * BATCH / seconds
+        return k * steps * self.batch / seconds
 
     def breakdown(self, steps: int) -> dict[str, float]:
         """Milliseconds a step spends augmenting, in the teacher's forward, and the rest."""
@@ -226,7 +234,7 @@ class Engine:
 
         member = self.members(1)[0]
         member.begin_epoch(0)
-        idx = torch.arange(BATCH, device=self.device)
+        idx = torch.arange(self.batch, device=self.device)
         gen = torch.Generator(device=self.device).manual_seed(0)
         x = self.stream.augmented(idx, gen)
 
@@ -234,7 +242,7 @@ class Engine:
             self.stream.augmented(idx, gen)
 
         def teacher_only(_: int) -> None:
-            with torch.no_grad(), autocast(self.device, "auto"):
+            with torch.no_grad(), autocast(self.device, self.precision):
                 self.teacher.teacher.features(x)
 
         batch = next(self.stream.epoch(0))
@@ -269,67 +277,54 @@ class Engine:
         return float(counter.get_total_flops())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"),
-                        default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--steps", type=int, default=0, help="timed steps (default by device)")
-    parser.add_argument("--images", type=int, default=4096)
-    parser.add_argument("--workers", type=int, default=-1,
-                        help="DataLoader workers of the seeds' loop (default by device)")
-    parser.add_argument("--pairs", nargs="*", default=list(PAIRS), choices=list(PAIRS))
-    parser.add_argument("--ks", nargs="*", type=int, default=[2, 4, 8])
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+def measure(pairs: dict[str, tuple[str, str]], device: torch.device, threads: int,
+            steps: int, warmup: int, images: np.ndarray[Any, Any], workers: int,
+            ks: list[int], batch: int = BATCH, precision: str = "auto",
+            tflops_on_cpu: bool = False, min_steps: int = 4) -> dict[str, Any]:
+    """Every figure for ``pairs`` on ``images`` (N x H x W x 3 uint8), printed as a table as it
+    comes; returns the result object (``details`` holds ratios, the other level, the step's
+    breakdown, TFLOP/s and the share of the bf16 peak on a known GPU). TFLOP/s are measured
+    on CUDA (FlopCounterMode over one step), on CPU too with ``tflops_on_cpu``; no timing
+    runs fewer than ``min_steps`` steps."""
     cuda = device.type == "cuda"
-    steps = args.steps or (60 if cuda else 8)
-    warmup = 10 if cuda else 2
-    workers = args.workers if args.workers >= 0 else (min(8, os.cpu_count() or 1) if cuda
-                                                      else args.threads)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (args.images, 32, 32, 3), dtype=np.uint8)
     tensor_images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     auto_level = "stack" if cuda else "group"
     other_level = "group" if cuda else "stack"
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     peak = next((v for k, v in BF16_PEAK.items() if k in name), None) if cuda else None
 
-    result: dict[str, Any] = {"device": name if cuda else "cpu", "threads": args.threads,
-                              "pairs": {}}
+    result: dict[str, Any] = {"device": name, "threads": threads, "pairs": {}}
     extra: dict[str, Any] = {"fused_level": auto_level, "other_level": other_level,
-                             "steps": steps, "pairs": {}}
-    print(f"device {result['device']}, {args.threads} threads, batch {BATCH}, "
+                             "steps": steps, "batch": batch, "precision": precision,
+                             "pairs": {}}
+    print(f"device {result['device']}, {threads} threads, batch {batch}, "
           f"{steps} timed steps, fused level {auto_level}", flush=True)
     with tempfile.TemporaryDirectory(prefix="ukd-bench-") as tmp:
-        for pair_name in args.pairs:
-            pair = PAIRS[pair_name]
-            engine = Engine(pair, tensor_images, device, args.threads, Path(tmp) / pair[1])
-            seeds = seeds_style(pair, images, device, max(4, steps // 2), warmup, workers)
+        for pair_name, pair in pairs.items():
+            engine = Engine(pair, tensor_images, device, threads, Path(tmp) / pair[1], batch,
+                            precision)
+            seeds = seeds_style(pair, images, device, max(min_steps, steps // 2), warmup, workers,
+                                batch)
             single = engine.throughput(1, "group", steps, warmup)
             fused, other = {}, {}
-            for k in args.ks:
-                k_steps = max(4, steps * 2 // k) if not cuda else steps
-                fused[str(k)] = engine.throughput(k, auto_level, k_steps, warmup)
-                if cuda or k == 4:
-                    other[str(k)] = engine.throughput(k, other_level, k_steps, warmup)
+            for size in ks:
+                k_steps = max(min_steps, steps * 2 // size) if not cuda else steps
+                fused[str(size)] = engine.throughput(size, auto_level, k_steps, warmup)
+                if cuda or size == 4:
+                    other[str(size)] = engine.throughput(size, other_level, k_steps, warmup)
             result["pairs"][pair_name] = {"seeds_style": seeds, "ukd_single": single,
                                           "ukd_fused": fused}
             info: dict[str, Any] = {
                 "ukd_single_over_seeds": single / seeds,
                 "fused_over_single": {k: v / single for k, v in fused.items()},
                 f"ukd_fused_{other_level}": other,
-                "breakdown_ms": engine.breakdown(max(4, steps // 2)),
+                "breakdown_ms": engine.breakdown(max(min_steps, steps // 2)),
             }
-            if cuda:
+            if cuda or tflops_on_cpu:
                 tflops: dict[str, float] = {}
                 for k, rate in [("1", single), *fused.items()]:
                     flops = engine.flops_per_step(int(k), auto_level if k != "1" else "group")
-                    per_s = flops * rate / (int(k) * BATCH)
-                    tflops[k] = per_s / 1e12
+                    tflops[k] = flops * rate / (int(k) * batch) / 1e12
                 info["tflops"] = tflops
                 if peak:
                     info["bf16_peak_share"] = {k: v * 1e12 / peak for k, v in tflops.items()}
@@ -345,13 +340,40 @@ def main() -> None:
                 print(line)
             print("  one ukd step: " + ", ".join(f"{k} {v:.1f} ms"
                                                 for k, v in info["breakdown_ms"].items()))
-            if cuda:
+            if "tflops" in info:
                 print("  achieved TFLOP/s: " + ", ".join(
-                    f"K={k} {v:.1f}" + (f" ({100 * info['bf16_peak_share'][k]:.1f}% of bf16 "
-                                         "peak)" if peak else "")
+                    f"K={k} {v:.3g}" + (f" ({100 * info['bf16_peak_share'][k]:.1f}% of bf16 "
+                                        "peak)" if peak else "")
                     for k, v in info["tflops"].items()))
             sys.stdout.flush()
     result["details"] = extra
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--steps", type=int, default=0, help="timed steps (default by device)")
+    parser.add_argument("--images", type=int, default=4096)
+    parser.add_argument("--workers", type=int, default=-1,
+                        help="DataLoader workers of the seeds' loop (default by device)")
+    parser.add_argument("--pairs", nargs="*", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--ks", nargs="*", type=int, default=[2, 4, 8])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    workers = args.workers if args.workers >= 0 else (min(8, os.cpu_count() or 1) if cuda
+                                                      else args.threads)
+    images = np.random.default_rng(0).integers(0, 256, (args.images, 32, 32, 3),
+                                               dtype=np.uint8)
+    result = measure({p: PAIRS[p] for p in args.pairs}, device, args.threads,
+                     args.steps or (60 if cuda else 8), 10 if cuda else 2, images, workers,
+                     args.ks)
     print(json.dumps(result))
 
 

@@ -51,8 +51,12 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
 
 
 def write_yaml(path: str | os.PathLike[str], data: Any) -> Path:
-    import yaml
-
+    """YAML; without PyYAML (a bare GPU machine running benchmarks/gpu_check.py with torch
+    alone) as indented JSON, which is YAML too: ``yaml.safe_load`` reads either."""
+    try:
+        import yaml
+    except ImportError:
+        return write_text(path, json.dumps(data, indent=2) + "\n")
     return write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 

@@ -200,20 +200,7 @@ def _run_epoch(members: list[Member], group: _Group, epoch: int, check: int,
     lrs = {m.trial_id: m.begin_epoch(epoch) for m in alone}
     for stack in stacks:
         stack.begin_epoch(epoch)
-    for batch in group.stream.epoch(epoch):
-        shared.new_step()
-        for stack in stacks:
-            if any(m.active for m in stack.members):
-                _step_stack(stack, batch, shared, epoch, check)
-        for m in alone:
-            if m.active:
-                with failing_as(m, epoch):
-                    m.step(batch, shared)
-                    if (batch.step + 1) % check == 0:
-                        m.check_finite(epoch)
-        if not any(m.active for m in running):
-            break
-    shared.new_step()
+    train_epoch(group.stream, shared, stacks, alone, epoch, check)
     for stack in stacks:
         stack.unstack()
         lrs.update({m.trial_id: m.optimizer.param_groups[0]["lr"] for m in stack.members})
@@ -255,6 +242,28 @@ def _finish(members: list[Member], outcomes: dict[str, MemberOutcome], group: _G
             final["train_time_s"] = m.train_time_s
             report(m.trial_id, {"kind": "final", "epoch": epochs, **final})
             outcomes[m.trial_id].metrics = final
+
+
+def train_epoch(stream: BatchStream, shared: SharedTeacher, stacks: Sequence[Stack],
+                alone: Sequence[Member], epoch: int, check: int) -> None:
+    """The steps of one epoch: every stack and every member alone on each batch, the
+    non-finite check every ``check`` steps (a host sync each; the epoch's end checks too). A
+    member that fails stops alone; the epoch ends early when none is left."""
+    members = [m for stack in stacks for m in stack.members] + list(alone)
+    for batch in stream.epoch(epoch):
+        shared.new_step()
+        for stack in stacks:
+            if any(m.active for m in stack.members):
+                _step_stack(stack, batch, shared, epoch, check)
+        for m in alone:
+            if m.active:
+                with failing_as(m, epoch):
+                    m.step(batch, shared)
+                    if (batch.step + 1) % check == 0:
+                        m.check_finite(epoch)
+        if not any(m.active for m in members):
+            break
+    shared.new_step()
 
 
 def _step_stack(stack: Stack, batch: Any, teacher: SharedTeacher, epoch: int,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,22 @@ CHECKPOINT = "checkpoint.pt"
 STUDENT_WEIGHTS = "student.pt"
 CONFIG_FILE = "config.yaml"
 RESUMED = "resumed"  # the report kind of a member that continues from its checkpoint
+
+
+# torch.optim.SGD's implementation per device: one fused kernel on CUDA, foreach (a few
+# multi-tensor ops) elsewhere; CPU runs foreach so that its fp32 results stay what they were
+# (the fused CPU kernel works too, tests/orchestrator/test_cpu_gpu_paths.py).
+SGD_KERNELS = {"cuda": "fused"}
+
+
+def sgd(params: Sequence[Tensor], train: TrainConfig, kernel: str) -> torch.optim.SGD:
+    """The trial's SGD (lr, momentum, weight decay of ``train``) with ``kernel`` ``fused`` or
+    ``foreach``."""
+    if kernel not in ("fused", "foreach"):
+        raise ValueError(f"SGD kernel {kernel!r}: fused or foreach")
+    return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum,
+                           weight_decay=train.weight_decay, foreach=kernel == "foreach",
+                           fused=kernel == "fused")
 
 
 def lr_factor(train: TrainConfig, epoch: int) -> float:
@@ -237,9 +253,7 @@ def build_member(trial: TrialConfig, *, teacher: TeacherOutputs, images: Tensor,
         student.compile(mode="reduce-overhead" if device.type == "cuda" else None)
     objective = objective.to(device)
     params = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=trial.train.lr, momentum=trial.train.momentum,
-                                weight_decay=trial.train.weight_decay,
-                                foreach=device.type != "cuda", fused=device.type == "cuda")
+    optimizer = sgd(params, trial.train, SGD_KERNELS.get(device.type, "foreach"))
     member = Member(trial, student, objective, optimizer, rng, device,
                     graph=graphs(req.neighbour_graph) if req.neighbour_graph else None)
     state = _read_checkpoint(directory / CHECKPOINT, device)

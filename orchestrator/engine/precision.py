@@ -1,5 +1,11 @@
-"""The numeric side of a step on each device: bf16 autocast for the forwards on CUDA (the
-losses compute in float32 themselves), fp32 on CPU; channels_last memory layout."""
+"""The numeric side of a step on each device: bf16 autocast for the forwards (the losses
+compute in float32 themselves), channels_last memory layout.
+
+``train.precision``: ``auto`` autocasts to bf16 on CUDA and runs fp32 on CPU (CPU results
+stay bit-identical to a plain fp32 run); ``bf16`` autocasts on either device (on CPU through
+oneDNN's bf16 kernels: slower on CPUs without native bf16, but the same mixed-precision code
+path a GPU runs, so the CPU tests exercise it); ``fp32`` never autocasts.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,25 @@ from typing import Any
 
 import torch
 
+# (precision, device type) -> autocast dtype; absent: fp32 (no autocast).
+AUTOCAST: dict[tuple[str, str], torch.dtype] = {
+    ("auto", "cuda"): torch.bfloat16,
+    ("bf16", "cuda"): torch.bfloat16,
+    ("bf16", "cpu"): torch.bfloat16,
+}
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The dtype ``precision`` autocasts the forwards to on ``device``; None: fp32."""
+    return AUTOCAST.get((precision, device.type))
+
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """``train.precision``: ``auto`` and ``bf16`` autocast to bf16 on CUDA; CPU runs fp32."""
-    if device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """``torch.autocast`` for ``train.precision`` on ``device`` (see :data:`AUTOCAST`)."""
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def memory_format(device: torch.device, stacked: bool = False) -> torch.memory_format:

@@ -27,7 +27,7 @@ from models.pretrain import PretrainConfig
 from orchestrator.data.datasets import dataset_names
 
 SCHEDULES = ("cosine", "step", "constant")
-PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on CUDA, fp32 on CPU
+PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 on CUDA, fp32 on CPU; bf16: on both
 DEVICES = ("auto", "cpu", "cuda")
 # How trials that share a batch stream run: stacked into one model per student architecture
 # (torch.func), as members of one group (one data pipeline and teacher pass), or each alone.
@@ -161,7 +161,7 @@ class TrainConfig(Config):
     augment: Annotated[str, Choice(augment_names)] = "crop_flip"
     seed: Annotated[int, Bounds(ge=0)] = 0
     precision: Annotated[str, Choice(PRECISIONS)] = "auto"
-    compile: bool = False  # torch.compile the student and the teacher (CUDA)
+    compile: bool = False  # torch.compile the student and the teacher
 
     def check(self) -> None:
         if any(not 0 < m < 1 for m in self.milestones):
