@@ -210,46 +210,66 @@ def _colour(x: Tensor, cfg: AugmentConfig, gen: torch.Generator | None) -> Tenso
 
 
 # ---------------------------------------------------------------------------------------------
-# Single photometric ops, torchvision.transforms.v2.functional semantics on float [0, 1]
-# batches (N x C x H x W), one factor per sample (a length-N tensor).
+# Single photometric ops, torchvision.transforms.v2.functional semantics on NCHW batches, one
+# factor per sample (a length-N tensor). Float input is in [0, 1]; uint8 input follows
+# torchvision's uint8 kernels (grayscale floored inside contrast/saturation, outputs truncated,
+# the blur rounded), so each op equals torchvision's for either dtype.
 
 
 def _per_sample(f: Tensor) -> Tensor:
     return f.view(-1, 1, 1, 1)
 
 
+def _luma(x: Tensor) -> Tensor:
+    """N x 1 x H x W float luma 0.2989 R + 0.587 G + 0.114 B (on the 0-255 scale for uint8)."""
+    r, g, b = x.float().unbind(1)
+    return (r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2]).unsqueeze(1)
+
+
+def _like(y: Tensor, x: Tensor) -> Tensor:
+    """Float result back to ``x``'s dtype; uint8 truncates, as torchvision's ``.to(uint8)``."""
+    return y if x.is_floating_point() else y.to(x.dtype)
+
+
+def _bound(x: Tensor) -> float:
+    return 1.0 if x.is_floating_point() else 255.0
+
+
 def rgb_to_grayscale(x: Tensor) -> Tensor:
-    """Luma 0.2989 R + 0.587 G + 0.114 B, repeated over the channels (``rgb_to_grayscale``
-    with ``num_output_channels=3``); 1-channel input is returned as is."""
+    """Luma repeated over the channels (``rgb_to_grayscale(..., num_output_channels=3)``);
+    1-channel input is returned as is."""
     if x.shape[1] == 1:
         return x
-    r, g, b = x.unbind(1)
-    return (r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2]).unsqueeze(1).expand_as(x)
+    return _like(_luma(x), x).expand_as(x)
 
 
 def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
-    """``factor * x + (1 - factor) * other``, clamped to [0, 1] (torchvision's ``_blend``)."""
+    """``factor * x + (1 - factor) * other``, clamped (torchvision's ``_blend``)."""
     f = _per_sample(factor)
-    return (x * f + other * (1 - f)).clamp(0, 1)
+    return _like((x * f + other * (1 - f)).clamp(0, _bound(x)), x)
+
+
+def _gray_for_blend(x: Tensor) -> Tensor:
+    g = _luma(x)
+    return g if x.is_floating_point() else g.floor()
 
 
 def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
-    """``clamp(x * factor, 0, 1)``."""
-    return (x * _per_sample(factor)).clamp(0, 1)
+    """``clamp(x * factor)``."""
+    return _like((x * _per_sample(factor)).clamp(0, _bound(x)), x)
 
 
 def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
     """Blend with the mean of the image's grayscale (one scalar per sample)."""
-    gray = rgb_to_grayscale(x) if x.shape[1] == 3 else x
-    mean = gray[:, :1].mean(dim=(1, 2, 3), keepdim=True)
-    return _blend(x, mean, factor)
+    gray = _gray_for_blend(x) if x.shape[1] == 3 else x.float()
+    return _blend(x, gray.mean(dim=(1, 2, 3), keepdim=True), factor)
 
 
 def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
     """Blend with the per-pixel grayscale; 1-channel input is returned as is (like PIL)."""
     if x.shape[1] == 1:
         return x
-    return _blend(x, rgb_to_grayscale(x), factor)
+    return _blend(x, _gray_for_blend(x), factor)
 
 
 def _rgb_to_hsv(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -268,7 +288,7 @@ def _rgb_to_hsv(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 # Which of (v, p, q, t) is R, G, B in each of the six hue sectors.
-_SECTORS = ((0, 3, 2), (2, 0, 1), (1, 0, 3), (1, 2, 0), (3, 1, 0), (0, 1, 2))
+_SECTORS = ((0, 3, 1), (2, 0, 1), (1, 0, 3), (1, 2, 0), (3, 1, 0), (0, 1, 2))
 
 
 def _hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
@@ -289,9 +309,11 @@ def adjust_hue(x: Tensor, factor: Tensor) -> Tensor:
     space; 1-channel input is returned as is."""
     if x.shape[1] == 1:
         return x
-    h, s, v = _rgb_to_hsv(x)
-    h = torch.remainder(h + factor.view(-1, 1, 1), 1.0)
-    return _hsv_to_rgb(h, s, v)
+    y = x if x.is_floating_point() else x.float() / 255
+    h, s, v = _rgb_to_hsv(y)
+    y = _hsv_to_rgb(torch.remainder(h + factor.view(-1, 1, 1), 1.0), s, v)
+    # torchvision's float -> uint8: scale by 256 - 1e-3, then truncate.
+    return y if x.is_floating_point() else y.mul(256 - 1e-3).to(x.dtype)
 
 
 def blur_kernel_size(side: int) -> int:
@@ -307,13 +329,14 @@ def gaussian_blur(x: Tensor, kernel_size: int, sigma: Tensor) -> Tensor:
         return x
     n, c, h, w = x.shape
     half = kernel_size // 2
-    t = torch.arange(kernel_size, device=x.device, dtype=x.dtype) - half
-    k = torch.softmax(-0.5 * (t / sigma.to(x.dtype).view(-1, 1)) ** 2, dim=1)  # N x K
+    y = x if x.is_floating_point() else x.float()
+    t = torch.arange(kernel_size, device=x.device, dtype=y.dtype) - half
+    k = torch.softmax(-0.5 * (t / sigma.to(y.dtype).view(-1, 1)) ** 2, dim=1)  # N x K
     k = k.repeat_interleave(c, dim=0)  # (N C) x K, one kernel per channel plane
-    y = F.pad(x, (half, half, half, half), mode="reflect").reshape(1, n * c, h + 2 * half, -1)
+    y = F.pad(y, (half, half, half, half), mode="reflect").reshape(1, n * c, h + 2 * half, -1)
     y = F.conv2d(y, k.view(n * c, 1, 1, kernel_size), groups=n * c)
-    y = F.conv2d(y, k.view(n * c, 1, kernel_size, 1), groups=n * c)
-    return y.view(n, c, h, w)
+    y = F.conv2d(y, k.view(n * c, 1, kernel_size, 1), groups=n * c).view(n, c, h, w)
+    return y if x.is_floating_point() else y.round_().to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
