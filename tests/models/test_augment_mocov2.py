@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -70,7 +71,8 @@ OPS = [
 
 @pytest.mark.parametrize(("ours", "theirs", "factors"), OPS,
                          ids=["brightness", "contrast", "saturation", "hue"])
-def test_colour_ops_equal_torchvision(ours, theirs, factors) -> None:
+def test_colour_ops_equal_torchvision(ours: Callable[[Tensor, Tensor], Tensor],
+                                      theirs: Callable[..., Tensor], factors: list[float]) -> None:
     x = _images()
     f = torch.tensor([factors[i % len(factors)] for i in range(len(x))])
     got_fp = ours(x.float() / 255, f)
@@ -109,7 +111,8 @@ def test_blur_equals_torchvision(kernel: int) -> None:
 @pytest.mark.parametrize(("box", "size"), [((2, 3, 20, 17), 12), ((0, 0, 30, 26), 40),
                                            ((5, 1, 9, 24), 16), ((0, 0, 30, 26), 30)])
 @pytest.mark.parametrize("flip", [False, True])
-def test_crop_resize_flip_equals_torchvision(box, size, flip) -> None:
+def test_crop_resize_flip_equals_torchvision(box: tuple[int, int, int, int], size: int,
+                                            flip: bool) -> None:
     x = _images()
     for img in (x[0], x.float() / 255):
         want = TF.resized_crop(img, *box, size=[size, size], antialias=True)
@@ -130,7 +133,8 @@ def test_crop_resize_flip_equals_torchvision(box, size, flip) -> None:
     (300, 8, (0.5, 1.0), (3 / 4, 4 / 3)),  # far taller
     (20, 20, (1.0, 1.0), (0.5, 0.6)),  # no try fits: whole-width fallback
 ])
-def test_sample_crop_is_torchvisions_rule(h, w, scale, ratio) -> None:
+def test_sample_crop_is_torchvisions_rule(h: int, w: int, scale: tuple[float, float],
+                                          ratio: tuple[float, float]) -> None:
     rrc = T.RandomResizedCrop(224, scale=scale, ratio=ratio)
     probe = [tv_tensors.Image(torch.zeros(3, h, w))]
     boxes = []
@@ -205,7 +209,8 @@ def test_geometric_per_image_equals_batched() -> None:
     assert torch.equal(batch, single)
     # Non-square decoded images need an output size; the loader passes its image_size.
     img = _images(n=1, h=37, w=53)[0]
-    assert random_geometric(img, MOCO, torch.Generator().manual_seed(0), size=20).shape == (3, 20, 20)
+    out = random_geometric(img, MOCO, torch.Generator().manual_seed(0), size=20)
+    assert out.shape == (3, 20, 20)
     with pytest.raises(ValueError, match="output size"):
         random_geometric(img, MOCO, torch.Generator().manual_seed(0))
 
