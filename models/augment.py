@@ -273,35 +273,28 @@ def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
 
 
 def _rgb_to_hsv(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Pillow's RGB -> HSV (what torchvision follows): h in [0, 1), s, v = max channel."""
+    """Pillow's RGB -> HSV (what torchvision follows): h in [0, 1), s, v = max channel; hue
+    sector by which channel is the maximum (red first, then green, then blue); grey: h = 0."""
     r, g, b = x.unbind(1)
     v, _ = x.max(dim=1)
-    lo, _ = x.min(dim=1)
-    chroma = v - lo
+    chroma = v - x.min(dim=1)[0]
     grey = chroma == 0
-    s = chroma / torch.where(grey, torch.ones_like(v), v)
-    d = torch.where(grey, torch.ones_like(chroma), chroma)
-    # Hue sector by which channel is the maximum (red first, then green, then blue).
-    h = torch.where(v == r, (g - b) / d, torch.where(v == g, 2 + (b - r) / d, 4 + (r - g) / d))
-    h = torch.where(grey, torch.zeros_like(h), h)
-    return torch.remainder(h / 6, 1.0), s, v
-
-
-# Which of (v, p, q, t) is R, G, B in each of the six hue sectors.
-_SECTORS = ((0, 3, 1), (2, 0, 1), (1, 0, 3), (1, 2, 0), (3, 1, 0), (0, 1, 2))
+    d = torch.where(grey, 1.0, chroma)
+    s = chroma / torch.where(grey, 1.0, v)
+    h = torch.where(v == r, g - b, torch.where(v == g, (b - r).add_(d, alpha=2),
+                                                (r - g).add_(d, alpha=4)))
+    h = h.div_(d * 6).add_(1.0).remainder_(1.0)
+    return h.masked_fill_(grey, 0.0), s, v
 
 
 def _hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
-    h6 = h * 6
-    sector = torch.floor(h6)
-    f = h6 - sector
-    p = (v * (1 - s)).clamp(0, 1)
-    q = (v * (1 - s * f)).clamp(0, 1)
-    t = (v * (1 - s * (1 - f))).clamp(0, 1)
-    vpqt = torch.stack((v, p, q, t), dim=1)  # N x 4 x H x W
-    table = torch.tensor(_SECTORS, device=h.device)  # 6 x 3
-    idx = table[sector.long().remainder(6)].permute(0, 3, 1, 2)  # N x 3 x H x W
-    return vpqt.gather(1, idx)
+    """Channel c (R, G, B: n = 5, 3, 1) is ``v - v s clamp(min(k, 4 - k), 0, 1)`` with
+    ``k = (n + 6 h) mod 6``: the six-sector formula (v, p, q, t) in closed form."""
+    n = torch.tensor([5.0, 3.0, 1.0], device=h.device, dtype=h.dtype).view(1, 3, 1, 1)
+    k = (h.unsqueeze(1) * 6 + n).remainder_(6)
+    w = torch.minimum(k, 4 - k).clamp_(0, 1)
+    vs = (v * s).unsqueeze(1)
+    return v.unsqueeze(1) - vs * w
 
 
 def adjust_hue(x: Tensor, factor: Tensor) -> Tensor:
