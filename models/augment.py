@@ -24,23 +24,35 @@ Two families of presets (YAML ``augment:``, :data:`AUGMENT_PRESETS`):
 The ``mocov2`` pipeline splits in two so a streaming loader can run the geometric part per
 image at decode time on CPU and the photometric part batched on the device:
 
-- ``sample_crop(height, width, scale, ratio, gen) -> (top, left, h, w)``: RandomResizedCrop's
-  rule (up to 10 draws of area and log-ratio, then the centre-crop fallback), drawing exactly
-  what ``RandomResizedCrop.make_params`` draws, in the same order, from ``gen``.
-- ``crop_resize_flip(image, box, size, flip) -> Tensor``: crop, antialiased bilinear resize to
-  ``size`` x ``size``, optional horizontal flip; CHW or NCHW, keeps the dtype (uint8 rounded).
-- ``random_geometric(image, cfg, gen, size=None) -> Tensor``: one CHW image, its crop box and
-  flip coin from ``gen`` (crop draws first, then one ``torch.rand(1)`` for the flip).
-- ``geometric(images, cfg, gen, size=None) -> Tensor``: the same per sample for a batch of
-  same-size images; ``gen`` is one generator (drawn from sample by sample) or one per sample,
-  so a batch can reproduce what per-image calls with the same generators give, tensor for
-  tensor on the same device.
-- ``photometric(batch, cfg, gen) -> Tensor``: uint8 or float [0, 1] batch -> float [0, 1]:
-  colour jitter, grayscale, blur; ``sample_photometric`` draws its parameters and
-  ``apply_photometric`` applies them.
-- The single ops, each with one factor per sample: ``adjust_brightness``,
-  ``adjust_contrast``, ``adjust_saturation``, ``adjust_hue``, ``rgb_to_grayscale``,
-  ``gaussian_blur``, ``blur_kernel_size``.
+- ``sample_crop(height: int, width: int, scale: tuple[float, float], ratio: tuple[float,
+  float], gen: torch.Generator | None = None) -> tuple[int, int, int, int]``: (top, left,
+  height, width) by RandomResizedCrop's rule (up to 10 draws of area and log-ratio, then the
+  centre-crop fallback), drawing exactly what ``RandomResizedCrop.make_params`` draws, in the
+  same order, from ``gen`` (a CPU generator).
+- ``crop_resize_flip(image: Tensor, box: tuple[int, int, int, int], size: int, flip: bool)
+  -> Tensor``: crop, antialiased bilinear resize to ``size`` x ``size``, optional horizontal
+  flip; CHW or NCHW, keeps the dtype (uint8 rounded; native uint8 resize on AVX2 CPUs, as
+  torchvision).
+- ``random_geometric(image: Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None,
+  size: int | None = None) -> Tensor``: one CHW image (any size) -> its random resized crop
+  at ``size`` (else ``cfg.size``, else the side of a square image), flipped with p 0.5: the
+  crop's draws first, then one ``torch.rand(1)`` for the flip, all from ``gen`` (CPU).
+- ``geometric(images: Tensor, cfg: AugmentConfig, gen: torch.Generator |
+  Sequence[torch.Generator] | None = None, size: int | None = None) -> Tensor``: the same
+  for each sample of a same-size NCHW batch; ``gen`` is one generator (drawn from sample by
+  sample; a CUDA one seeds a CPU generator with one draw) or one CPU generator per sample, so
+  a batch reproduces per-image calls with the same generators, tensor for tensor on the
+  same device.
+- ``photometric(batch: Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None) ->
+  Tensor``: uint8 or float [0, 1] NCHW batch (on any device; ``gen`` on that device) ->
+  float [0, 1]: colour jitter, grayscale, blur. It is ``sample_photometric(n, side, cfg, gen,
+  device) -> PhotometricParams`` (all draws, one vector per parameter) followed by
+  ``apply_photometric(x, params) -> Tensor``.
+- The single ops, each with one factor per sample, on float [0, 1] or uint8 (torchvision's
+  uint8 rounding): ``adjust_brightness(x, f)``, ``adjust_contrast(x, f)``,
+  ``adjust_saturation(x, f)``, ``adjust_hue(x, f)``, ``rgb_to_grayscale(x)``,
+  ``gaussian_blur(x, kernel_size, sigma)``, ``colour_jitter(x, factors, order)``;
+  ``blur_kernel_size(side)``.
 
 ``augment(images, cfg, gen)`` runs the whole preset on a same-size uint8 batch (the in-memory
 path); :func:`normalise` comes after.

@@ -126,15 +126,15 @@ def test_crop_resize_flip_equals_torchvision(box: tuple[int, int, int, int], siz
             assert (got - want).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize(("h", "w", "scale", "ratio"), [
-    (30, 26, (0.2, 1.0), (3 / 4, 4 / 3)),
-    (375, 500, (0.08, 1.0), (3 / 4, 4 / 3)),
-    (8, 300, (0.5, 1.0), (3 / 4, 4 / 3)),  # far wider than the ratios: fallback
-    (300, 8, (0.5, 1.0), (3 / 4, 4 / 3)),  # far taller
-    (20, 20, (1.0, 1.0), (0.5, 0.6)),  # no try fits: whole-width fallback
+@pytest.mark.parametrize(("h", "w", "scale", "ratio", "fallback"), [
+    (30, 26, (0.2, 1.0), (3 / 4, 4 / 3), False),
+    (375, 500, (0.08, 1.0), (3 / 4, 4 / 3), False),
+    (8, 300, (0.5, 1.0), (3 / 4, 4 / 3), True),  # far wider than the ratios
+    (300, 8, (0.5, 1.0), (3 / 4, 4 / 3), True),  # far taller
+    (20, 20, (1.0, 1.0), (0.5, 0.6), True),  # no try fits: the largest box at ratio 0.6
 ])
 def test_sample_crop_is_torchvisions_rule(h: int, w: int, scale: tuple[float, float],
-                                          ratio: tuple[float, float]) -> None:
+                                          ratio: tuple[float, float], fallback: bool) -> None:
     rrc = T.RandomResizedCrop(224, scale=scale, ratio=ratio)
     probe = [tv_tensors.Image(torch.zeros(3, h, w))]
     boxes = []
@@ -145,8 +145,10 @@ def test_sample_crop_is_torchvisions_rule(h: int, w: int, scale: tuple[float, fl
         got = sample_crop(h, w, scale, ratio, torch.Generator().manual_seed(seed))
         assert got == want
         boxes.append(got)
-    if max(h, w) / min(h, w) > 4:  # the fallback branch was taken: a centred crop
-        assert all(t == (h - bh) // 2 and le == (w - bw) // 2 for t, le, bh, bw in boxes)
+    centred = [t == (h - bh) // 2 and le == (w - bw) // 2 for t, le, bh, bw in boxes]
+    assert all(centred) if fallback else not all(centred)
+    if (h, w) == (20, 20):
+        assert set(boxes) == {(0, 4, 20, 12)}
 
 
 def test_photometric_parameters_follow_torchvision() -> None:
@@ -266,3 +268,12 @@ def test_config_rejects_contradictions() -> None:
         AugmentConfig(hue=0.6)
     with pytest.raises(ValueError, match="pad"):
         AugmentConfig(crop="torchvision", pad=4)
+
+
+def test_geometric_with_one_generator_draws_sample_after_sample() -> None:
+    x = _images(n=4, h=32, w=32)
+    batch = geometric(x, MOCO, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    assert torch.equal(batch, torch.stack([random_geometric(img, MOCO, g) for img in x]))
+    with pytest.raises(ValueError, match="generators"):
+        geometric(x, MOCO, [torch.Generator()] * 3)
