@@ -149,10 +149,10 @@ def _print_plan(spec: SweepSpec, trials: list[TrialConfig], address: str | None)
                       t.loss.name + (f" ({shown})" if shown else ""),
                       *(flat.get(a, "-") for a in other_axes))
     out.print(table)
-    from orchestrator.data.datasets import DATASETS
+    from orchestrator.data.datasets import train_size
     from orchestrator.spec.display import images_per_epoch
 
-    n = DATASETS[spec.dataset.name].train_size
+    n = train_size(spec.dataset)
     for line in dict.fromkeys(f"{t.loss.name}: {images_per_epoch(t, n)}" for t in trials):
         out.print(f"epoch of {line}", highlight=False, soft_wrap=True)
     _print_groups(spec, trials, address)
@@ -292,3 +292,37 @@ def list_models() -> None:
         spec = MODELS[name]
         table.add_row(name, spec.family, str(spec.feature_dim), spec.description)
     out.print(table)
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Image folders: check before a sweep.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check(
+    folder: Annotated[Path, typer.Argument(help="an image folder: train/<class>/*, val/<class>/*")],
+    workers: Annotated[int | None, typer.Option(min=0, help="decode processes (0: this one; "
+                                                            "default: one per CPU)")] = None,
+    imagenet: Annotated[bool, typer.Option(help="also check the 1,000 ImageNet wnid "
+                                                "folders")] = False,
+) -> None:
+    """Check an image folder's layout, then decode every image (in parallel, with a progress
+    bar) and list the ones that cannot be read: exit 1 when there are any."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from orchestrator.data.folders import check_files, check_layout
+
+    try:
+        check_layout(folder, imagenet=imagenet)
+    except UserInputError as exc:
+        _fail(str(exc))
+    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("decoding", total=None)
+        result = check_files(folder, workers, lambda n: bar.advance(task, n))
+    for path, reason in result.unreadable:
+        out.print(f"unreadable: {escape(path)} ({escape(reason)})", highlight=False,
+                  soft_wrap=True)
+    out.print(f"{result.files} images, {len(result.unreadable)} unreadable", highlight=False)
+    if result.unreadable:
+        raise typer.Exit(1)

@@ -1,9 +1,13 @@
 """The batch stream of a group: epoch order, batch building, augmented views, extra fetches.
 
-One object holds the whole training split as a uint8 tensor on the device (airbench style, no
-DataLoader). An epoch's batches are index tensors built from the data stream; each batch's
-views are augmented on first use and shared by every member that asks for them, so a fused
-group samples and augments each batch once.
+The training split is either one uint8 tensor on the device (airbench style, no DataLoader)
+or an image folder streamed from disk (:class:`orchestrator.data.folders.FolderImages`: files
+decoded by worker processes, ``prefetch`` batches ahead, host memory bounded by the batch
+size). An epoch's batches are index tensors built from the data stream; each batch's images
+are read once (:meth:`Batch.raw`), its views are augmented on the device on first use and
+shared by every member that asks for them, so a fused group reads, decodes and augments each
+batch once. Reading is deterministic, so the views depend on (seed, epoch, step, view) only:
+not on storage, worker count, prefetch depth or group.
 """
 
 from __future__ import annotations
@@ -11,14 +15,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from losses import NeighbourBatches
-from models.augment import AugmentConfig, augment, normalise
+from models.augment import AugmentConfig, augment, geometric, normalise, photometric
 from orchestrator.data.sampling import neighbour_batches, random_batches
-from orchestrator.data.streams import generator
+from orchestrator.data.streams import PURPOSES, derive_seed, generator
 
 ROTATED = -1  # the rotated batch's key among a batch's views (and its generator's part)
 
@@ -54,14 +59,36 @@ class Batch:
     indices: Tensor  # on the device
     labels: Tensor | None
     _views: dict[int, Tensor] = field(default_factory=dict)
+    _raw: Tensor | None = None
+    _geometric: Tensor | None = None  # B x V x C x S x S uint8 (decode-time presets)
+
+    def raw(self) -> Tensor:
+        """The batch's stored uint8 images, read (decoded) once per step."""
+        if self._raw is None:
+            self._raw = self.stream.images[self.indices]
+        return self._raw
 
     def view(self, k: int) -> Tensor:
         """The ``k``-th augmented view (normalised float batch), made once per step."""
         if k not in self._views:
-            gen = generator(self.stream.seed, "view", self.epoch, self.step, k,
-                            device=self.stream.device)
-            self._views[k] = self.stream.augmented(self.indices, gen)
+            stream = self.stream
+            gen = generator(stream.seed, "view", self.epoch, self.step, k, device=stream.device)
+            if stream.decode_time:
+                x = photometric(self.geometric(k + 1)[:, k], stream.augment, gen)
+                self._views[k] = normalise(x, stream.mean, stream.std).contiguous(
+                    memory_format=stream.memory_format)
+            else:
+                self._views[k] = stream.augment_images(self.raw(), gen)
         return self._views[k]
+
+    def geometric(self, count: int) -> Tensor:
+        """At least ``count`` views' random resized crops + flips of every image (uint8,
+        ``B x V x C x S x S``), every image read once for all of them."""
+        if self._geometric is None or self._geometric.shape[1] < count:
+            views = max(count, self.stream.num_views)
+            self._geometric = self.stream.geometric_views(self.indices, self.epoch,
+                                                          self.step, views)
+        return self._geometric
 
     def views(self, count: int) -> list[Tensor]:
         return [self.view(k) for k in range(count)]
@@ -73,7 +100,7 @@ class Batch:
             gen = generator(self.stream.seed, "view", self.epoch, self.step, ROTATED,
                             device=self.stream.device)
             stream = self.stream
-            self._views[ROTATED] = rotated_copies(stream.images[self.indices], stream.augment,
+            self._views[ROTATED] = rotated_copies(self.raw(), stream.augment,
                                                   stream.mean, stream.std, gen,
                                                   stream.memory_format)
         return self._views[ROTATED]
@@ -94,7 +121,7 @@ class Batch:
 
 @dataclass
 class BatchStream:
-    images: Tensor  # uint8 N x C x H x W on the device
+    images: Tensor  # uint8 N x C x H x W on the device, or a streamed FolderImages
     labels: Tensor | None  # int64 N on the device, None when trials may not use labels
     mean: Tensor
     std: Tensor
@@ -104,14 +131,44 @@ class BatchStream:
     neighbour_batches: NeighbourBatches | None = None
     graph: Tensor | None = None  # N x K teacher neighbours (CPU), for neighbour batches
     memory_format: torch.memory_format = torch.contiguous_format
+    num_views: int = 1  # views a step will ask for (a streamed folder decodes them together)
 
     @property
     def device(self) -> torch.device:
         return self.images.device
 
-    def augmented(self, indices: Tensor, gen: torch.Generator) -> Tensor:
-        x = normalise(augment(self.images[indices], self.augment, gen), self.mean, self.std)
+    @property
+    def decode_time(self) -> bool:
+        """The preset's geometric part runs per image where images are read (``mocov2``:
+        torchvision's RandomResizedCrop from the file's full size when streamed), its
+        photometric part batched on the device."""
+        return self.augment.crop == "torchvision"
+
+    def view_seeds(self, epoch: int, step: int, size: int, views: int) -> list[list[int]]:
+        """Seed of view k of the i-th image of a step: (seed, epoch, step, k, i) of the data
+        stream, whoever reads the image."""
+        base = (self.seed, PURPOSES["view"], epoch, step)
+        return [[derive_seed(*base, k, i) for k in range(views)] for i in range(size)]
+
+    def geometric_views(self, indices: Tensor, epoch: int, step: int, views: int) -> Tensor:
+        """``B x V x C x S x S`` uint8: per image and view, :func:`models.augment.geometric`
+        with that view's seed (a streamed folder: at decode time, in its workers)."""
+        seeds = self.view_seeds(epoch, step, int(indices.shape[0]), views)
+        read_views = getattr(self.images, "views", None)
+        if read_views is not None:
+            out: Tensor = read_views(("views", epoch, step, views), indices, seeds, self.augment)
+            return out
+        raw = self.images[indices]
+        return torch.stack([geometric(raw, self.augment, [torch.Generator().manual_seed(s[k])
+                                                          for s in seeds])
+                            for k in range(views)], dim=1)
+
+    def augment_images(self, images: Tensor, gen: torch.Generator) -> Tensor:
+        x = normalise(augment(images, self.augment, gen), self.mean, self.std)
         return x.contiguous(memory_format=self.memory_format)
+
+    def augmented(self, indices: Tensor, gen: torch.Generator) -> Tensor:
+        return self.augment_images(self.images[indices], gen)
 
     def plan(self, epoch: int) -> list[Tensor]:
         """The epoch's batches as index tensors (CPU), from the data stream."""
@@ -126,10 +183,28 @@ class BatchStream:
         return random_batches(n, self.batch_size, gen)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        for step, idx in enumerate(self.plan(epoch)):
-            on_device = idx.to(self.device, non_blocking=True)
-            labels = None if self.labels is None else self.labels[on_device]
-            yield Batch(self, epoch, step, on_device, labels)
+        plan = self.plan(epoch)
+        depth = int(getattr(self.images, "depth", 0))  # a streamed folder reads ahead
+        try:
+            for step, idx in enumerate(plan):
+                for ahead in range(step, min(step + depth, len(plan))):
+                    self._prefetch(epoch, ahead, plan[ahead])
+                on_device = idx.to(self.device, non_blocking=True)
+                labels = None if self.labels is None else self.labels[on_device]
+                yield Batch(self, epoch, step, on_device, labels)
+        finally:
+            drop = getattr(self.images, "drop_pending", None)
+            if drop is not None:
+                drop()
+
+    def _prefetch(self, epoch: int, step: int, indices: Tensor) -> None:
+        images: Any = self.images
+        if self.decode_time:
+            seeds = self.view_seeds(epoch, step, int(indices.shape[0]), self.num_views)
+            images.prefetch_views(("views", epoch, step, self.num_views), indices, seeds,
+                                  self.augment)
+        else:
+            images.prefetch(indices)
 
     def steps_per_epoch(self) -> int:
         return len(self.plan(0))

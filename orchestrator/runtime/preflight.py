@@ -31,10 +31,11 @@ def preflight(spec: SweepSpec, trials: list[TrialConfig],
     data = (spec.dataset.name, spec.dataset.root)
     try:
         check_available(spec.dataset.name, spec.dataset.root, spec.dataset.download)
-        if DATASETS[spec.dataset.name].needs_root and not spec.dataset.download \
+        info = DATASETS[spec.dataset.name]
+        if info.needs_root and not info.folder and not spec.dataset.download \
                 and data not in _VERIFIED_DATA:
             # The files are there and sound (not kept: the trials load their own copy).
-            DATASETS[spec.dataset.name].loader(spec.dataset.root, False)
+            info.loader(spec.dataset)
             _VERIFIED_DATA.add(data)
     except UserInputError as exc:
         raise UserInputError(f"{src} at `dataset.root`: {exc}") from None

@@ -26,7 +26,7 @@ from common.fields import Config, yaml_key
 from losses import get_objective, make_params
 from models.hub import resolve_weights
 from models.pretrain import RECIPES, PretrainConfig
-from orchestrator.data.datasets import DATASETS
+from orchestrator.data.datasets import DATASETS, identity, uses_labels
 from orchestrator.errors import SpecError
 from orchestrator.spec.config import (
     SSL_RECIPES,
@@ -326,6 +326,25 @@ def _config(cls: type[Config], model: BaseModel, file: Path, path: str,
         raise SpecError(file, path, str(exc)) from None
 
 
+def _check_dataset(dataset: DatasetConfig, file: Path) -> None:
+    """Image-folder settings against the dataset (the folder itself: preflight)."""
+    info = DATASETS[dataset.name]
+    if info.folder:
+        if dataset.root is None:
+            raise SpecError(file, "dataset.root", f"dataset {dataset.name!r} reads an image "
+                            "folder; allowed: the folder holding train/<class>/<image> and "
+                            "val/<class>/<image>")
+        return
+    if dataset.image_size not in (None, info.image_size):
+        raise SpecError(file, "dataset.image_size", f"dataset {dataset.name!r} has "
+                        f"{info.image_size}x{info.image_size} images; allowed: "
+                        f"{info.image_size} or leave it out (other sizes: image folders)")
+    for key in ("eval_resize",):
+        if getattr(dataset, key) is not None:
+            raise SpecError(file, f"dataset.{key}", f"dataset {dataset.name!r} is evaluated "
+                            "as it is; allowed only for imagefolder and imagenet")
+
+
 def _build(model: SweepSpecModel, raw: Mapping[str, Any], file: Path,
            output_dir: str | Path | None) -> SweepSpec:
     out = Path(output_dir) if output_dir is not None else Path(model.output_dir or
@@ -334,6 +353,7 @@ def _build(model: SweepSpecModel, raw: Mapping[str, Any], file: Path,
     if dataset.root is not None:
         dataset = dataclasses.replace(dataset,
                                       root=str(Path(dataset.root).expanduser().resolve()))
+    _check_dataset(dataset, file)
     train: TrainConfig = _config(TrainConfig, model.train, file, "train")
     if model.knn is not None and model.eval.knn is not None:
         raise SpecError(file, "knn", "give the kNN settings once: `knn` or `eval.knn`")
@@ -344,7 +364,7 @@ def _build(model: SweepSpecModel, raw: Mapping[str, Any], file: Path,
     resources: ResourcesConfig = _config(ResourcesConfig, model.resources, file, "resources")
     channels = DATASETS[dataset.name].channels
     teachers = {label: TeacherConfig(label, _source(body, label, file, train.seed, channels),
-                                     dataset.name)
+                                     dataset.name, identity(dataset))
                 for label, body in model.teachers.items()}
     grid = _grid(model, raw, file, tuple(teachers))
     linear: LinearConfig | None = (None if model.eval.linear is None else
@@ -468,8 +488,7 @@ def _grid(model: SweepSpecModel, raw: Mapping[str, Any], file: Path,
 
 def _check_compatibility(file: Path, spec: SweepSpec) -> None:
     """Objective requirements against the dataset, teachers and batch sizes."""
-    info = DATASETS[spec.dataset.name]
-    labelled = info.has_labels and spec.dataset.labels
+    labelled = uses_labels(spec.dataset)
     for label, teacher in spec.teachers.items():
         source = teacher.source
         if isinstance(source, PretrainSource) and RECIPES[source.pretrain.recipe].needs_labels \

@@ -29,7 +29,7 @@ from models.hub import WeightsUnavailableError, fetch_weights, pretrained_backbo
 from models.pretrain import RECIPES, pretrain_teacher
 from models.teacher import FrozenTeacher
 from models.weights import build_teacher_from_checkpoint
-from orchestrator.data.datasets import DatasetBundle, load_dataset
+from orchestrator.data.datasets import DatasetBundle, load_dataset, uses_labels
 from orchestrator.engine.device import resolve_device
 from orchestrator.engine.knn import embed, neighbour_graph, weighted_knn
 from orchestrator.engine.precision import autocast
@@ -115,7 +115,7 @@ def run_stage(teacher: TeacherConfig, dataset: DatasetConfig, knn: KnnConfig,
         torch.set_num_threads(threads)
     directory = teacher_dir(cache_dir, teacher.key)
     device = resolve_device(device_name)
-    bundle = load_dataset(dataset.name, dataset.root, dataset.download)
+    bundle = load_dataset(dataset)
     trained_now = False
     train_time = 0.0
     history: list[dict[str, float]] = []
@@ -157,11 +157,12 @@ def _pretrain(teacher: TeacherConfig, source: PretrainSource, dataset: DatasetCo
               bundle: DatasetBundle, device: torch.device, directory: Path
               ) -> tuple[float, list[dict[str, float]]]:
     cfg = source.pretrain
-    labels = bundle.train.labels if dataset.labels and RECIPES[cfg.recipe].needs_labels else None
+    wants = uses_labels(dataset) and RECIPES[cfg.recipe].needs_labels
+    labels = bundle.train.labels if wants else None
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     backbone, head = pretrain_teacher(
-        cfg, bundle.train.images.to(device), None if labels is None else labels.to(device),
+        cfg, bundle.training_images.to(device), None if labels is None else labels.to(device),
         bundle.mean.to(device), bundle.std.to(device),
         bundle.num_classes if cfg.recipe == "supervised" else None, device,
         lambda epoch, metrics: history.append({"epoch": epoch, **metrics}))
