@@ -53,7 +53,7 @@ class DatasetConfig(Config):
     """``labels``: may trials use training labels (kNN evaluation always does)? None: the
     dataset's default (bundled: yes, image folders: no). ``image_size``, ``eval_resize``,
     ``storage``, ``workers`` and ``prefetch`` are for image folders
-    (orchestrator/datasets.py): the size images are read at, the evaluation transform's
+    (orchestrator/data/datasets.py): the size images are read at, the evaluation transform's
     Resize, decoded into memory or streamed from disk (``auto``: by size), decode worker
     processes and batches decoded ahead (neither changes a batch), and ``decode: gpu``:
     on CUDA, a streamed folder's ``mocov2`` views are decoded by batched nvJPEG."""
