@@ -13,6 +13,7 @@ not on storage, worker count, prefetch depth or group.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,7 @@ class Batch:
     indices: Tensor  # on the device
     labels: Tensor | None
     _views: dict[int, Tensor] = field(default_factory=dict)
+    _parts: dict[int, list[DeviceChunk]] = field(default_factory=dict)
     _raw: Tensor | None = None
     _geometric: Tensor | None = None  # B x V x C x S x S uint8 (decode-time presets)
 
@@ -105,18 +107,88 @@ class Batch:
                                                   stream.memory_format)
         return self._views[ROTATED]
 
-    def fetcher(self) -> Callable[[Tensor], Tensor]:
+    def fetcher(self, device: int | None = None) -> Callable[[Tensor], Tensor]:
         """Fresh augmentations of any training images (BINGO's bag neighbours); the n-th call
-        of one member draws from the n-th fetch generator of this step, so a member fetches
-        the same images with the same augmentation fused or alone."""
+        of one member draws from the n-th fetch generator of this step (of its ``device``'s
+        chunk with ``train.devices > 1``), so a member fetches the same images with the same
+        augmentation fused or alone."""
         calls = iter(range(1 << 30))
+        extra = () if device is None else (device,)
 
         def fetch(indices: Tensor) -> Tensor:
             gen = generator(self.stream.seed, "fetch", self.epoch, self.step, next(calls),
-                            device=self.stream.device)
+                            *extra, device=self.stream.device)
             return self.stream.augmented(indices.to(self.stream.device), gen)
 
         return fetch
+
+    def per_device(self, devices: int) -> list[DeviceChunk]:
+        """The batch split into ``devices`` per-device chunks of whole anchor groups (made
+        once per step, so fused members share the chunks' tensors and teacher forwards)."""
+        if devices not in self._parts:
+            nb = self.stream.neighbour_batches
+            group = nb.neighbours + 1 if nb is not None else 1
+            rows = device_rows(self.indices.shape[0], devices, group)
+            self._parts[devices] = [DeviceChunk(self, d, r) for d, r in enumerate(rows)]
+        return self._parts[devices]
+
+
+def device_rows(size: int, devices: int, group: int = 1) -> list[slice]:
+    """Rows of each device's chunk of a ``size``-row batch: whole groups of ``group`` rows
+    (an anchor and its neighbours), as even as the groups allow, empty chunks left out.
+
+    The official CoSS sampler (paganpasta/coss-pytorch batch_sampler.py, ``CFBatchSampler``)
+    gives rank r the anchors r, r + D, ... of one seeded permutation, each followed by its own
+    neighbours: every GPU holds whole anchor groups. Here device d holds the d-th run of
+    consecutive groups of a step's (already shuffled) anchors: the same distribution."""
+    if size % group:
+        raise ValueError(f"a batch of {size} rows is not whole groups of {group}")
+    bounds = torch.linspace(0, size // group, devices + 1).round().long().tolist()
+    return [slice(a * group, b * group) for a, b in itertools.pairwise(bounds)
+            if b > a]
+
+
+@dataclass
+class DeviceChunk:
+    """One device's part of a :class:`Batch` (``train.devices > 1``): the same interface,
+    every tensor a slice of the batch's (views augmented once for the whole batch)."""
+
+    batch: Batch
+    device: int
+    rows: slice
+    _views: dict[int, Tensor] = field(default_factory=dict)
+
+    @property
+    def epoch(self) -> int:
+        return self.batch.epoch
+
+    @property
+    def step(self) -> int:
+        return self.batch.step
+
+    @property
+    def indices(self) -> Tensor:
+        return self.batch.indices[self.rows]
+
+    @property
+    def labels(self) -> Tensor | None:
+        return None if self.batch.labels is None else self.batch.labels[self.rows]
+
+    def view(self, k: int) -> Tensor:
+        if k not in self._views:
+            self._views[k] = self.batch.view(k)[self.rows]
+        return self._views[k]
+
+    def views(self, count: int) -> list[Tensor]:
+        return [self.view(k) for k in range(count)]
+
+    def rotated(self) -> Tensor:
+        if ROTATED not in self._views:  # image-major: image i's copies are rows 4i..4i+3
+            self._views[ROTATED] = self.batch.rotated()[4 * self.rows.start:4 * self.rows.stop]
+        return self._views[ROTATED]
+
+    def fetcher(self) -> Callable[[Tensor], Tensor]:
+        return self.batch.fetcher(self.device)
 
 
 @dataclass

@@ -199,6 +199,11 @@ def _folder(settings: DataSettings) -> DatasetBundle:
     root = str(Path(settings.root or "").resolve())
     check_layout(root, imagenet=settings.name == "imagenet")
     index = scan(root)
+    subset = getattr(settings, "classes", None)
+    if subset:  # dataset.classes: only the named classes, relabelled 0..C-1
+        from orchestrator.data.class_subset import read_classes, restrict
+
+        index = restrict(index, read_classes(subset))
     size = image_size(settings)
     fitted = Decode(size, size, "bilinear")
     evaluated = Decode(eval_resize(settings), size, "bicubic")
@@ -277,15 +282,39 @@ def train_size(settings: DataSettings) -> int:
     """Images in the training split (an image folder: counted from its files; ImageNet
     without its folder at hand, e.g. a dry run elsewhere: ILSVRC-2012's count)."""
     info = DATASETS[settings.name]
+    subset = _subset(settings)
     if not info.folder or settings.root is None or not (Path(settings.root) / "train").is_dir():
+        if subset and info.num_classes:  # ImageNet-100 without the folder: the share
+            return round(info.train_size * len(subset) / info.num_classes)
         return info.train_size
     from orchestrator.data.folders import scan
 
-    return len(scan(str(Path(settings.root).resolve())).train_files)
+    index = scan(str(Path(settings.root).resolve()))
+    if subset:
+        from orchestrator.data.class_subset import restrict
+
+        index = restrict(index, subset)
+    return len(index.train_files)
+
+
+def _subset(settings: DataSettings) -> tuple[str, ...]:
+    """The classes ``dataset.classes`` names (none: all; an unreadable file: all, for the
+    estimates of a dry run -- the spec and preflight reject it before a real run)."""
+    path = getattr(settings, "classes", None)
+    if not path:
+        return ()
+    from orchestrator.data.class_subset import read_classes
+
+    try:
+        return read_classes(path)
+    except UserInputError:
+        return ()
 
 
 def num_classes(settings: DataSettings) -> int:
     info = DATASETS[settings.name]
+    if _subset(settings):
+        return len(_subset(settings))
     if not info.folder or settings.root is None or not (Path(settings.root) / "train").is_dir():
         return info.num_classes
     from orchestrator.data.folders import scan
@@ -298,7 +327,9 @@ def identity(settings: DataSettings) -> str:
     teacher pretrained on one folder is not another's); "" for a bundled dataset."""
     if not DATASETS[settings.name].folder:
         return ""
-    return f"{settings.name}:{settings.root}:{image_size(settings)}:{eval_resize(settings)}"
+    out = f"{settings.name}:{settings.root}:{image_size(settings)}:{eval_resize(settings)}"
+    subset = getattr(settings, "classes", None)
+    return out + (f":classes={subset}" if subset else "")
 
 
 def load_dataset(settings: DataSettings | str) -> DatasetBundle:

@@ -25,6 +25,7 @@ from orchestrator.data.batches import BatchStream
 from orchestrator.data.datasets import DatasetBundle, load_dataset, uses_labels
 from orchestrator.engine.device import cap_memory, resolve_device
 from orchestrator.engine.evaluators.base import evaluate
+from orchestrator.engine.knn import load_neighbour_graph
 from orchestrator.engine.member import Member, build_member, failing_as
 from orchestrator.engine.precision import memory_format
 from orchestrator.engine.stacked import Stack, plan_stacks
@@ -289,7 +290,8 @@ def _report_failures(members: list[Member], outcomes: dict[str, MemberOutcome],
 
 
 class _GraphCache:
-    """Teacher neighbour graphs by size, read from the stage's files once per group."""
+    """Teacher neighbour graphs by size, memory-mapped from the stage's files once per group
+    (every process shares the page cache's copy; on CPU the device graph is that mapping)."""
 
     def __init__(self, report: TeacherReport, device: torch.device) -> None:
         self.report = report
@@ -299,8 +301,7 @@ class _GraphCache:
 
     def cpu(self, size: int) -> Tensor:
         if size not in self._cpu:
-            graph: Tensor = torch.load(self.report.graphs[size], weights_only=True)
-            self._cpu[size] = graph
+            self._cpu[size] = load_neighbour_graph(self.report.graphs[size])  # memory-mapped
         return self._cpu[size]
 
     def device(self, size: int) -> Tensor:

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from common.names import EXPERIMENT_PREFIX, SWEEP_JSON
+from orchestrator.data.class_subset import check_classes
 from orchestrator.data.datasets import DATASETS, check_available
 from orchestrator.errors import UserInputError
 from orchestrator.spec.config import TrialConfig
@@ -39,6 +40,11 @@ def preflight(spec: SweepSpec, trials: list[TrialConfig],
             _VERIFIED_DATA.add(data)
     except UserInputError as exc:
         raise UserInputError(f"{src} at `dataset.root`: {exc}") from None
+    if spec.dataset.classes is not None:  # the subset's classes are folders of the root
+        try:
+            check_classes(spec.dataset.classes, spec.dataset.root or "")
+        except UserInputError as exc:
+            raise UserInputError(f"{src} at `dataset.classes`: {exc}") from None
     check_teacher_sources(dict(spec.teachers), src, DATASETS[spec.dataset.name].channels,
                           teacher_needs_by_label(trials))
     check_writable(spec.output_dir, _output_origin(spec), "output directory")

@@ -7,7 +7,9 @@ file lock so concurrent trials or sweeps never train it twice:
    or loads it from a checkpoint / torchvision weights;
 2. measures its own kNN accuracy once per kNN setting (the reference column of the tables),
    and its classifier's test accuracy once when it has one;
-3. builds the teacher kNN graph a trial's objective asks for (``ObjectiveRequirements``).
+3. builds the teacher kNN graph a trial's objective asks for (``ObjectiveRequirements``):
+   exact top-k in chunks on the stage's device, stored once as an int32 ``.npy`` that every
+   trial memory-maps (orchestrator/engine/knn.py).
 The result is a :class:`TeacherReport`; the driver hands it to the trials in their config.
 """
 
@@ -21,7 +23,7 @@ from typing import Any
 
 import torch
 
-from common.atomic import torch_save, write_json
+from common.atomic import write_json
 from common.hashing import content_hash
 from common.locks import file_lock
 from models.checkpoint_format import CheckpointError, load_teacher, save_teacher
@@ -31,7 +33,7 @@ from models.teacher import FrozenTeacher
 from models.weights import build_teacher_from_checkpoint
 from orchestrator.data.datasets import DatasetBundle, load_dataset, uses_labels
 from orchestrator.engine.device import resolve_device
-from orchestrator.engine.knn import embed, neighbour_graph, weighted_knn
+from orchestrator.engine.knn import embed, save_neighbour_graph, weighted_knn
 from orchestrator.engine.precision import autocast
 from orchestrator.engine.teacher_pass import TeacherNeeds
 from orchestrator.errors import UserInputError
@@ -146,7 +148,7 @@ def run_stage(teacher: TeacherConfig, dataset: DatasetConfig, knn: KnnConfig,
                 mean, std = bundle.mean.to(device), bundle.std.to(device)
                 with autocast(device, "auto"):
                     feats = embed(frozen.features, bundle.train.images.to(device), mean, std)
-                torch_save(graph_path, neighbour_graph(feats, size))
+                save_neighbour_graph(graph_path, feats, size)
             graphs[size] = str(graph_path)
     report = TeacherReport(teacher.key, teacher.label, str(directory), knn_metrics, graphs,
                            test_top1, trained_now, train_time, tuple(history))
@@ -239,4 +241,5 @@ def _test_accuracy(frozen: FrozenTeacher, bundle: DatasetBundle, device: torch.d
 
 
 def neighbour_graph_path(cache_dir: str | Path, key: str, size: int) -> Path:
-    return teacher_dir(cache_dir, key) / f"neighbours-{size}.pt"
+    """The stored graph: ``N x size`` int32 ``.npy``, memory-mapped by every trial."""
+    return teacher_dir(cache_dir, key) / f"neighbours-{size}.npy"
