@@ -34,7 +34,7 @@ IMAGENET_QUERIES = 50_000
 # One H200 SXM (NVIDIA datasheet): FP32 67 TFLOP/s (SIMT, the default: TF32 is off for
 # matmul), TF32 tensor 494.7 TFLOP/s dense, HBM3e 4.8 TB/s.
 H200 = {"fp32_tflops": 67.0, "tf32_tflops": 494.7, "hbm_tb_s": 4.8}
-# Bytes the selection moves per score on a GPU (inferred from the code in orchestrator/engine/knn.py:
+# Bytes the selection moves per score on a GPU (inferred from orchestrator/engine/knn.py:
 # write the fp32 score, top-k's radix passes over 32-bit keys (~4 reads), the > and ==
 # masks, their row sums, the kept mask and its nonzero scan): about 40 bytes.
 SELECT_BYTES_PER_SCORE = 40.0
