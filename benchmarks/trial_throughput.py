@@ -13,6 +13,9 @@ CoSS at batch 128 on the pairs resnet32x4 -> resnet8x4 and wrn_40_2 -> wrn_16_2:
 (c) ukd fused groups of K students of one architecture (CoSS with K different lambda / lr),
     at the level `resources.fuse: auto` picks on the device (stacked on CUDA, members of a
     group on CPU) and at the other level for comparison.
+(d) the 224-px ImageNet pair, resnet50 -> resnet18 with CoSS's neighbour batches and the
+    ``mocov2`` augmentation: one trial against a fused group of 4 (``--imagenet-batch``,
+    ``--imagenet-steps``; on CPU a few steps of one 16-image anchor group).
 It imports torch, torchvision and ukd's models/, losses/ and trial engine only (no Ray, MLflow
 or pydantic), prints a table, where one ukd step's time goes, and as its last line one JSON
 object with the figures.
@@ -37,6 +40,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from losses import NeighbourBatches
 from losses.coss import OFFICIAL_SCALE
 from losses.functional import cosine_rows_loss, space_similarity_loss
 from models.augment import AUGMENT_PRESETS
@@ -45,6 +49,7 @@ from models.heads import coss_projection
 from models.pretrain import PretrainConfig
 from models.teacher import FrozenTeacher
 from orchestrator.data.batches import BatchStream
+from orchestrator.engine.knn import neighbour_graph
 from orchestrator.engine.member import Member, build_member
 from orchestrator.engine.precision import memory_format
 from orchestrator.engine.stacked import plan_stacks
@@ -350,6 +355,79 @@ def measure(pairs: dict[str, tuple[str, str]], device: torch.device, threads: in
     return result
 
 
+# ------------------------------------------------------------------ (d) the 224-px ImageNet pair
+
+IMAGENET_PAIR = ("resnet50", "resnet18")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def imagenet_pair(device: torch.device, threads: int, directory: Path, batch: int,
+                  steps: int, warmup: int, images: int, k: int) -> dict[str, float]:
+    """ResNet-50 -> ResNet-18 at 224 px with CoSS's neighbour batches (anchors followed by
+    15 of their top-31 neighbours) and the ``mocov2`` augmentation, images held in memory as
+    ``storage: memory`` holds a folder read at 224: one trial against a fused group of ``k``
+    (CoSS / CoS, several lambda), in student-images per second."""
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (images, 3, 224, 224), generator=gen, dtype=torch.uint8)
+    graph = neighbour_graph(torch.nn.functional.normalize(
+        torch.randn(images, 64, generator=gen), dim=1), 31)
+    mean = torch.tensor(IMAGENET_MEAN, device=device)
+    std = torch.tensor(IMAGENET_STD, device=device)
+    torch.manual_seed(0)
+    frozen = FrozenTeacher(build_model(IMAGENET_PAIR[0])).to(device)
+    out: dict[str, float] = {}
+    for members, level in ((1, "group"), (k, "stack" if device.type == "cuda" else "group")):
+        layout = memory_format(device, stacked=level == "stack")
+        teacher = SharedTeacher(frozen.to(memory_format=layout))
+        stream = BatchStream(pixels.to(device), None, mean, std, AUGMENT_PRESETS["mocov2"], 0,
+                             batch, NeighbourBatches(15, 31), graph, layout)
+        built = []
+        for i in range(members):
+            loss = ("coss", {"lambda": (1.0, 0.5, 2.0, 0.25)[i % 4]}) if i % 4 != 3 \
+                else ("cos", {})
+            t = TrialConfig(
+                trial_id=f"in{members}-{i:02d}", index=i, sweep="benchmark",
+                dataset=DatasetConfig("digits", labels=False),
+                teacher=TeacherConfig("teacher", PretrainSource(
+                    IMAGENET_PAIR[0], PretrainConfig(arch=IMAGENET_PAIR[0])), "imagenet"),
+                student=StudentConfig(IMAGENET_PAIR[1]), loss=LossConfig.of(*loss),
+                train=TrainConfig(epochs=25, batch_size=batch, lr=0.03, weight_decay=1e-4,
+                                  augment="mocov2"),
+                eval=EvalConfig(),
+                runtime=RuntimeConfig(device.type, threads, str(directory / f"in{members}-{i}"),
+                                      str(directory)))
+            built.append(build_member(t, teacher=teacher, images=stream.images, labels=None,
+                                      num_classes=1000, mean=mean, std=std, device=device,
+                                      graphs=lambda size: graph, layout=layout))
+        stacks, alone = plan_stacks(built) if level == "stack" else ([], built)
+        for m in alone:
+            m.begin_epoch(0)
+        for s in stacks:
+            s.begin_epoch(0)
+        batches = stream.epoch(0)
+
+        def step(_: int, stacks: Any = stacks, alone: Any = alone,
+                 teacher: SharedTeacher = teacher, stream: BatchStream = stream) -> None:
+            nonlocal batches
+            batch_ = next(batches, None)
+            if batch_ is None:
+                batches = stream.epoch(1)
+                batch_ = next(batches)
+            teacher.new_step()
+            for s in stacks:
+                s.step(batch_, teacher)
+            for m in alone:
+                m.step(batch_, teacher)
+
+        seconds = timed(device, steps, warmup, step)
+        for m in built:
+            m.check_finite(0)
+        out["single" if members == 1 else f"fused_{members}"] = members * steps * batch / seconds
+    return out
+
+
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"),
@@ -361,6 +439,11 @@ def main() -> None:
                         help="DataLoader workers of the seeds' loop (default by device)")
     parser.add_argument("--pairs", nargs="*", default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument("--ks", nargs="*", type=int, default=[2, 4, 8])
+    parser.add_argument("--imagenet-batch", type=int, default=0,
+                        help="batch of the 224-px pair (default: 256 on CUDA, 16 on CPU: one "
+                             "anchor group); 0 steps skip it")
+    parser.add_argument("--imagenet-steps", type=int, default=-1,
+                        help="timed steps of the 224-px pair (default: 20 on CUDA, 2 on CPU)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -374,6 +457,20 @@ def main() -> None:
     result = measure({p: PAIRS[p] for p in args.pairs}, device, args.threads,
                      args.steps or (60 if cuda else 8), 10 if cuda else 2, images, workers,
                      args.ks)
+    in_steps = args.imagenet_steps if args.imagenet_steps >= 0 else (20 if cuda else 2)
+    if in_steps:
+        in_batch = args.imagenet_batch or (256 if cuda else 16)
+        with tempfile.TemporaryDirectory() as tmp:
+            pair224 = imagenet_pair(device, args.threads, Path(tmp) / "imagenet", in_batch,
+                                    in_steps, 3 if cuda else 1, max(4 * in_batch, 64), 4)
+        result["imagenet_pair"] = {"pair": "->".join(IMAGENET_PAIR), "batch": in_batch,
+                                   "steps": in_steps, **pair224,
+                                   "fused_over_single": pair224["fused_4"] / pair224["single"]}
+        print(f"\nresnet50->resnet18 at 224 px, CoSS neighbour batches of {in_batch}, "
+              f"mocov2, {in_steps} timed steps (student-images/s)")
+        print(f"  (b) one ukd trial          {pair224['single']:10.2f}")
+        print(f"  (c) fused K=4              {pair224['fused_4']:10.2f}   (c)/(b) = "
+              f"{pair224['fused_4'] / pair224['single']:.2f}")
     print(json.dumps(result))
 
 

@@ -154,7 +154,10 @@ class BINGO(Objective[BINGOParams]):
         dim = ctx.teacher_embedding_dim
         self.head = mlp_head(ctx.student_dim, params.hidden_dim, dim)
         self.queue = FeatureQueue(params.queue_size, dim).fill_random_(ctx.generator)
-        self._pending_keys: Tensor | None = None
+        # Keys of this step's compute calls, enqueued in order after the step (one call a
+        # step, or one a device with train.devices > 1: the gathered batch, as DDP's
+        # concat_all_gather enqueues it).
+        self._pending_keys: list[Tensor] = []
 
     @classmethod
     def requirements(cls, params: BINGOParams) -> ObjectiveRequirements:
@@ -227,12 +230,12 @@ class BINGO(Objective[BINGOParams]):
             "neighbour": p.neighbour_weight,
             "mix": p.mix_weight,
         }
-        self._pending_keys = k_a.detach()
+        self._pending_keys.append(k_a.detach())
         return LossTerms(terms, weights)
 
     @torch.no_grad()
     def after_step(self, step: StepInputs) -> None:
         """Enqueue this step's anchor teacher keys."""
-        if self._pending_keys is not None:
-            self.queue.enqueue(self._pending_keys)
-            self._pending_keys = None
+        for keys in self._pending_keys:
+            self.queue.enqueue(keys)
+        self._pending_keys.clear()

@@ -118,7 +118,10 @@ class DisCo(Objective[DisCoParams]):
         # Registered as an empty slot so that its checkpoint keys are accepted before it exists.
         self.register_module("key_encoder", None)
         self._stashed_key_state: dict[str, Tensor] | None = None
-        self._pending_keys: Tensor | None = None
+        # Keys of this step's compute calls, enqueued in order after the step (one call a
+        # step, or one a device with train.devices > 1: the gathered batch, as DDP's
+        # concat_all_gather enqueues it).
+        self._pending_keys: list[Tensor] = []
 
     @classmethod
     def requirements(cls, params: DisCoParams) -> ObjectiveRequirements:
@@ -189,7 +192,7 @@ class DisCo(Objective[DisCoParams]):
             "mse1": p.mse1_weight,
             "mse2": p.mse2_weight,
         }
-        self._pending_keys = k.detach()
+        self._pending_keys.append(k.detach())
         return LossTerms(terms, weights)
 
     @torch.no_grad()
@@ -197,6 +200,6 @@ class DisCo(Objective[DisCoParams]):
         """Momentum update of the key encoder, then enqueue this step's keys."""
         if self.key_encoder is not None:
             self.key_encoder.update(step.student, self.head, self.params.momentum)
-        if self._pending_keys is not None:
-            self.queue.enqueue(self._pending_keys)
-            self._pending_keys = None
+        for keys in self._pending_keys:
+            self.queue.enqueue(keys)
+        self._pending_keys.clear()

@@ -1,26 +1,95 @@
 """Batched tensor augmentations with per-sample randomness (airbench style).
 
-Images live as one uint8 tensor (N x C x H x W), on the GPU when there is one; every op here
-works on a whole batch at once, drawing each sample's random parameters from a
-``torch.Generator`` so that a seed reproduces a run. No PIL, no per-sample Python loop.
-Shared by the SSL pretraining recipes and the distillation trials.
+Images live as one uint8 tensor (N x C x H x W), on the GPU when there is one; the ops here
+work on a whole batch at once, drawing each sample's random parameters from a
+``torch.Generator`` so that a seed reproduces a run. No PIL, no per-pixel Python work.
+Shared by the SSL pretraining recipes, the distillation trials and the streaming loader.
+
+Two families of presets (YAML ``augment:``, :data:`AUGMENT_PRESETS`):
+
+- ukd's own low-resolution presets (``none``, ``crop_flip``, ``ssl``, ``ssl_light``): one
+  affine resample per sample (crop + translation + flip) and a fixed-order colour jitter.
+  Their outputs are kept bit for bit (``crop="affine"``, ``colour="ukd"``, the defaults).
+- ``mocov2``: CoSS's ``mocov2_aug`` (paganpasta/coss-pytorch ``tools/utils.py``), i.e.
+  MoCo-v2 / SimCLR: RandomResizedCrop(scale (0.2, 1), ratio (3/4, 4/3)), ColorJitter(0.4,
+  0.4, 0.4, 0.1) with p 0.8, RandomGrayscale(0.2), Gaussian blur sigma ~ U(0.1, 2) with p 0.5,
+  horizontal flip. Every op follows ``torchvision.transforms.v2.functional`` (tested against
+  it): ``crop="torchvision"`` uses RandomResizedCrop's sampling rule and an antialiased
+  bilinear resize; ``colour="torchvision"`` applies ColorJitter's four ops in a per-sample
+  uniformly random order, clamping to [0, 1] after each, with the 0.2989/0.587/0.114 luma.
+  The blur is torchvision's ``gaussian_blur`` (reflect padding); the official code blurs with
+  PIL's ``ImageFilter.GaussianBlur(radius=sigma)`` (an unbounded box approximation), so the
+  kernel size is SimCLR's rule, ``2 * (int(0.1 * side) // 2) + 1``: 23 at 224 px, 3 at 32 px.
+
+The ``mocov2`` pipeline splits in two so a streaming loader can run the geometric part per
+image at decode time on CPU and the photometric part batched on the device:
+
+- ``sample_crop(height: int, width: int, scale: tuple[float, float], ratio: tuple[float,
+  float], gen: torch.Generator | None = None) -> tuple[int, int, int, int]``: (top, left,
+  height, width) by RandomResizedCrop's rule (up to 10 draws of area and log-ratio, then the
+  centre-crop fallback), drawing exactly what ``RandomResizedCrop.make_params`` draws, in the
+  same order, from ``gen`` (a CPU generator).
+- ``crop_resize_flip(image: Tensor, box: tuple[int, int, int, int], size: int, flip: bool)
+  -> Tensor``: crop, antialiased bilinear resize to ``size`` x ``size``, optional horizontal
+  flip; CHW or NCHW, keeps the dtype (uint8 rounded; native uint8 resize on AVX2 CPUs, as
+  torchvision).
+- ``random_geometric(image: Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None,
+  size: int | None = None) -> Tensor``: one CHW image (any size) -> its random resized crop
+  at ``size`` (else ``cfg.size``, else the side of a square image), flipped with p 0.5: the
+  crop's draws first, then one ``torch.rand(1)`` for the flip, all from ``gen`` (CPU).
+- ``geometric(images: Tensor, cfg: AugmentConfig, gen: torch.Generator |
+  Sequence[torch.Generator] | None = None, size: int | None = None) -> Tensor``: the same
+  for each sample of a same-size NCHW batch; ``gen`` is one generator (drawn from sample by
+  sample; a CUDA one seeds a CPU generator with one draw) or one CPU generator per sample, so
+  a batch reproduces per-image calls with the same generators, tensor for tensor on the
+  same device.
+- ``photometric(batch: Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None) ->
+  Tensor``: uint8 or float [0, 1] NCHW batch (on any device; ``gen`` on that device) ->
+  float [0, 1]: colour jitter, grayscale, blur. It is ``sample_photometric(n, side, cfg, gen,
+  device) -> PhotometricParams`` (all draws, one vector per parameter) followed by
+  ``apply_photometric(x, params) -> Tensor``.
+- The single ops, each with one factor per sample, on float [0, 1] or uint8 (torchvision's
+  uint8 rounding): ``adjust_brightness(x, f)``, ``adjust_contrast(x, f)``,
+  ``adjust_saturation(x, f)``, ``adjust_hue(x, f)``, ``rgb_to_grayscale(x)``,
+  ``gaussian_blur(x, kernel_size, sigma)``, ``colour_jitter(x, factors, order)``;
+  ``blur_kernel_size(side)``.
+
+``augment(images, cfg, gen)`` runs the whole preset on a same-size uint8 batch (the in-memory
+path); :func:`normalise` comes after.
 """
 
 from __future__ import annotations
 
 import math
+import platform
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+CropRule = Literal["affine", "torchvision"]
+ColourRule = Literal["ukd", "torchvision"]
+Box = tuple[int, int, int, int]  # top, left, height, width
+
+# torchvision's rgb_to_grayscale weights (ITU-R 601-2 luma, as PIL rounds them).
+_LUMA = (0.2989, 0.587, 0.114)
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     """``crop_scale`` is the area range of a random resized crop (``(1, 1)``: none);
     ``pad`` a CIFAR-style random translation in pixels; ``jitter`` the colour-jitter strength
-    (brightness/contrast/saturation), applied with probability ``jitter_p``."""
+    (brightness/contrast/saturation), applied with probability ``jitter_p``.
+
+    New behaviour only through fields that default off: ``crop="torchvision"`` draws crops
+    with RandomResizedCrop's rule (``crop_ratio``) and resizes them antialiased to ``size``
+    (``None``: the input's side); ``hue`` is the hue-jitter range ``[-hue, hue]``;
+    ``colour="torchvision"`` is ColorJitter's random op order and per-op clamping;
+    ``blur_p`` / ``blur_sigma`` / ``blur_kernel`` (0: SimCLR's 10 %-of-side rule) the Gaussian
+    blur."""
 
     crop_scale: tuple[float, float] = (1.0, 1.0)
     pad: int = 0
@@ -28,6 +97,14 @@ class AugmentConfig:
     jitter: float = 0.0
     jitter_p: float = 0.8
     grayscale_p: float = 0.0
+    crop: CropRule = "affine"
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    size: int | None = None
+    hue: float = 0.0
+    colour: ColourRule = "ukd"
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel: int = 0
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale
@@ -35,9 +112,26 @@ class AugmentConfig:
             raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
         if self.pad < 0 or self.jitter < 0:
             raise ValueError("pad and jitter must be >= 0")
-        for p in (self.jitter_p, self.grayscale_p):
+        for p in (self.jitter_p, self.grayscale_p, self.blur_p):
             if not 0 <= p <= 1:
                 raise ValueError(f"probabilities must be in [0, 1], got {p}")
+        if self.crop not in ("affine", "torchvision") or self.colour not in ("ukd", "torchvision"):
+            raise ValueError(f"crop must be affine|torchvision and colour ukd|torchvision, "
+                             f"got {self.crop!r}, {self.colour!r}")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"crop_ratio must satisfy 0 < lo <= hi, got {self.crop_ratio}")
+        if self.crop == "affine" and self.size is not None:
+            raise ValueError("size needs crop='torchvision' (the affine crop keeps the input size)")
+        if self.crop == "torchvision" and self.pad:
+            raise ValueError("pad is the affine crop's translation; crop='torchvision' has none")
+        if self.size is not None and self.size < 1:
+            raise ValueError(f"size must be >= 1, got {self.size}")
+        if not 0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"blur_sigma must satisfy 0 < lo <= hi, got {self.blur_sigma}")
+        if self.blur_kernel < 0 or (self.blur_kernel and self.blur_kernel % 2 == 0):
+            raise ValueError(f"blur_kernel must be 0 (auto) or odd, got {self.blur_kernel}")
 
 
 # Presets used by recipes and trials, by name (YAML `augment:`).
@@ -50,8 +144,14 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     "ssl_light": AugmentConfig(
         crop_scale=(0.5, 1.0), pad=0, flip=False, jitter=0.3, jitter_p=0.5
     ),  # digits: flips change a digit's meaning
+    # CoSS's mocov2_aug (coss-pytorch tools/utils.py), torchvision semantics op for op; the
+    # crop's output side is the input's (in memory) or the loader's image_size (streamed).
+    "mocov2": AugmentConfig(
+        crop="torchvision", crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip=True,
+        colour="torchvision", jitter=0.4, hue=0.1, jitter_p=0.8, grayscale_p=0.2,
+        blur_p=0.5, blur_sigma=(0.1, 2.0),
+    ),
 }
-
 
 def _uniform(
     n: int, lo: float, hi: float, gen: torch.Generator | None, device: torch.device
@@ -100,7 +200,7 @@ def _gray(x: Tensor) -> Tensor:
 def _colour(x: Tensor, cfg: AugmentConfig, gen: torch.Generator | None) -> Tensor:
     n = x.shape[0]
     dev = x.device
-    if cfg.jitter > 0:
+    if cfg.jitter > 0 or cfg.hue > 0:
         on = (torch.rand(n, generator=gen, device=dev) < cfg.jitter_p).float().view(-1, 1, 1, 1)
         lo, hi = 1 - cfg.jitter, 1 + cfg.jitter
         b = _uniform(n, lo, hi, gen, dev).view(-1, 1, 1, 1)
@@ -111,6 +211,9 @@ def _colour(x: Tensor, cfg: AugmentConfig, gen: torch.Generator | None) -> Tenso
         y = (y - mean) * c + mean
         g = _gray(y)
         y = (y - g) * s + g
+        if cfg.hue > 0:  # drawn last, so presets without hue draw what they always drew
+            h = _uniform(n, -cfg.hue, cfg.hue, gen, dev)
+            y = adjust_hue(y.clamp(0, 1), h)
         x = on * y.clamp(0, 1) + (1 - on) * x
     if cfg.grayscale_p > 0:
         on = (torch.rand(n, generator=gen, device=dev) < cfg.grayscale_p).float().view(-1, 1, 1, 1)
@@ -118,14 +221,338 @@ def _colour(x: Tensor, cfg: AugmentConfig, gen: torch.Generator | None) -> Tenso
     return x
 
 
+# ---------------------------------------------------------------------------------------------
+# Single photometric ops, torchvision.transforms.v2.functional semantics on NCHW batches, one
+# factor per sample (a length-N tensor). Float input is in [0, 1]; uint8 input follows
+# torchvision's uint8 kernels (grayscale floored inside contrast/saturation, outputs truncated,
+# the blur rounded), so each op equals torchvision's for either dtype.
+
+
+def _per_sample(f: Tensor) -> Tensor:
+    return f.view(-1, 1, 1, 1)
+
+
+def _luma(x: Tensor) -> Tensor:
+    """N x 1 x H x W float luma 0.2989 R + 0.587 G + 0.114 B (on the 0-255 scale for uint8)."""
+    r, g, b = x.float().unbind(1)
+    return (r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2]).unsqueeze(1)
+
+
+def _like(y: Tensor, x: Tensor) -> Tensor:
+    """Float result back to ``x``'s dtype; uint8 truncates, as torchvision's ``.to(uint8)``."""
+    return y if x.is_floating_point() else y.to(x.dtype)
+
+
+def _bound(x: Tensor) -> float:
+    return 1.0 if x.is_floating_point() else 255.0
+
+
+def rgb_to_grayscale(x: Tensor) -> Tensor:
+    """Luma repeated over the channels (``rgb_to_grayscale(..., num_output_channels=3)``);
+    1-channel input is returned as is."""
+    if x.shape[1] == 1:
+        return x
+    return _like(_luma(x), x).expand_as(x)
+
+
+def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    """``factor * x + (1 - factor) * other``, clamped (torchvision's ``_blend``)."""
+    f = _per_sample(factor)
+    return _like((x * f + other * (1 - f)).clamp(0, _bound(x)), x)
+
+
+def _gray_for_blend(x: Tensor) -> Tensor:
+    g = _luma(x)
+    return g if x.is_floating_point() else g.floor()
+
+
+def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
+    """``clamp(x * factor)``."""
+    return _like((x * _per_sample(factor)).clamp(0, _bound(x)), x)
+
+
+def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
+    """Blend with the mean of the image's grayscale (one scalar per sample)."""
+    gray = _gray_for_blend(x) if x.shape[1] == 3 else x.float()
+    return _blend(x, gray.mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
+    """Blend with the per-pixel grayscale; 1-channel input is returned as is (like PIL)."""
+    if x.shape[1] == 1:
+        return x
+    return _blend(x, _gray_for_blend(x), factor)
+
+
+def _hue_sextant(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Pillow's RGB -> HSV as torchvision follows it, kept as (6 h, chroma = v s, v): the hue
+    sector by which channel is the maximum (red first, then green, then blue); for grey
+    pixels the hue is irrelevant (chroma 0)."""
+    r, g, b = x.unbind(1)
+    v = x.amax(dim=1)  # amax/amin: max(dim) also computes indices, ten times slower on CPU
+    chroma = v - x.amin(dim=1)
+    d = torch.where(chroma == 0, 1.0, chroma)
+    h6 = torch.where(v == r, g - b, torch.where(v == g, (b - r).add_(d, alpha=2),
+                                                 (r - g).add_(d, alpha=4)))
+    return h6.div_(d), chroma, v
+
+
+# k offsets of R, G, B in the closed-form HSV -> RGB below.
+_RGB_OFFSETS = (5.0, 3.0, 1.0)
+
+
+def adjust_hue(x: Tensor, factor: Tensor) -> Tensor:
+    """Shift the hue by ``factor`` (in [-0.5, 0.5], a fraction of the colour wheel) in HSV
+    space (torchvision's ``adjust_hue``); 1-channel input is returned as is. HSV -> RGB in
+    closed form: channel c is ``v - v s clamp(min(k, 4 - k), 0, 1)`` with
+    ``k = (n_c + 6 h') mod 6``, n = 5, 3, 1 for R, G, B: the six-sector (v, p, q, t) table."""
+    if x.shape[1] == 1:
+        return x
+    y = x if x.is_floating_point() else x.float() / 255
+    h6, chroma, v = _hue_sextant(y)
+    offsets = torch.tensor(_RGB_OFFSETS, device=x.device, dtype=y.dtype)
+    shift = (factor.to(y.dtype).view(-1, 1) * 6 + offsets).view(-1, 3, 1, 1)
+    k = (h6.unsqueeze(1) + shift).remainder_(6)
+    w = torch.minimum(k, 4 - k).clamp_(0, 1)
+    y = v.unsqueeze(1) - w.mul_(chroma.unsqueeze(1))
+    # torchvision's float -> uint8: scale by 256 - 1e-3, then truncate.
+    return y if x.is_floating_point() else y.mul(256 - 1e-3).to(x.dtype)
+
+
+def blur_kernel_size(side: int) -> int:
+    """SimCLR's kernel rule, odd and about 10 % of the image side: 23 at 224, 3 at 32."""
+    return 2 * (int(0.1 * side) // 2) + 1
+
+
+def gaussian_blur(x: Tensor, kernel_size: int, sigma: Tensor) -> Tensor:
+    """torchvision's ``gaussian_blur``: kernel ``exp(-t^2 / (2 sigma^2))`` over
+    ``t = -k//2 .. k//2``, normalised, reflect padding; one sigma per sample, applied as two
+    1-D depthwise convolutions (the 2-D kernel is their outer product)."""
+    if kernel_size == 1:
+        return x
+    n, c, h, w = x.shape
+    half = kernel_size // 2
+    y = x if x.is_floating_point() else x.float()
+    t = torch.arange(kernel_size, device=x.device, dtype=y.dtype) - half
+    k = torch.softmax(-0.5 * (t / sigma.to(y.dtype).view(-1, 1)) ** 2, dim=1)  # N x K
+    k = k.repeat_interleave(c, dim=0)  # (N C) x K, one kernel per channel plane
+    y = F.pad(y, (half, half, half, half), mode="reflect").reshape(1, n * c, h + 2 * half, -1)
+    y = F.conv2d(y, k.view(n * c, 1, 1, kernel_size), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, kernel_size, 1), groups=n * c).view(n, c, h, w)
+    return y if x.is_floating_point() else y.round_().to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometric part (crop="torchvision"): per image, at decode time, or per sample of a batch.
+
+
+def sample_crop(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+                gen: torch.Generator | None = None) -> Box:
+    """RandomResizedCrop's rule: up to 10 tries of area ~ U(scale) x image area and
+    log aspect ~ U(log ratio), ``w = round(sqrt(area * aspect))``, ``h = round(sqrt(area /
+    aspect))``, accepted when it fits, at a uniform position; else a centre crop of the
+    largest box whose aspect is clipped into ``ratio``. Draws what torchvision draws, in its
+    order, so a generator seeded like torch's global one gives torchvision's boxes."""
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * torch.empty(1).uniform_(scale[0], scale[1], generator=gen).item()
+        aspect = math.exp(torch.empty(1).uniform_(log_lo, log_hi, generator=gen).item())
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,), generator=gen).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,), generator=gen).item())
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        w, h = round(height * max(ratio)), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _native_uint8_resize(x: Tensor) -> bool:
+    # torchvision resizes uint8 natively only on CPUs with the vectorised kernel; elsewhere it
+    # resizes in float32 and rounds. Same choice here, so outputs match it bit for bit.
+    return x.device.type == "cpu" and (
+        torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+        or platform.machine() in ("aarch64", "arm64"))
+
+
+def crop_resize_flip(image: Tensor, box: Box, size: int, flip: bool) -> Tensor:
+    """Crop ``box`` (top, left, height, width; inside the image), resize to ``size`` x
+    ``size`` (bilinear, antialiased, align_corners False: ``resized_crop(..., antialias=True)``)
+    and flip horizontally when ``flip``. CHW or NCHW; keeps the dtype (uint8: rounded)."""
+    top, left, h, w = box
+    x = image[..., top:top + h, left:left + w]
+    squeeze = x.dim() == 3
+    if squeeze:
+        x = x.unsqueeze(0)
+    if (h, w) != (size, size):
+        dtype = x.dtype
+        native = dtype.is_floating_point or (dtype == torch.uint8 and _native_uint8_resize(x))
+        y = x if native else x.float()
+        y = F.interpolate(y, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True)
+        x = y if native else y.round_().clamp_(0, 255).to(dtype)
+    if flip:
+        x = x.flip(-1)
+    return x.squeeze(0) if squeeze else x
+
+
+def _output_side(image: Tensor, cfg: AugmentConfig, size: int | None) -> int:
+    side = size if size is not None else cfg.size
+    if side is not None:
+        return side
+    h, w = image.shape[-2:]
+    if h != w:
+        raise ValueError(f"a {h} x {w} image needs an output size (AugmentConfig.size or size=)")
+    return int(h)
+
+
+def random_geometric(image: Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None,
+                     size: int | None = None) -> Tensor:
+    """One CHW image -> its random resized crop (``cfg.crop_scale``, ``cfg.crop_ratio``) at
+    ``size`` (else ``cfg.size``, else the image's side), flipped with p 0.5 when ``cfg.flip``:
+    the crop's draws come first, then one ``torch.rand(1)`` for the flip."""
+    side = _output_side(image, cfg, size)
+    box = sample_crop(image.shape[-2], image.shape[-1], cfg.crop_scale, cfg.crop_ratio, gen)
+    flip = cfg.flip and bool(torch.rand(1, generator=gen).item() < 0.5)
+    return crop_resize_flip(image, box, side, flip)
+
+
+def geometric(images: Tensor, cfg: AugmentConfig,
+              gen: torch.Generator | Sequence[torch.Generator] | None = None,
+              size: int | None = None) -> Tensor:
+    """A same-size NCHW batch -> :func:`random_geometric` of each sample, stacked. ``gen``: one
+    generator drawn from sample after sample (a CUDA one first seeds a CPU generator with one
+    draw, so the per-sample draws do not synchronise the device), or one generator per sample
+    (then sample i equals ``random_geometric(images[i], cfg, gen[i], size)``)."""
+    n = images.shape[0]
+    if isinstance(gen, torch.Generator) and gen.device.type != "cpu":
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device).item())
+        gen = torch.Generator().manual_seed(seed)
+    if gen is None or isinstance(gen, torch.Generator):
+        gens: Sequence[torch.Generator | None] = [gen] * n
+    else:
+        gens = gen
+        if len(gens) != n:
+            raise ValueError(f"{len(gens)} generators for {n} images")
+    return torch.stack([random_geometric(images[i], cfg, gens[i], size) for i in range(n)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Photometric part: batched on the device.
+
+
+@dataclass(frozen=True)
+class PhotometricParams:
+    """One batch's draws for ``colour="torchvision"``: ``jitter_on``/``gray_on``/``blur_on``
+    (bool, N); ``factors`` N x 4 (brightness, contrast, saturation, hue; an op whose range is
+    empty is skipped, as ColorJitter skips ``None``); ``order`` N x 4, a permutation of
+    0..3 per sample (ColorJitter's ``fn_idx``); ``sigma`` (N) and ``kernel`` for the blur."""
+
+    jitter_on: Tensor
+    factors: Tensor
+    order: Tensor
+    gray_on: Tensor
+    blur_on: Tensor
+    sigma: Tensor
+    kernel: int
+    active: tuple[bool, bool, bool, bool]
+
+
+def sample_photometric(n: int, side: int, cfg: AugmentConfig, gen: torch.Generator | None,
+                       device: torch.device) -> PhotometricParams:
+    """ColorJitter's distributions: brightness, contrast, saturation ~ U(max(0, 1 - j), 1 + j),
+    hue ~ U(-hue, hue); the order a uniform permutation (argsort of N x 4 uniforms); then the
+    grayscale coin and the blur coin with sigma ~ U(blur_sigma)."""
+    lo, hi = max(0.0, 1 - cfg.jitter), 1 + cfg.jitter
+    jitter_on = torch.rand(n, generator=gen, device=device) < cfg.jitter_p
+    factors = torch.stack([_uniform(n, lo, hi, gen, device) for _ in range(3)]
+                          + [_uniform(n, -cfg.hue, cfg.hue, gen, device)], dim=1)
+    order = torch.rand(n, 4, generator=gen, device=device).argsort(dim=1)
+    gray_on = torch.rand(n, generator=gen, device=device) < cfg.grayscale_p
+    blur_on = torch.rand(n, generator=gen, device=device) < cfg.blur_p
+    sigma = _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], gen, device)
+    kernel = cfg.blur_kernel or blur_kernel_size(side)
+    active = (cfg.jitter > 0, cfg.jitter > 0, cfg.jitter > 0, cfg.hue > 0)
+    return PhotometricParams(jitter_on, factors, order, gray_on, blur_on, sigma, kernel, active)
+
+
+_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def colour_jitter(x: Tensor, factors: Tensor, order: Tensor,
+                  active: tuple[bool, bool, bool, bool] = (True, True, True, True)) -> Tensor:
+    """ColorJitter with given parameters: sample i applies op ``order[i, k]`` at step k (0
+    brightness, 1 contrast, 2 saturation, 3 hue) with factor ``factors[i, op]``."""
+    x = x.clone()
+    for step in range(4):
+        for op, fn in enumerate(_JITTER_OPS):
+            if not active[op]:
+                continue
+            idx = (order[:, step] == op).nonzero().squeeze(1)
+            if idx.numel():
+                x[idx] = fn(x[idx], factors[idx, op])
+    return x
+
+
+def _where_on(x: Tensor, on: Tensor, fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """Apply ``fn(x[idx], idx)`` to the samples whose coin is on (only those are computed)."""
+    idx = on.nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return x
+    x = x.clone()
+    x[idx] = fn(x[idx], idx)
+    return x
+
+
+def apply_photometric(x: Tensor, params: PhotometricParams) -> Tensor:
+    """Float [0, 1] batch -> jitter (where on) -> grayscale (where on) -> blur (where on)."""
+    if any(params.active):
+        x = _where_on(x, params.jitter_on, lambda y, i: colour_jitter(
+            y, params.factors[i], params.order[i], params.active))
+    x = _where_on(x, params.gray_on, lambda y, i: rgb_to_grayscale(y))
+    x = _where_on(x, params.blur_on, lambda y, i: gaussian_blur(y, params.kernel, params.sigma[i]))
+    return x
+
+
+def _to_float(images: Tensor) -> Tensor:
+    return images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
+
+
+def photometric(batch: Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None) -> Tensor:
+    """uint8 (or float [0, 1]) NCHW batch -> float [0, 1]: colour jitter with p ``jitter_p``,
+    grayscale with p ``grayscale_p``, blur with p ``blur_p`` (``colour="ukd"``: the fixed-order
+    jitter of the low-resolution presets, then the blur)."""
+    x = _to_float(batch)
+    if cfg.colour == "torchvision":
+        params = sample_photometric(x.shape[0], x.shape[-1], cfg, gen, x.device)
+        return apply_photometric(x, params)
+    if cfg.jitter > 0 or cfg.hue > 0 or cfg.grayscale_p > 0:
+        x = _colour(x, cfg, gen)
+    if cfg.blur_p > 0:
+        n = x.shape[0]
+        on = torch.rand(n, generator=gen, device=x.device) < cfg.blur_p
+        sigma = _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], gen, x.device)
+        kernel = cfg.blur_kernel or blur_kernel_size(x.shape[-1])
+        x = _where_on(x, on, lambda y, i: gaussian_blur(y, kernel, sigma[i]))
+    return x
+
+
 def augment(images: Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None) -> Tensor:
-    """uint8 batch -> augmented float batch in [0, 1]; :func:`normalise` comes after."""
+    """uint8 batch -> augmented float batch in [0, 1]; :func:`normalise` comes after.
+    ``crop="torchvision"``: :func:`geometric` then :func:`photometric`; else the affine crop."""
+    if cfg.crop == "torchvision":
+        return photometric(geometric(images, cfg, gen), cfg, gen)
     x = images.float().div(255.0)
     if cfg.crop_scale != (1.0, 1.0) or cfg.pad or cfg.flip:
         x = _geometric(x, cfg, gen)
-    if cfg.jitter > 0 or cfg.grayscale_p > 0:
-        x = _colour(x, cfg, gen)
-    return x
+    return photometric(x, cfg, gen)
 
 
 def normalise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:

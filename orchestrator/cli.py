@@ -61,7 +61,7 @@ def sweep(
     try:
         if spec_file.is_dir():
             raise UserInputError(f"{spec_file}: is a directory; expected a sweep spec YAML file")
-        spec = load_spec(spec_file, output)
+        spec = load_spec(spec_file, output, require_files=not dry_run)
         try:
             trials = expand(spec)
         except ValueError as exc:  # e.g. two grid points that are the same experiment
@@ -149,18 +149,51 @@ def _print_plan(spec: SweepSpec, trials: list[TrialConfig], address: str | None)
                       t.loss.name + (f" ({shown})" if shown else ""),
                       *(flat.get(a, "-") for a in other_axes))
     out.print(table)
-    from orchestrator.data.datasets import DATASETS
-    from orchestrator.spec.display import images_per_epoch
+    from orchestrator.data.datasets import train_size
+    from orchestrator.spec.display import images_per_epoch, student_images
 
-    n = DATASETS[spec.dataset.name].train_size
+    n = train_size(spec.dataset)
     for line in dict.fromkeys(f"{t.loss.name}: {images_per_epoch(t, n)}" for t in trials):
         out.print(f"epoch of {line}", highlight=False, soft_wrap=True)
     _print_groups(spec, trials, address)
+    total = sum(student_images(t, n) for t in trials)
+    devices = sorted({t.train.devices for t in trials})
+    out.print(f"student-images: {total:,} in all ({len(trials)} trials over N = {n:,} "
+              "training images; a fused group decodes and augments each batch once for all "
+              "its members)" + (f"; per-device chunks: train.devices {devices[0]}"
+                               if devices != [1] else ""), highlight=False, soft_wrap=True)
+    for line in _needs(spec, trials):
+        out.print(line, highlight=False, soft_wrap=True)
     first = trials[0]
     fixed = {k: v for k, v in first.train.to_dict().items() if k not in other_axes}
     out.print(f"fixed: dataset {first.dataset.name}, train "
               + ", ".join(f"{k}={v}" for k, v in fixed.items()), highlight=False,
               soft_wrap=True)
+
+
+def _needs(spec: SweepSpec, trials: list[TrialConfig]) -> list[str]:
+    """What a real run of the plan reads from disk, and whether it is there now (a dry run
+    needs none of it)."""
+    from orchestrator.data.datasets import DATASETS
+    from orchestrator.spec.config import CheckpointSource
+
+    def state(path: str | None, kind: str) -> str:
+        if path is None:
+            return "not set"
+        there = Path(path).is_dir() if kind == "dir" else Path(path).is_file()
+        return f"{path} ({'present' if there else 'MISSING: a real run stops at preflight'})"
+
+    lines = []
+    data = spec.dataset
+    if DATASETS[data.name].needs_root and not data.download:
+        lines.append(f"needs dataset.root: {state(data.root, 'dir')}")
+    if data.classes is not None:
+        lines.append(f"needs dataset.classes: {state(data.classes, 'file')}")
+    for label in dict.fromkeys(t.teacher.label for t in trials):
+        source = spec.teachers[label].source
+        if isinstance(source, CheckpointSource):
+            lines.append(f"needs teachers.{label}.checkpoint: {state(source.checkpoint, 'file')}")
+    return lines
 
 
 def _add_reference_rows(stages: Table, spec: SweepSpec, trials: list[TrialConfig]) -> None:
@@ -292,3 +325,37 @@ def list_models() -> None:
         spec = MODELS[name]
         table.add_row(name, spec.family, str(spec.feature_dim), spec.description)
     out.print(table)
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Image folders: check before a sweep.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check(
+    folder: Annotated[Path, typer.Argument(help="an image folder: train/<class>/*, val/<class>/*")],
+    workers: Annotated[int | None, typer.Option(min=0, help="decode processes (0: this one; "
+                                                            "default: one per CPU)")] = None,
+    imagenet: Annotated[bool, typer.Option(help="also check the 1,000 ImageNet wnid "
+                                                "folders")] = False,
+) -> None:
+    """Check an image folder's layout, then decode every image (in parallel, with a progress
+    bar) and list the ones that cannot be read: exit 1 when there are any."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from orchestrator.data.folders import check_files, check_layout
+
+    try:
+        check_layout(folder, imagenet=imagenet)
+    except UserInputError as exc:
+        _fail(str(exc))
+    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("decoding", total=None)
+        result = check_files(folder, workers, lambda n: bar.advance(task, n))
+    for path, reason in result.unreadable:
+        out.print(f"unreadable: {escape(path)} ({escape(reason)})", highlight=False,
+                  soft_wrap=True)
+    out.print(f"{result.files} images, {len(result.unreadable)} unreadable", highlight=False)
+    if result.unreadable:
+        raise typer.Exit(1)

@@ -5,15 +5,25 @@
   the offline default.
 - ``cifar10`` / ``cifar100``: torchvision's loaders (``root``, ``download``). Offline, a
   missing copy is a clear error saying where the files go.
+- ``imagefolder``: the user's own images, ``root/train/<class>/<file>`` and
+  ``root/val/<class>/<file>`` (:mod:`orchestrator.data.folders`), RGB at ``image_size``; labels
+  from the folder names, used only for evaluation unless ``labels: true``.
+- ``imagenet``: the same layout with ILSVRC-2012's 1,000 wnid folders (checked).
+Folder datasets use ImageNet's mean and std (torchvision's), so that ``storage: memory`` and
+``storage: stream`` normalise alike without a pass over the data. Their evaluation transform
+(kNN bank and queries, linear probe, teacher features) is ``Resize(eval_resize, bicubic)`` +
+``CenterCrop(image_size)``, CoSS's kNN transform (Resize 235 + CenterCrop 224) by default; the
+training images are ``Resize(image_size)`` + ``CenterCrop(image_size)`` before augmentation.
 Nothing downloads at import time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -35,11 +45,44 @@ class Split:
 @dataclass(frozen=True)
 class DatasetBundle:
     name: str
-    train: Split
+    train: Split  # images under the evaluation transform
     test: Split
     num_classes: int
     mean: Tensor  # per channel, 0..1 scale
     std: Tensor
+    # The training images augmentation starts from (a folder: fitted to image_size; None:
+    # ``train.images``). A lazily decoded folder (orchestrator.data.folders.FolderImages) when
+    # streamed, standing in for the uint8 tensor.
+    train_source: Tensor | None = None
+    streamed: bool = False
+
+    @property
+    def training_images(self) -> Tensor:
+        return self.train.images if self.train_source is None else self.train_source
+
+
+class DataSettings(Protocol):
+    """What a loader reads of the spec's ``dataset:`` (orchestrator.spec.config.DatasetConfig)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def root(self) -> str | None: ...
+    @property
+    def download(self) -> bool: ...
+    @property
+    def image_size(self) -> int | None: ...
+    @property
+    def eval_resize(self) -> int | None: ...
+    @property
+    def storage(self) -> str: ...
+    @property
+    def workers(self) -> int: ...
+    @property
+    def prefetch(self) -> int: ...
+    @property
+    def decode(self) -> str: ...
+    def __hash__(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -50,12 +93,14 @@ class DatasetInfo:
     image_size: int
     has_labels: bool
     needs_root: bool
-    loader: Callable[[str | None, bool], DatasetBundle]
+    loader: Callable[[Any], DatasetBundle]  # DataSettings -> bundle
     description: str
-    train_size: int  # images in the training split (what an epoch is counted in)
+    train_size: int  # images in the training split (what an epoch is counted in); 0: a folder
+    labels_default: bool = True  # dataset.labels when the spec leaves it out
+    folder: bool = False  # an image folder (root checked, sizes read from the files)
 
 
-def _digits(root: str | None, download: bool) -> DatasetBundle:
+def _digits(_settings: Any) -> DatasetBundle:
     from sklearn.datasets import load_digits
 
     data = load_digits()
@@ -98,10 +143,11 @@ def cifar_missing_message(name: str, root: str | None) -> str:
     )
 
 
-def _cifar(name: str) -> Callable[[str | None, bool], DatasetBundle]:
-    def load(root: str | None, download: bool) -> DatasetBundle:
+def _cifar(name: str) -> Callable[[Any], DatasetBundle]:
+    def load(settings: DataSettings) -> DatasetBundle:
         from torchvision import datasets
 
+        root, download = settings.root, settings.download
         cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
         base = str(Path(root or "data").resolve())
         try:
@@ -121,6 +167,69 @@ def _cifar(name: str) -> Callable[[str | None, bool], DatasetBundle]:
     return load
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet normalisation
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_IMAGE_SIZE = 224
+MEMORY_LIMIT_BYTES = 1 << 30  # storage auto: decoded splits up to 1 GiB stay in memory
+
+
+def image_size(settings: DataSettings) -> int:
+    return settings.image_size or DATASETS[settings.name].image_size
+
+
+def eval_resize(settings: DataSettings) -> int:
+    """The evaluation transform's Resize size: ``eval_resize``, else image_size * 235 / 224
+    (CoSS's kNN transform, compute_close_far.py: Resize 235 + CenterCrop 224)."""
+    return settings.eval_resize or round(image_size(settings) * 235 / DEFAULT_IMAGE_SIZE)
+
+
+def storage_of(settings: DataSettings, images: int) -> str:
+    """``memory`` or ``stream``: ``auto`` keeps splits whose decoded size is at most
+    :data:`MEMORY_LIMIT_BYTES` in memory."""
+    if settings.storage != "auto":
+        return settings.storage
+    size = image_size(settings)
+    return "memory" if images * 3 * size * size <= MEMORY_LIMIT_BYTES else "stream"
+
+
+def _folder(settings: DataSettings) -> DatasetBundle:
+    """An image folder, decoded into memory or streamed (``storage``)."""
+    from orchestrator.data.folders import Decode, FolderImages, as_tensor, check_layout, scan
+
+    root = str(Path(settings.root or "").resolve())
+    check_layout(root, imagenet=settings.name == "imagenet")
+    index = scan(root)
+    subset = getattr(settings, "classes", None)
+    if subset:  # dataset.classes: only the named classes, relabelled 0..C-1
+        from orchestrator.data.class_subset import read_classes, restrict
+
+        index = restrict(index, read_classes(subset))
+    size = image_size(settings)
+    fitted = Decode(size, size, "bilinear")
+    evaluated = Decode(eval_resize(settings), size, "bicubic")
+    workers = settings.workers
+
+    def lazy(files: tuple[str, ...], decode: Decode, depth: int = 0) -> FolderImages:
+        return FolderImages(files, decode, workers, depth)
+
+    train_eval = lazy(index.train_files, evaluated)
+    test_eval = lazy(index.val_files, evaluated)
+    source = replace(lazy(index.train_files, fitted, settings.prefetch),
+                     gpu_decode=settings.decode == "gpu")
+    stream = storage_of(settings, len(index.train_files) + len(index.val_files)) == "stream"
+    if stream:
+        train_images, test_images, train_source = (as_tensor(train_eval),
+                                                   as_tensor(test_eval), as_tensor(source))
+    else:
+        train_images, test_images = train_eval[:], test_eval[:]
+        train_source = train_images if evaluated == fitted else source[:]
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    return DatasetBundle(
+        settings.name, Split(train_images, torch.tensor(index.train_labels, dtype=torch.int64)),
+        Split(test_images, torch.tensor(index.val_labels, dtype=torch.int64)),
+        len(index.classes), mean, std, train_source, stream)
+
+
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits", 10, 1, 16, True, False, _digits,
                           "scikit-learn handwritten digits, 16x16 grey, 1437 train / 360 test",
@@ -129,6 +238,12 @@ DATASETS: dict[str, DatasetInfo] = {
                            "CIFAR-10 through torchvision (root, download)", 50000),
     "cifar100": DatasetInfo("cifar100", 100, 3, 32, True, True, _cifar("cifar100"),
                             "CIFAR-100 through torchvision (root, download)", 50000),
+    "imagefolder": DatasetInfo("imagefolder", 0, 3, DEFAULT_IMAGE_SIZE, True, True, _folder,
+                               "your own images: root/train/<class>/*, root/val/<class>/*",
+                               0, labels_default=False, folder=True),
+    "imagenet": DatasetInfo("imagenet", 1000, 3, DEFAULT_IMAGE_SIZE, True, True, _folder,
+                            "ILSVRC-2012 as an image folder (root/train, root/val: 1,000 wnids)",
+                            1281167, labels_default=False, folder=True),
 }
 
 
@@ -137,8 +252,17 @@ def dataset_names() -> list[str]:
 
 
 def check_available(name: str, root: str | None, download: bool) -> None:
-    """Fail before anything starts when a dataset that needs files has none (and no download)."""
+    """Fail before anything starts when a dataset that needs files has none (and no download);
+    an image folder's layout is checked (:func:`orchestrator.data.folders.check_layout`)."""
     info = DATASETS[name]
+    if info.folder:
+        from orchestrator.data.folders import check_layout
+
+        if root is None:
+            raise UserInputError(f"dataset {name!r} needs `dataset.root`: a folder holding "
+                                 "train/<class>/<image> and val/<class>/<image>")
+        check_layout(root, imagenet=name == "imagenet")
+        return
     if not info.needs_root or download:
         return
     folder = Path(root or "data").resolve() / _CIFAR_FILES[name]
@@ -146,7 +270,90 @@ def check_available(name: str, root: str | None, download: bool) -> None:
         raise UserInputError(cifar_missing_message(name, root))
 
 
+def uses_labels(settings: Any) -> bool:
+    """May trials use the training labels? ``dataset.labels``, else the dataset's default
+    (bundled datasets yes, image folders no: their labels are for evaluation only)."""
+    info = DATASETS[settings.name]
+    chosen = settings.labels if settings.labels is not None else info.labels_default
+    return bool(info.has_labels and chosen)
+
+
+def train_size(settings: DataSettings) -> int:
+    """Images in the training split (an image folder: counted from its files; ImageNet
+    without its folder at hand, e.g. a dry run elsewhere: ILSVRC-2012's count)."""
+    info = DATASETS[settings.name]
+    subset = _subset(settings)
+    if not info.folder or settings.root is None or not (Path(settings.root) / "train").is_dir():
+        if subset and info.num_classes:  # ImageNet-100 without the folder: the share
+            return round(info.train_size * len(subset) / info.num_classes)
+        return info.train_size
+    from orchestrator.data.folders import scan
+
+    index = scan(str(Path(settings.root).resolve()))
+    if subset:
+        from orchestrator.data.class_subset import restrict
+
+        index = restrict(index, subset)
+    return len(index.train_files)
+
+
+def _subset(settings: DataSettings) -> tuple[str, ...]:
+    """The classes ``dataset.classes`` names (none: all; an unreadable file: all, for the
+    estimates of a dry run -- the spec and preflight reject it before a real run)."""
+    path = getattr(settings, "classes", None)
+    if not path:
+        return ()
+    from orchestrator.data.class_subset import read_classes
+
+    try:
+        return read_classes(path)
+    except UserInputError:
+        return ()
+
+
+def num_classes(settings: DataSettings) -> int:
+    info = DATASETS[settings.name]
+    if _subset(settings):
+        return len(_subset(settings))
+    if not info.folder or settings.root is None or not (Path(settings.root) / "train").is_dir():
+        return info.num_classes
+    from orchestrator.data.folders import scan
+
+    return len(scan(str(Path(settings.root).resolve())).classes)
+
+
+def identity(settings: DataSettings) -> str:
+    """A folder's part of teacher cache keys: where it is and the sizes it is read at (a
+    teacher pretrained on one folder is not another's); "" for a bundled dataset."""
+    if not DATASETS[settings.name].folder:
+        return ""
+    out = f"{settings.name}:{settings.root}:{image_size(settings)}:{eval_resize(settings)}"
+    subset = getattr(settings, "classes", None)
+    return out + (f":classes={subset}" if subset else "")
+
+
+def load_dataset(settings: DataSettings | str) -> DatasetBundle:
+    """Load once per process (trials in one Ray worker share it); ``settings`` is the
+    spec's (frozen, hashable) ``dataset:`` section, or a bundled dataset's name."""
+    return _load(_Named(settings) if isinstance(settings, str) else settings)
+
+
+@dataclass(frozen=True)
+class _Named:
+    """A dataset by name with every other setting at its default (spec.config's
+    DatasetConfig defaults; the data layer does not import the spec layer)."""
+
+    name: str
+    root: str | None = None
+    download: bool = False
+    image_size: int | None = None
+    eval_resize: int | None = None
+    storage: str = "auto"
+    workers: int = 2
+    prefetch: int = 2
+    decode: str = "cpu"
+
+
 @lru_cache(maxsize=4)
-def load_dataset(name: str, root: str | None = None, download: bool = False) -> DatasetBundle:
-    """Load once per process (trials in one Ray worker share it)."""
-    return DATASETS[name].loader(root, download)
+def _load(settings: DataSettings) -> DatasetBundle:
+    return DATASETS[settings.name].loader(settings)

@@ -56,7 +56,7 @@ def neighbour_batches(
     chosen = torch.randperm(n, generator=gen)[: max(anchors_per_batch, math.floor(
         n * anchors + 1e-9))]
     picks = torch.rand(chosen.numel(), pool, generator=gen).argsort(dim=1)[:, :neighbours]
-    drawn = graph[chosen][:, :pool].gather(1, picks)
+    drawn = graph[chosen][:, :pool].long().gather(1, picks)  # int32 on disk
     groups = torch.cat([chosen[:, None], drawn], dim=1)  # A x (1 + neighbours)
     return [g.reshape(-1) for g in groups[:count].split(anchors_per_batch)]
 

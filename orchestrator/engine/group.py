@@ -22,9 +22,10 @@ from common import faults
 from models.augment import AUGMENT_PRESETS
 from models.teacher import FrozenTeacher
 from orchestrator.data.batches import BatchStream
-from orchestrator.data.datasets import DATASETS, DatasetBundle, load_dataset
+from orchestrator.data.datasets import DatasetBundle, load_dataset, uses_labels
 from orchestrator.engine.device import cap_memory, resolve_device
 from orchestrator.engine.evaluators.base import evaluate
+from orchestrator.engine.knn import load_neighbour_graph
 from orchestrator.engine.member import Member, build_member, failing_as
 from orchestrator.engine.precision import memory_format
 from orchestrator.engine.stacked import Stack, plan_stacks
@@ -119,7 +120,8 @@ class _Group:
     first: TrialConfig
     device: torch.device
     bundle: DatasetBundle
-    images: Tensor
+    images: Tensor  # the training split under the evaluation transform
+    training: Tensor  # what augmentation starts from (a streamed folder: FolderImages)
     labels: Tensor | None
     mean: Tensor
     std: Tensor
@@ -140,8 +142,8 @@ def _set_up(trials: Sequence[TrialConfig], teacher: TeacherLoader, level: str | 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     data = first.dataset
-    bundle = load_dataset(data.name, data.root, data.download)
-    use_labels = DATASETS[data.name].has_labels and data.labels
+    bundle = load_dataset(data)
+    use_labels = uses_labels(data)
 
     stacking = fuse_level(level or first.runtime.fuse, device) == "stack"
     layout = memory_format(device, stacked=stacking)
@@ -151,16 +153,17 @@ def _set_up(trials: Sequence[TrialConfig], teacher: TeacherLoader, level: str | 
         frozen.backbone.compile(mode="reduce-overhead" if device.type == "cuda" else None)
     shared = SharedTeacher(frozen)
     graphs = _GraphCache(teacher_report, device)
-    images = bundle.train.images.to(device)
+    images = bundle.train.images.to(device)  # under the evaluation transform
+    training = images if bundle.train_source is None else bundle.train_source.to(device)
     labels = bundle.train.labels.to(device) if use_labels else None
     mean, std = bundle.mean.to(device), bundle.std.to(device)
     batches = first.requirements.neighbour_batches
     stream = BatchStream(
-        images, labels, mean, std, AUGMENT_PRESETS[first.train.augment], first.train.seed,
+        training, labels, mean, std, AUGMENT_PRESETS[first.train.augment], first.train.seed,
         first.train.batch_size, batches, graphs.cpu(batches.pool) if batches else None,
-        layout)
-    return _Group(first, device, bundle, images, labels, mean, std, layout, stacking,
-                  teacher_report, shared, graphs, stream)
+        layout, max(t.requirements.num_views for t in trials))
+    return _Group(first, device, bundle, images, training, labels, mean, std, layout,
+                  stacking, teacher_report, shared, graphs, stream)
 
 
 def _build_members(trials: Sequence[TrialConfig], group: _Group, report: GroupReporter
@@ -171,7 +174,7 @@ def _build_members(trials: Sequence[TrialConfig], group: _Group, report: GroupRe
         outcomes[trial.trial_id] = MemberOutcome(trial.trial_id)
         try:
             members.append(build_member(
-                trial, teacher=group.shared, images=group.images, labels=group.labels,
+                trial, teacher=group.shared, images=group.training, labels=group.labels,
                 num_classes=group.bundle.num_classes, mean=group.mean, std=group.std,
                 device=group.device, graphs=group.graphs.device, layout=group.layout))
         except Exception as exc:  # e.g. an unreadable checkpoint: this member only
@@ -295,7 +298,8 @@ def _report_failures(members: list[Member], outcomes: dict[str, MemberOutcome],
 
 
 class _GraphCache:
-    """Teacher neighbour graphs by size, read from the stage's files once per group."""
+    """Teacher neighbour graphs by size, memory-mapped from the stage's files once per group
+    (every process shares the page cache's copy; on CPU the device graph is that mapping)."""
 
     def __init__(self, report: TeacherReport, device: torch.device) -> None:
         self.report = report
@@ -305,8 +309,7 @@ class _GraphCache:
 
     def cpu(self, size: int) -> Tensor:
         if size not in self._cpu:
-            graph: Tensor = torch.load(self.report.graphs[size], weights_only=True)
-            self._cpu[size] = graph
+            self._cpu[size] = load_neighbour_graph(self.report.graphs[size])  # memory-mapped
         return self._cpu[size]
 
     def device(self, size: int) -> Tensor:

@@ -21,14 +21,15 @@ from torch import Tensor
 from common import names
 from common.atomic import torch_save, write_yaml
 from common.schedules import cosine_factor, step_factor
-from losses import LossTerms, Objective, ObjectiveContext, StepInputs, build_objective
+from losses import Objective, ObjectiveContext, StepInputs, build_objective
 from models.augment import AUGMENT_PRESETS, augment, normalise
 from models.base import Backbone, build_model
 from models.teacher import TeacherOutputs
-from orchestrator.data.batches import Batch, rotated_copies
+from orchestrator.data.batches import Batch, DeviceChunk, rotated_copies
 from orchestrator.data.streams import generator, seeded_init
+from orchestrator.engine.devices import per_device_step
 from orchestrator.engine.evaluators.base import BestTracker
-from orchestrator.engine.precision import autocast, memory_format
+from orchestrator.engine.precision import memory_format
 from orchestrator.errors import TrialFailure
 from orchestrator.spec.config import TrainConfig, TrialConfig
 
@@ -116,27 +117,32 @@ class Member:
         return lr
 
     def step(self, batch: Batch, teacher: TeacherOutputs) -> None:
+        """One optimiser step; with ``train.devices > 1`` over the batch's per-device chunks
+        (orchestrator/engine/devices.py: DDP's semantics on one device)."""
+        devices = self.trial.train.devices
+        parts: Sequence[Batch | DeviceChunk] = (batch.per_device(devices) if devices > 1
+                                                else [batch])
+        inputs = [self._inputs(part, teacher) for part in parts]
+        values, names = per_device_step(self.student, self.objective, self.optimizer, inputs,
+                                        self.device, self.trial.train.precision)
+        self.objective.after_step(inputs[-1])
+        self.add_terms(values, names)
+
+    def _inputs(self, part: Batch | DeviceChunk, teacher: TeacherOutputs) -> StepInputs:
         req = self.trial.requirements
-        inputs = StepInputs(
-            views=batch.views(req.num_views),
-            indices=batch.indices,
-            labels=batch.labels,
+        return StepInputs(
+            views=part.views(req.num_views),
+            indices=part.indices,
+            labels=part.labels,
             student=self.student,
             teacher=teacher,
-            fetch=batch.fetcher(),
+            fetch=part.fetcher(),
             neighbours=self.graph,
-            epoch=batch.epoch,
-            step=batch.step,
+            epoch=part.epoch,
+            step=part.step,
             rng=self.rng,
-            rotated=batch.rotated() if req.rotated_views else None,
+            rotated=part.rotated() if req.rotated_views else None,
         )
-        with autocast(self.device, self.trial.train.precision):
-            terms: LossTerms = self.objective.compute(inputs)
-        self.optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        self.optimizer.step()
-        self.objective.after_step(inputs)
-        self.add_terms(terms.stacked(), terms.names())
 
     def check_finite(self, epoch: int) -> None:
         """Raise TrialFailure naming the non-finite terms (one host read-back)."""

@@ -35,6 +35,8 @@ from orchestrator.engine.precision import autocast
 def stack_key(member: Member) -> tuple[Any, ...] | None:
     """Members with equal keys can be stacked; None: this member runs alone."""
     trial = member.trial
+    if trial.train.devices > 1:  # the vmapped step has no per-device split: group level
+        return None
     cls = get_objective(trial.loss.name)
     if cls.weight_fields is None:
         return None

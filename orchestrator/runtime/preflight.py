@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from common.names import EXPERIMENT_PREFIX, SWEEP_JSON
+from orchestrator.data.class_subset import check_classes
 from orchestrator.data.datasets import DATASETS, check_available
 from orchestrator.errors import UserInputError
 from orchestrator.spec.config import TrialConfig
@@ -31,13 +32,19 @@ def preflight(spec: SweepSpec, trials: list[TrialConfig],
     data = (spec.dataset.name, spec.dataset.root)
     try:
         check_available(spec.dataset.name, spec.dataset.root, spec.dataset.download)
-        if DATASETS[spec.dataset.name].needs_root and not spec.dataset.download \
+        info = DATASETS[spec.dataset.name]
+        if info.needs_root and not info.folder and not spec.dataset.download \
                 and data not in _VERIFIED_DATA:
             # The files are there and sound (not kept: the trials load their own copy).
-            DATASETS[spec.dataset.name].loader(spec.dataset.root, False)
+            info.loader(spec.dataset)
             _VERIFIED_DATA.add(data)
     except UserInputError as exc:
         raise UserInputError(f"{src} at `dataset.root`: {exc}") from None
+    if spec.dataset.classes is not None:  # the subset's classes are folders of the root
+        try:
+            check_classes(spec.dataset.classes, spec.dataset.root or "")
+        except UserInputError as exc:
+            raise UserInputError(f"{src} at `dataset.classes`: {exc}") from None
     check_teacher_sources(dict(spec.teachers), src, DATASETS[spec.dataset.name].channels,
                           teacher_needs_by_label(trials))
     check_writable(spec.output_dir, _output_origin(spec), "output directory")

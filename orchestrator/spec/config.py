@@ -24,7 +24,7 @@ from losses import ObjectiveRequirements, get_objective, make_params, params_to_
 from models import model_names
 from models.augment import AUGMENT_PRESETS
 from models.pretrain import PretrainConfig
-from orchestrator.data.datasets import dataset_names
+from orchestrator.data.datasets import dataset_names, uses_labels
 
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 on CUDA, fp32 on CPU; bf16: on both
@@ -32,6 +32,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # How trials that share a batch stream run: stacked into one model per student architecture
 # (torch.func), as members of one group (one data pipeline and teacher pass), or each alone.
 FUSE_LEVELS = ("auto", "stack", "group", "off")
+STORAGES = ("auto", "memory", "stream")  # dataset.storage
+DECODERS = ("cpu", "gpu")  # dataset.decode: where a streamed folder's mocov2 views decode
 
 
 def augment_names() -> tuple[str, ...]:
@@ -48,10 +50,38 @@ def _model_names() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class DatasetConfig(Config):
+    """``labels``: may trials use training labels (kNN evaluation always does)? None: the
+    dataset's default (bundled: yes, image folders: no). ``image_size``, ``eval_resize``,
+    ``storage``, ``workers`` and ``prefetch`` are for image folders
+    (orchestrator/data/datasets.py): the size images are read at, the evaluation transform's
+    Resize, decoded into memory or streamed from disk (``auto``: by size), decode worker
+    processes and batches decoded ahead (neither changes a batch), and ``decode: gpu``:
+    on CUDA, a streamed folder's ``mocov2`` views are decoded by batched nvJPEG.
+    ``classes`` (image folders): a file naming the classes to use, one a line
+    (orchestrator/data/class_subset.py; e.g. ImageNet-100)."""
+
     name: Annotated[str, Choice(_dataset_names)]
     root: str | None = None
     download: bool = False
-    labels: bool = True  # may trials use training labels? (kNN evaluation always does)
+    labels: bool | None = None
+    image_size: Annotated[int | None, Bounds(ge=8)] = None
+    eval_resize: Annotated[int | None, Bounds(ge=8)] = None
+    storage: Annotated[str, Choice(STORAGES)] = "auto"
+    workers: Annotated[int, Bounds(ge=0)] = 2
+    prefetch: Annotated[int, Bounds(ge=1)] = 2
+    decode: Annotated[str, Choice(DECODERS)] = "cpu"
+    classes: str | None = None  # a file of class names: the subset to use (absolute path)
+
+    def identity(self) -> dict[str, Any]:
+        """What decides a trial's data: the settings less those that change no batch
+        (storage, workers, prefetch) and less unset sizes, labels resolved (a bundled
+        dataset's trial ids are those of before these settings existed)."""
+        out = {k: v for k, v in self.to_dict().items()
+               if k not in ("storage", "workers", "prefetch") and
+               not (k in ("image_size", "eval_resize", "classes") and v is None) and
+               not (k == "decode" and v == "cpu")}
+        out["labels"] = uses_labels(self)
+        return out
 
 
 @dataclass(frozen=True)
@@ -99,7 +129,8 @@ class TeacherConfig:
 
     label: str
     source: TeacherSource
-    dataset: str
+    dataset: str  # the dataset's name
+    data_key: str = ""  # an image folder: where it is and its sizes (datasets.identity)
 
     @property
     def arch(self) -> str:
@@ -107,7 +138,8 @@ class TeacherConfig:
 
     @property
     def key(self) -> str:
-        return content_hash({"teacher": self.source.identity(), "dataset": self.dataset}, 16)
+        return content_hash({"teacher": self.source.identity(),
+                             "dataset": self.data_key or self.dataset}, 16)
 
     @property
     def has_classifier(self) -> bool:
@@ -162,10 +194,23 @@ class TrainConfig(Config):
     seed: Annotated[int, Bounds(ge=0)] = 0
     precision: Annotated[str, Choice(PRECISIONS)] = "auto"
     compile: bool = False  # torch.compile the student and the teacher
+    # A multi-GPU recipe's per-device semantics on one device (orchestrator/engine/devices.py):
+    # each step's batch splits into this many chunks (whole anchor groups), each with its own
+    # loss terms and BatchNorm statistics, and their gradients are averaged -- what DDP on
+    # that many GPUs computes.
+    devices: Annotated[int, Bounds(ge=1)] = 1
 
     def check(self) -> None:
         if any(not 0 < m < 1 for m in self.milestones):
             raise ValueError("milestones are fractions of the epochs, in (0, 1)")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide a result; ``devices`` only when set (> 1), so that the
+        trial ids of specs written before it existed stay the same."""
+        out = self.to_dict()
+        if self.devices == 1:
+            del out["devices"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -408,7 +453,7 @@ def trial_identity(dataset: DatasetConfig, teacher: TeacherConfig, student: Stud
     """The trial id: a hash of everything that decides the trial's result."""
     return content_hash({"teacher": teacher.key, "student": student.arch,
                          "loss": {"name": loss.name, **loss.yaml_params()},
-                         "train": train.to_dict(), "dataset": dataset.to_dict(),
+                         "train": train.identity(), "dataset": dataset.identity(),
                          "eval": evaluation.identity()})
 
 
@@ -431,7 +476,7 @@ def flat_params(trial: TrialConfig) -> dict[str, str]:
     out["student"] = trial.student.arch
     out["loss.name"] = trial.loss.name
     out.update({f"loss.{k}": v for k, v in trial.loss.yaml_params().items()})
-    out.update(trial.train.to_dict())
+    out.update(trial.train.identity())
     out.update({f"dataset.{k}": v for k, v in trial.dataset.to_dict().items()})
     out.update({f"knn.{k}": v for k, v in trial.eval.knn.to_dict().items()})
     if trial.eval.linear is not None:

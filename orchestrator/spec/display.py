@@ -30,3 +30,9 @@ def images_per_epoch(trial: TrialConfig, n: int | None = None) -> str:
         line += (f" (N = {n:,}: {size.steps} steps, {size.images:,} images, "
                  f"{size.images / n:.1f} x N)")
     return line
+
+
+def student_images(trial: TrialConfig, n: int) -> int:
+    """Images one trial's student processes over all its epochs (``n`` training images)."""
+    size = epoch_size(n, trial.train.batch_size, trial.requirements.neighbour_batches)
+    return trial.train.epochs * size.images

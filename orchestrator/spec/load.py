@@ -23,11 +23,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from common.fields import Config, yaml_key
-from losses import get_objective, make_params
+from losses import ObjectiveRequirements, get_objective, make_params
 from models.hub import resolve_weights
 from models.pretrain import RECIPES, PretrainConfig
-from orchestrator.data.datasets import DATASETS
-from orchestrator.errors import SpecError
+from orchestrator.data.class_subset import read_classes
+from orchestrator.data.datasets import DATASETS, identity, uses_labels
+from orchestrator.errors import SpecError, UserInputError
 from orchestrator.spec.config import (
     SSL_RECIPES,
     CheckpointSource,
@@ -116,8 +117,13 @@ def _safe_load(text: str) -> Any:
         loader.dispose()
 
 
-def load_spec(path: str | Path, output_dir: str | Path | None = None) -> SweepSpec:
-    """Read and validate a sweep spec; every path in it is made absolute here."""
+def load_spec(path: str | Path, output_dir: str | Path | None = None, *,
+              require_files: bool = True) -> SweepSpec:
+    """Read and validate a sweep spec; every path in it is made absolute here.
+
+    ``require_files=False`` (``ukd sweep --dry-run``) accepts a checkpoint or a class-subset
+    file that is not there yet: the plan can be read on a machine without them (the data
+    itself is only checked by preflight, before a real run)."""
     file = Path(path)
     if not file.is_file():
         raise SpecError(file, "", "no such file")
@@ -132,10 +138,11 @@ def load_spec(path: str | Path, output_dir: str | Path | None = None) -> SweepSp
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(file, "", f"malformed YAML: {where}{problem}") from None
-    return parse_spec(raw, file, output_dir)
+    return parse_spec(raw, file, output_dir, require_files=require_files)
 
 
-def parse_spec(raw: Any, file: Path, output_dir: str | Path | None = None) -> SweepSpec:
+def parse_spec(raw: Any, file: Path, output_dir: str | Path | None = None, *,
+               require_files: bool = True) -> SweepSpec:
     if not isinstance(raw, dict):
         raise SpecError(file, "", f"expected a mapping with keys {', '.join(TOP_KEYS)}, "
                                   f"got {kind_of(raw)}")
@@ -147,7 +154,7 @@ def parse_spec(raw: Any, file: Path, output_dir: str | Path | None = None) -> Sw
         first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         path, message = describe_error(first, raw)
         raise SpecError(file, path, message) from None
-    return _build(model, raw, file, output_dir)
+    return _build(model, raw, file, output_dir, require_files)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -326,14 +333,48 @@ def _config(cls: type[Config], model: BaseModel, file: Path, path: str,
         raise SpecError(file, path, str(exc)) from None
 
 
+def _check_dataset(dataset: DatasetConfig, file: Path, require_files: bool = True) -> None:
+    """Image-folder settings against the dataset (the folder itself, and that it holds the
+    subset's classes: preflight)."""
+    info = DATASETS[dataset.name]
+    if dataset.classes is not None:
+        if not info.folder:
+            raise SpecError(file, "dataset.classes", f"dataset {dataset.name!r} has no class "
+                            "folders to choose from; allowed only for imagefolder and imagenet")
+        if require_files or Path(dataset.classes).exists():
+            try:
+                read_classes(dataset.classes)
+            except UserInputError as exc:
+                raise SpecError(file, "dataset.classes", str(exc)) from None
+    if info.folder:
+        if dataset.root is None:
+            raise SpecError(file, "dataset.root", f"dataset {dataset.name!r} reads an image "
+                            "folder; allowed: the folder holding train/<class>/<image> and "
+                            "val/<class>/<image>")
+        return
+    if dataset.image_size not in (None, info.image_size):
+        raise SpecError(file, "dataset.image_size", f"dataset {dataset.name!r} has "
+                        f"{info.image_size}x{info.image_size} images; allowed: "
+                        f"{info.image_size} or leave it out (other sizes: image folders)")
+    for key in ("eval_resize",):
+        if getattr(dataset, key) is not None:
+            raise SpecError(file, f"dataset.{key}", f"dataset {dataset.name!r} is evaluated "
+                            "as it is; allowed only for imagefolder and imagenet")
+
+
 def _build(model: SweepSpecModel, raw: Mapping[str, Any], file: Path,
-           output_dir: str | Path | None) -> SweepSpec:
+           output_dir: str | Path | None, require_files: bool = True) -> SweepSpec:
     out = Path(output_dir) if output_dir is not None else Path(model.output_dir or
                                                                f"runs/{model.name}")
     dataset: DatasetConfig = _config(DatasetConfig, model.dataset, file, "dataset")
     if dataset.root is not None:
         dataset = dataclasses.replace(dataset,
                                       root=str(Path(dataset.root).expanduser().resolve()))
+    if dataset.classes is not None:  # like a checkpoint: relative to the spec file
+        classes = Path(dataset.classes).expanduser()
+        dataset = dataclasses.replace(dataset, classes=str(
+            (classes if classes.is_absolute() else file.parent / classes).resolve()))
+    _check_dataset(dataset, file, require_files)
     train: TrainConfig = _config(TrainConfig, model.train, file, "train")
     if model.knn is not None and model.eval.knn is not None:
         raise SpecError(file, "knn", "give the kNN settings once: `knn` or `eval.knn`")
@@ -343,8 +384,9 @@ def _build(model: SweepSpecModel, raw: Mapping[str, Any], file: Path,
                       else _config(KnnConfig, knn_model, file, knn_path))
     resources: ResourcesConfig = _config(ResourcesConfig, model.resources, file, "resources")
     channels = DATASETS[dataset.name].channels
-    teachers = {label: TeacherConfig(label, _source(body, label, file, train.seed, channels),
-                                     dataset.name)
+    teachers = {label: TeacherConfig(label, _source(body, label, file, train.seed, channels,
+                                                     require_files),
+                                     dataset.name, identity(dataset))
                 for label, body in model.teachers.items()}
     grid = _grid(model, raw, file, tuple(teachers))
     linear: LinearConfig | None = (None if model.eval.linear is None else
@@ -398,7 +440,7 @@ def _references(model: BaseModel, file: Path, epochs: int, channels: int) -> Ref
 
 
 def _source(body: BaseModel, label: str, file: Path, default_seed: int,
-            channels: int) -> TeacherSource:
+            channels: int, require_files: bool = True) -> TeacherSource:
     path = f"teachers.{label}"
     arch = str(getattr(body, "arch"))  # noqa: B009 - every source model has an arch
     if body.__class__ is TEACHER_SPECS["pretrain"]:
@@ -410,7 +452,7 @@ def _source(body: BaseModel, label: str, file: Path, default_seed: int,
     if body.__class__ is TEACHER_SPECS["checkpoint"]:
         ckpt = Path(getattr(body, "checkpoint")).expanduser()  # noqa: B009
         ckpt = (ckpt if ckpt.is_absolute() else file.parent / ckpt).resolve()
-        if not ckpt.is_file():
+        if require_files and not ckpt.is_file():
             raise SpecError(file, f"{path}.checkpoint", f"no such file: {ckpt}")
         return CheckpointSource(arch=arch, checkpoint=str(ckpt))
     weights = str(getattr(body, "weights"))  # noqa: B009
@@ -468,8 +510,7 @@ def _grid(model: SweepSpecModel, raw: Mapping[str, Any], file: Path,
 
 def _check_compatibility(file: Path, spec: SweepSpec) -> None:
     """Objective requirements against the dataset, teachers and batch sizes."""
-    info = DATASETS[spec.dataset.name]
-    labelled = info.has_labels and spec.dataset.labels
+    labelled = uses_labels(spec.dataset)
     for label, teacher in spec.teachers.items():
         source = teacher.source
         if isinstance(source, PretrainSource) and RECIPES[source.pretrain.recipe].needs_labels \
@@ -511,3 +552,31 @@ def _check_compatibility(file: Path, spec: SweepSpec) -> None:
                                     else "train.batch_size",
                                     f"batch size {bs} is too small for {choice.name} "
                                     f"{combo or ''}: needs at least {req.min_batch_size}")
+                _check_devices(file, spec, choice.name, combo, req, bs)
+    if spec.train.devices > 1 and spec.resources.fuse == "stack":
+        raise SpecError(file, "resources.fuse",
+                        f"stack cannot split a step per device (train.devices: "
+                        f"{spec.train.devices}); allowed with devices > 1: auto, group, off")
+
+
+def _check_devices(file: Path, spec: SweepSpec, name: str, combo: Mapping[str, Any],
+                   req: ObjectiveRequirements, batch_size: int) -> None:
+    """``train.devices`` must split every step into equal per-device chunks of whole anchor
+    groups, each large enough for the objective (CoSS's space term needs 2 rows)."""
+    devices = spec.train.devices
+    if devices == 1:
+        return
+    nb = req.neighbour_batches
+    group = nb.neighbours + 1 if nb is not None else 1
+    units = batch_size // group  # anchors (neighbour batches) or images a step
+    what = (f"{units} anchors of {group} images" if nb is not None
+            else f"{batch_size} images")
+    if units % devices:
+        raise SpecError(file, "train.devices",
+                        f"{name} {combo or ''}: a step of {what} does not split into "
+                        f"{devices} equal per-device chunks; use a batch size whose "
+                        f"{'anchors' if nb is not None else 'images'} divide by {devices}")
+    if units // devices * group < req.min_batch_size:
+        raise SpecError(file, "train.devices",
+                        f"{name} {combo or ''}: {units // devices * group} images a device is "
+                        f"too few; needs at least {req.min_batch_size}")

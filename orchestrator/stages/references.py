@@ -89,7 +89,7 @@ def _train(ref: ReferenceConfig, bundle: DatasetBundle, device: torch.device
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     backbone, _ = pretrain_teacher(
-        cfg, bundle.train.images.to(device), labels, bundle.mean.to(device),
+        cfg, bundle.training_images.to(device), labels, bundle.mean.to(device),
         bundle.std.to(device), bundle.num_classes if labels is not None else None, device,
         lambda epoch, metrics: history.append({"epoch": epoch, **metrics}))
     return backbone, time.perf_counter() - started, history
@@ -109,7 +109,7 @@ def ensure_reference(ref: ReferenceConfig, cache_dir: str | Path, device_name: s
         torch.set_num_threads(threads)
     device = resolve_device(device_name)
     dataset = ref.dataset
-    bundle = load_dataset(dataset.name, dataset.root, dataset.download)
+    bundle = load_dataset(dataset)
     channels = int(bundle.train.images.shape[1])
     directory = reference_dir(cache_dir, ref.key)
     trained_now = False
@@ -165,7 +165,7 @@ def ensure_teacher_metrics(teacher: TeacherConfig, dataset: DatasetConfig,
     if threads is not None:
         torch.set_num_threads(threads)
     device = resolve_device(device_name)
-    bundle = load_dataset(dataset.name, dataset.root, dataset.download)
+    bundle = load_dataset(dataset)
     directory = teacher_dir(cache_dir, teacher.key)
     only = dataclasses.replace(evaluation, classifier=False)
     path = directory / f"linear-{content_hash(evaluation.linear.to_dict(), 8)}.json"

@@ -7,7 +7,9 @@ file lock so concurrent trials or sweeps never train it twice:
    or loads it from a checkpoint / torchvision weights;
 2. measures its own kNN accuracy once per kNN setting (the reference column of the tables),
    and its classifier's test accuracy once when it has one;
-3. builds the teacher kNN graph a trial's objective asks for (``ObjectiveRequirements``).
+3. builds the teacher kNN graph a trial's objective asks for (``ObjectiveRequirements``):
+   exact top-k in chunks on the stage's device, stored once as an int32 ``.npy`` that every
+   trial memory-maps (orchestrator/engine/knn.py).
 The result is a :class:`TeacherReport`; the driver hands it to the trials in their config.
 """
 
@@ -21,7 +23,7 @@ from typing import Any
 
 import torch
 
-from common.atomic import torch_save, write_json
+from common.atomic import write_json
 from common.hashing import content_hash
 from common.locks import file_lock
 from models.checkpoint_format import CheckpointError, load_teacher, save_teacher
@@ -29,9 +31,9 @@ from models.hub import WeightsUnavailableError, fetch_weights, pretrained_backbo
 from models.pretrain import RECIPES, pretrain_teacher
 from models.teacher import FrozenTeacher
 from models.weights import build_teacher_from_checkpoint
-from orchestrator.data.datasets import DatasetBundle, load_dataset
+from orchestrator.data.datasets import DatasetBundle, load_dataset, uses_labels
 from orchestrator.engine.device import resolve_device
-from orchestrator.engine.knn import embed, neighbour_graph, weighted_knn
+from orchestrator.engine.knn import embed, save_neighbour_graph, weighted_knn
 from orchestrator.engine.precision import autocast
 from orchestrator.engine.teacher_pass import TeacherNeeds
 from orchestrator.errors import UserInputError
@@ -115,7 +117,7 @@ def run_stage(teacher: TeacherConfig, dataset: DatasetConfig, knn: KnnConfig,
         torch.set_num_threads(threads)
     directory = teacher_dir(cache_dir, teacher.key)
     device = resolve_device(device_name)
-    bundle = load_dataset(dataset.name, dataset.root, dataset.download)
+    bundle = load_dataset(dataset)
     trained_now = False
     train_time = 0.0
     history: list[dict[str, float]] = []
@@ -146,7 +148,7 @@ def run_stage(teacher: TeacherConfig, dataset: DatasetConfig, knn: KnnConfig,
                 mean, std = bundle.mean.to(device), bundle.std.to(device)
                 with autocast(device, "auto"):
                     feats = embed(frozen.features, bundle.train.images.to(device), mean, std)
-                torch_save(graph_path, neighbour_graph(feats, size))
+                save_neighbour_graph(graph_path, feats, size)
             graphs[size] = str(graph_path)
     report = TeacherReport(teacher.key, teacher.label, str(directory), knn_metrics, graphs,
                            test_top1, trained_now, train_time, tuple(history))
@@ -157,11 +159,12 @@ def _pretrain(teacher: TeacherConfig, source: PretrainSource, dataset: DatasetCo
               bundle: DatasetBundle, device: torch.device, directory: Path
               ) -> tuple[float, list[dict[str, float]]]:
     cfg = source.pretrain
-    labels = bundle.train.labels if dataset.labels and RECIPES[cfg.recipe].needs_labels else None
+    wants = uses_labels(dataset) and RECIPES[cfg.recipe].needs_labels
+    labels = bundle.train.labels if wants else None
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     backbone, head = pretrain_teacher(
-        cfg, bundle.train.images.to(device), None if labels is None else labels.to(device),
+        cfg, bundle.training_images.to(device), None if labels is None else labels.to(device),
         bundle.mean.to(device), bundle.std.to(device),
         bundle.num_classes if cfg.recipe == "supervised" else None, device,
         lambda epoch, metrics: history.append({"epoch": epoch, **metrics}))
@@ -238,4 +241,5 @@ def _test_accuracy(frozen: FrozenTeacher, bundle: DatasetBundle, device: torch.d
 
 
 def neighbour_graph_path(cache_dir: str | Path, key: str, size: int) -> Path:
-    return teacher_dir(cache_dir, key) / f"neighbours-{size}.pt"
+    """The stored graph: ``N x size`` int32 ``.npy``, memory-mapped by every trial."""
+    return teacher_dir(cache_dir, key) / f"neighbours-{size}.npy"

@@ -144,13 +144,13 @@ def dataset_input(dataset: DatasetConfig, context: str = "train") -> DatasetInpu
     """The sweep's dataset as an MLflow dataset input (the UI's Dataset column): its name, a
     digest of the name (one dataset, one digest, whoever logs it), where it is read from and
     what the trials may use of it."""
-    from orchestrator.data.datasets import DATASETS
+    from orchestrator.data.datasets import DATASETS, image_size, num_classes, uses_labels
 
     info = DATASETS[dataset.name]
     source = dataset.root or ("sklearn.datasets.load_digits" if dataset.name == "digits"
                               else dataset.name)
-    profile = {"num_classes": info.num_classes, "channels": info.channels,
-               "image_size": info.image_size, "labels_used": dataset.labels,
+    profile = {"num_classes": num_classes(dataset), "channels": info.channels,
+               "image_size": image_size(dataset), "labels_used": uses_labels(dataset),
                "description": info.description}
     return DatasetInput(
         Dataset(name=dataset.name, digest=content_hash({"dataset": dataset.name}, 8),

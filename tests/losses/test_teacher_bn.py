@@ -166,7 +166,8 @@ def test_disco_keys_get_shuffle_bn() -> None:
     x1, x2 = _views()
     step = make_step([x1, x2], student, teacher, rng=torch.Generator().manual_seed(7))
     obj.compute(step)
-    keys = obj._pending_keys
+    assert len(obj._pending_keys) == 1  # one compute call: one batch of keys
+    keys = obj._pending_keys[0]
     assert keys is not None and obj.key_encoder is not None
     with torch.no_grad():
         expected = shuffled_split_forward(obj.key_encoder, x2, 3,
@@ -204,7 +205,8 @@ def test_bingo_teacher_keys_follow_teacher_bn(mode: str) -> None:
     before = _snapshot(teacher)
     step, x_k = _bingo_step(student, teacher, 5)
     obj.compute(step)
-    keys = obj._pending_keys
+    assert len(obj._pending_keys) == 1  # one compute call: one batch of keys
+    keys = obj._pending_keys[0]
     forward = teacher.batch_features if mode == "batch" else teacher.features
     other = teacher.features if mode == "batch" else teacher.batch_features
     assert keys is not None

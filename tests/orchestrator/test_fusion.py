@@ -20,6 +20,7 @@ from orchestrator.data.datasets import load_dataset as real_load_dataset
 from orchestrator.engine import group as group_module
 from orchestrator.engine import member as member_module
 from orchestrator.engine.group import group_key, make_groups
+from orchestrator.engine.knn import load_neighbour_graph
 from orchestrator.engine.member import build_member
 from orchestrator.engine.precision import memory_format
 from orchestrator.engine.stacked import Stack, plan_stacks
@@ -125,7 +126,7 @@ def test_stacked_members_match_the_member_path(small_data: DatasetBundle,
     assert first.teacher_report is not None
     teacher = SharedTeacher(load_frozen_teacher(first.teacher, first.runtime.cache_dir,
                                                 bundle))
-    graph = torch.load(first.teacher_report.graphs[31], weights_only=True)
+    graph = load_neighbour_graph(first.teacher_report.graphs[31])
     images = bundle.train.images
     mean, std = bundle.mean, bundle.std
 

@@ -41,7 +41,7 @@ def test_valid_spec_loads_with_absolute_paths(write_spec: Any) -> None:
          "lambda must be >= 0"),
         (lambda s: s["grid"].update(batch_size=[0]), "grid.batch_size[0]", "must be > 0"),
         (lambda s: s["grid"].update(teacher="nobody"), "grid.teacher[0]", "allowed: t"),
-        (lambda s: s["dataset"].update(name="imagenet"), "dataset.name", "allowed: cifar10"),
+        (lambda s: s["dataset"].update(name="imagenet1k"), "dataset.name", "allowed: cifar10"),
         (lambda s: s["teachers"]["t"].update(source="hub"), "teachers.t.source", "pretrain"),
         (lambda s: s["teachers"]["t"]["pretrain"].update(recipe="byol"),
          "teachers.t.pretrain.recipe", "simclr"),

@@ -109,8 +109,9 @@ def trials(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str,
     tmp = tmp_path_factory.mktemp("objectives")
     small = _small(real_load_dataset("digits"))
 
-    def load(name: str, root: str | None = None, download: bool = False) -> DatasetBundle:
-        assert name == "digits"
+    def load(settings: Any, *_: Any) -> DatasetBundle:
+        # load_dataset takes the dataset settings (issue 18), a name before
+        assert getattr(settings, "name", settings) == "digits"
         return small
 
     with pytest.MonkeyPatch.context() as mp:

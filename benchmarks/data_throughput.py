@@ -1,0 +1,200 @@
+"""Decoded + augmented images/s per CPU core at 224 px: the official pipeline against ukd's
+streaming path, in one run, on generated ImageNet-like JPEGs.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.data_throughput --workers 2
+
+Data: ``--images`` JPEGs of 500 x 375 px at quality 90 (ImageNet's typical size; natural-ish
+content -- smooth multi-scale noise, discs, fine grain -- so the files are ~100 KB like
+ImageNet's ~110 KB), in an ImageFolder layout of 4 classes, written once to ``--dir``.
+
+(a) official: what CoSS's training script runs (paganpasta/coss-pytorch train_sampled_coss.py
+    + tools/utils.py ``mocov2_aug``): ``torchvision.datasets.ImageFolder`` (PIL decode) with
+    RandomResizedCrop(224, scale (0.2, 1)), ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8,
+    RandomGrayscale(0.2), PIL GaussianBlur(radius ~ U(0.1, 2)) p 0.5, horizontal flip,
+    ToTensor + Normalize, in a ``DataLoader`` with ``--workers`` worker processes.
+(b) ukd: the streaming batch stream (orchestrator.data.batches.BatchStream over
+    orchestrator.data.folders.FolderImages, the ``mocov2`` preset): ``--workers`` decode processes
+    decode each file (libjpeg-turbo) and cut its RandomResizedCrop + flip (torchvision's rule,
+    antialiased resize, uint8); the photometric half (jitter with hue, grayscale, blur) runs
+    batched on the device.
+
+Per core = images/s divided by the processes that do the work: the loader workers for (a);
+for (b) the decode workers, the photometric half being the device's. Without a GPU the
+"device" is this CPU: ``ukd_cpu_only_img_s_per_core`` then charges (b) the photometric's
+measured single-core cost as well (one more core). The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+SIZE = 224
+
+
+def _picture(rng: np.random.Generator) -> bytes:
+    """A 500 x 375 JPEG (q 90) with natural-image-like spectra."""
+    from PIL import Image, ImageDraw
+
+    h, w = 375, 500
+    img = np.full((h, w, 3), 120.0, np.float32)
+    for cells, amp in ((3, 70.0), (12, 40.0), (48, 24.0), (125, 16.0), (250, 10.0)):
+        small = torch.from_numpy(rng.normal(0, amp, (cells + 1, cells + 1, 3)).astype(np.float32))
+        up = torch.nn.functional.interpolate(small.permute(2, 0, 1)[None], size=(h, w),
+                                             mode="bicubic", align_corners=False)
+        img += up[0].permute(1, 2, 0).numpy()
+    img += rng.normal(0, 30, (h, w, 3))
+    pic = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(pic)
+    for _ in range(8):
+        x, y, r = int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(8, 90))
+        draw.ellipse((x - r, y - r, x + r, y + r),
+                     fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    buf = io.BytesIO()
+    pic.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_folder(root: Path, images: int) -> Path:
+    train = root / "train"
+    if train.is_dir() and sum(1 for _ in train.rglob("*.jpg")) == images:
+        return root
+    rng = np.random.default_rng(0)
+    for i in range(images):
+        for split in ("train", "val"):
+            folder = root / split / f"class_{i % 4}"
+            folder.mkdir(parents=True, exist_ok=True)
+            if split == "train" or i < 4:
+                (folder / f"{i:05d}.jpg").write_bytes(_picture(rng))
+    return root
+
+
+def official(root: Path, workers: int, batch: int, epochs: int) -> float:
+    """Images/s of CoSS's loader (see the module docstring)."""
+    from PIL import ImageFilter
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    class GaussianBlur:  # coss-pytorch tools/utils.py (MoCo v2's)
+        def __init__(self, sigma: tuple[float, float] = (0.1, 2.0)) -> None:
+            self.sigma = sigma
+
+        def __call__(self, x: Any) -> Any:
+            return x.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
+
+    aug = transforms.Compose([
+        transforms.RandomResizedCrop(SIZE, scale=(0.2, 1.0)),
+        transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        transforms.RandomGrayscale(p=0.2),
+        transforms.RandomApply([GaussianBlur((0.1, 2.0))], p=0.5),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    ])
+    data = datasets.ImageFolder(str(root / "train"), aug)
+    loader = DataLoader(data, batch_size=batch, shuffle=True, num_workers=workers,
+                        drop_last=True, persistent_workers=True, prefetch_factor=2,
+                        worker_init_fn=lambda _: torch.set_num_threads(1))
+    for _ in loader:  # start the workers, warm the page cache
+        pass
+    start, count = time.perf_counter(), 0
+    for _ in range(epochs):
+        for x, _labels in loader:
+            count += x.shape[0]
+    return count / (time.perf_counter() - start)
+
+
+def ukd_stream(root: Path, workers: int, batch: int, epochs: int,
+               device: torch.device) -> tuple[float, float]:
+    """(images/s of the decode + crop stream, images/s of the photometric half on
+    ``device``), with the real BatchStream and FolderImages."""
+    from models.augment import AUGMENT_PRESETS, photometric
+    from orchestrator.data.datasets import load_dataset
+    from orchestrator.data.streams import generator
+    from orchestrator.spec.config import DatasetConfig
+
+    bundle = load_dataset(DatasetConfig(name="imagefolder", root=str(root), image_size=SIZE,
+                                        storage="stream", workers=workers, prefetch=4))
+    from orchestrator.data.batches import BatchStream
+
+    cfg = AUGMENT_PRESETS["mocov2"]
+    stream = BatchStream(bundle.training_images.to(device), None, bundle.mean, bundle.std, cfg,
+                         seed=0, batch_size=batch, num_views=1)
+    for b in stream.epoch(0):  # warm up (workers forked, page cache)
+        b.geometric(1)
+    crops = []
+    start, count = time.perf_counter(), 0
+    for epoch in range(1, epochs + 1):
+        for b in stream.epoch(epoch):
+            crops.append(b.geometric(1)[:, 0])
+            count += int(b.indices.shape[0])
+    geo_rate = count / (time.perf_counter() - start)
+    gen = generator(0, "view", 0, 0, 0, device=device)
+    x = crops[0].to(device)
+    photometric(x, cfg, gen)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    done = 0
+    for c in crops[: max(2, len(crops) // 2)]:
+        photometric(c.to(device), cfg, gen)
+        done += c.shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return geo_rate, done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/ukd-data-throughput"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    root = make_folder(args.dir, args.images)
+    files = sorted((root / "train").rglob("*.jpg"))
+    kb = np.mean([f.stat().st_size for f in files]) / 1000
+    print(f"{len(files)} JPEGs 500x375 q90, mean {kb:.0f} KB; {args.workers} workers; "
+          f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); "
+          f"device {device}; torch {torch.__version__}")
+    a = official(root, args.workers, args.batch, args.epochs)
+    geo, photo = ukd_stream(root, args.workers, args.batch, args.epochs, device)
+    a_core = a / args.workers
+    b_core = geo / args.workers
+    print(f"(a) official ImageFolder + PIL mocov2_aug + DataLoader: {a:.0f} img/s, "
+          f"{a_core:.1f} img/s per core")
+    print(f"(b) ukd stream, decode + RandomResizedCrop + flip in workers: {geo:.0f} img/s, "
+          f"{b_core:.1f} img/s per core ({b_core / a_core:.2f}x (a))")
+    print(f"    photometric half (jitter with hue, grayscale, blur) batched on {device}: "
+          f"{photo:.0f} img/s")
+    out: dict[str, Any] = {"official_img_s_per_core": round(a_core, 1),
+                           "ukd_img_s_per_core": round(b_core, 1),
+                           "ratio": round(b_core / a_core, 2), "workers": args.workers,
+                           "images": len(files), "mean_kb": round(float(kb), 1),
+                           "device": str(device)}
+    if device.type == "cpu":
+        # Everything on this CPU: one image costs workers/geo + 1/photo core-seconds.
+        cpu_only = 1.0 / (args.workers / geo + 1.0 / photo)
+        print(f"    without a GPU the photometric half costs a core too: {cpu_only:.1f} img/s "
+              f"per core ({cpu_only / a_core:.2f}x (a))")
+        out["ukd_cpu_only_img_s_per_core"] = round(cpu_only, 1)
+    else:
+        out["ukd_gpu_photometric_img_s"] = round(photo, 1)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,427 @@
+"""Image folders: the layout check, the file index, and images decoded on demand.
+
+Layout (torchvision ImageFolder's, one folder per class under each split)::
+
+    ROOT/train/<class>/<file>    ROOT/val/<class>/<file>
+
+Class indices are the sorted ``train/`` folder names; every ``val/`` class must be one of them.
+:class:`FolderImages` is a split as decoded uint8 images of one size, read from the files when
+indexed (``images[a:b]``, ``images[index_tensor]``) by a pool of decode worker processes: the
+streaming storage of a dataset. Decoding does not depend on the number of workers (each file
+is decoded alone, by the same code), so neither do the batches.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures as cf
+import multiprocessing
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.augment import AugmentConfig, Box, crop_resize_flip, sample_crop
+from orchestrator.data.imagefiles import (
+    IMG_EXTENSIONS,
+    UnreadableImageError,
+    check_file,
+    decode_fit_many,
+    decode_rgb,
+    iter_images,
+    list_images,
+)
+from orchestrator.errors import UserInputError
+
+LAYOUT = "allowed: a folder holding train/<class>/<image> and val/<class>/<image>"
+WNID = re.compile(r"^n\d{8}$")
+IMAGENET_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class FolderIndex:
+    """The files of an image folder and their class indices."""
+
+    root: str
+    classes: tuple[str, ...]
+    train_files: tuple[str, ...]
+    train_labels: tuple[int, ...]
+    val_files: tuple[str, ...]
+    val_labels: tuple[int, ...]
+
+
+def _class_folders(split: Path) -> list[Path]:
+    return sorted(p for p in split.iterdir() if p.is_dir())
+
+
+def check_layout(root: str | Path, imagenet: bool = False) -> None:
+    """One :class:`UserInputError` line naming the folder that breaks the layout: the root,
+    ``train/`` and ``val/`` exist, no class folder is empty, every ``val/`` class is in
+    ``train/`` (and for ImageNet: the 1,000 wnid folders)."""
+    base = Path(root)
+    if not base.is_dir():
+        raise UserInputError(f"{base} is not a folder; {LAYOUT}")
+    splits = {}
+    for name in ("train", "val"):
+        split = base / name
+        if not split.is_dir():
+            raise UserInputError(f"{split} is missing; {LAYOUT}")
+        classes = _class_folders(split)
+        if not classes:
+            raise UserInputError(f"{split} holds no class folders; {LAYOUT}")
+        for folder in classes:
+            if next(iter_images(folder), None) is None:
+                raise UserInputError(
+                    f"{folder} holds no image files (allowed extensions, any case: "
+                    f"{', '.join(IMG_EXTENSIONS)}); remove the folder or add its images")
+        splits[name] = [p.name for p in classes]
+    known = set(splits["train"])
+    for name in splits["val"]:
+        if name not in known:
+            raise UserInputError(f"{base / 'val' / name} is a class that {base / 'train'} "
+                                 "does not have; every val/ class must have a train/ folder")
+    if imagenet:
+        wnids = splits["train"]
+        odd = [n for n in wnids if not WNID.match(n)]
+        if len(wnids) != IMAGENET_CLASSES or odd:
+            what = (f"a folder {odd[0]!r} that is not a wnid" if odd else
+                    f"{len(wnids)} class folders")
+            raise UserInputError(
+                f"{base / 'train'} has {what}; ImageNet needs the 1,000 ILSVRC-2012 wnid "
+                "folders (n01440764 ... n15075141); use dataset name imagefolder for other "
+                "folders")
+
+
+@lru_cache(maxsize=8)
+def scan(root: str) -> FolderIndex:
+    """The files of a checked folder (sorted paths; labels from the ``train/`` classes)."""
+    base = Path(root)
+    classes = tuple(p.name for p in _class_folders(base / "train"))
+    index = {c: i for i, c in enumerate(classes)}
+
+    def split(name: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        files: list[str] = []
+        labels: list[int] = []
+        for folder in _class_folders(base / name):
+            for f in list_images(folder):
+                files.append(str(f))
+                labels.append(index[folder.name])
+        return tuple(files), tuple(labels)
+
+    train_files, train_labels = split("train")
+    val_files, val_labels = split("val")
+    return FolderIndex(str(base), classes, train_files, train_labels, val_files, val_labels)
+
+
+# --------------------------------------------------------------------------- decode workers
+
+_POOLS: dict[int, cf.ProcessPoolExecutor] = {}
+
+
+def decode_pool(workers: int) -> cf.ProcessPoolExecutor | None:
+    """One pool of ``workers`` decode processes per process (None: decode here).
+
+    Forked: a spawned child re-runs the parent's main script (``ukd`` is an unguarded
+    console script) and imports torch, seconds per worker. The children run only Pillow and
+    numpy code (:mod:`orchestrator.data.imagefiles`), never torch or CUDA, so the parent's threads
+    do not matter to them."""
+    if workers <= 0:
+        return None
+    if workers not in _POOLS:
+        ctx = multiprocessing.get_context("fork")
+        _POOLS[workers] = cf.ProcessPoolExecutor(workers, mp_context=ctx,
+                                                 initializer=_worker_init)
+    return _POOLS[workers]
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # one decode worker, one core
+
+
+def _geometry(height: int, width: int, cfg: AugmentConfig, seed: int) -> tuple[Box, bool]:
+    """A view's crop box and flip, drawn as :func:`models.augment.random_geometric` draws
+    them (the crop's draws first, then one ``torch.rand(1)`` for the flip) from a generator
+    seeded with ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    box = sample_crop(height, width, cfg.crop_scale, cfg.crop_ratio, gen)
+    flip = cfg.flip and bool(torch.rand(1, generator=gen).item() < 0.5)
+    return box, flip
+
+
+def decode_views(path: str, seeds: Sequence[int], cfg: AugmentConfig, size: int,
+                 draft: bool = True) -> np.ndarray:
+    """One file decoded once into ``len(seeds)`` views (``V x 3 x size x size`` uint8): each
+    view's random resized crop + flip from its own seed, drawn on the full image's size
+    (torchvision's rule); a JPEG is decoded at the smallest DCT scale that keeps every crop
+    at least ``size`` pixels on each side, the boxes scaled to it (at scale 1 -- every crop of
+    a small image -- this is exactly ``random_geometric`` of the decoded image)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as probe:
+            width, height = probe.size
+    except Exception as exc:
+        raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
+    drawn = [_geometry(height, width, cfg, s) for s in seeds]
+    smallest = min(min(box[2], box[3]) for box, _ in drawn)
+    factor = max(1, smallest // size) if draft else 1
+    shorter = None if factor == 1 else -(-min(width, height) // factor)
+    image = torch.from_numpy(np.ascontiguousarray(decode_rgb(path, shorter).transpose(2, 0, 1)))
+    sy, sx = image.shape[1] / height, image.shape[2] / width
+    out = np.empty((len(seeds), 3, size, size), dtype=np.uint8)
+    for k, ((top, left, h, w), flip) in enumerate(drawn):
+        if (sy, sx) != (1.0, 1.0):  # the same region of the reduced image
+            t, lf = int(top * sy), int(left * sx)
+            h = max(1, min(image.shape[1] - t, round(h * sy)))
+            w = max(1, min(image.shape[2] - lf, round(w * sx)))
+            top, left = t, lf
+        out[k] = crop_resize_flip(image, (top, left, h, w), size, flip).numpy()
+    return out
+
+
+def decode_views_on(paths: Sequence[str], seeds: Sequence[Sequence[int]], cfg: AugmentConfig,
+                    size: int, device: torch.device | str) -> Tensor:
+    """:func:`decode_views` for a batch of files with one batched decode on ``device``:
+    ``torchvision.io.decode_jpeg(list, device=...)`` (nvJPEG on CUDA) for RGB and grey
+    JPEGs, :func:`orchestrator.data.imagefiles.decode_rgb` for the others; every view's crop and
+    flip on ``device``. No reduced-scale decode. On the CPU this equals :func:`decode_views`
+    with ``draft=False`` (tested); on CUDA the resize runs in float (models/augment.py)."""
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    images: list[Tensor | None] = [None] * len(paths)
+    jpegs: list[int] = []
+    datas: list[Tensor] = []
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as probe:
+                batched = probe.format == "JPEG" and probe.mode in ("RGB", "L")
+        except Exception as exc:
+            raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
+        if batched:
+            jpegs.append(i)
+            datas.append(torch.from_numpy(np.fromfile(path, dtype=np.uint8)))
+        else:
+            array = np.ascontiguousarray(decode_rgb(path).transpose(2, 0, 1))
+            images[i] = torch.from_numpy(array).to(device)
+    if datas:
+        try:
+            decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # name the file: decode them one by one
+            decoded = []
+            for i, data in zip(jpegs, datas, strict=True):
+                try:
+                    decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError as exc:
+                    raise UnreadableImageError(paths[i], f"RuntimeError: {exc}") from None
+        for i, image in zip(jpegs, decoded, strict=True):
+            images[i] = image
+    views = len(seeds[0]) if seeds else 0
+    out = torch.empty((len(paths), views, 3, size, size), dtype=torch.uint8, device=device)
+    for i, image in enumerate(images):
+        assert image is not None
+        for k, seed in enumerate(seeds[i]):
+            box, flip = _geometry(image.shape[-2], image.shape[-1], cfg, seed)
+            out[i, k] = crop_resize_flip(image, box, size, flip)
+    return out
+
+
+def decode_views_many(paths: list[str], seeds: list[list[int]], cfg: AugmentConfig,
+                      size: int, draft: bool) -> np.ndarray:
+    """A chunk of files as one ``n x V x 3 x size x size`` uint8 array (one worker task)."""
+    views = len(seeds[0]) if seeds else 0
+    out = np.empty((len(paths), views, 3, size, size), dtype=np.uint8)
+    for i, (p, s) in enumerate(zip(paths, seeds, strict=True)):
+        out[i] = decode_views(p, s, cfg, size, draft)
+    return out
+
+
+@atexit.register
+def _close_pools() -> None:
+    for pool in _POOLS.values():
+        pool.shutdown(wait=False, cancel_futures=True)
+    _POOLS.clear()
+
+
+@dataclass(frozen=True)
+class Decode:
+    """How a file becomes an image: ``Resize(resize, resample)`` + ``CenterCrop(crop)``."""
+
+    resize: int
+    crop: int
+    resample: str = "bilinear"
+    draft: bool = True  # reduced-scale JPEG decode when the resize allows it
+
+
+@dataclass
+class FolderImages:
+    """A split's files as a lazily decoded ``N x 3 x crop x crop`` uint8 tensor.
+
+    Indexing (a slice, an index tensor or list) decodes those files (in ``workers``
+    processes, chunked) and returns a tensor on :attr:`device`. :meth:`prefetch` starts the
+    decode of a batch ahead of its use; at most ``depth`` batches are pending at once, so
+    host memory is bounded by the batch size, not by the dataset. Duck-types the few tensor
+    members the evaluation and teacher code read (``shape``, ``dim``, ``device``, ``to``).
+    """
+
+    files: tuple[str, ...]
+    decode: Decode
+    workers: int = 0
+    depth: int = 2
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    gpu_decode: bool = False  # decode-time views decoded on a CUDA device (decode_views_on)
+    _pending: dict[bytes, Any] = field(default_factory=dict, repr=False)
+    peak_pending_images: int = 0  # the most images ever decoded ahead at once (tests read it)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size([len(self.files), 3, self.decode.crop, self.decode.crop])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.uint8
+
+    def dim(self) -> int:
+        return 4
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def to(self, device: torch.device | str, **_: Any) -> FolderImages:
+        # Shares the pending prefetches: one stream of batches whatever the copy.
+        moved = replace(self, device=torch.device(device))
+        moved._pending = self._pending
+        return moved
+
+    def _positions(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            return np.arange(len(self.files))[key]
+        if isinstance(key, Tensor):
+            return key.detach().to("cpu", torch.int64).numpy().reshape(-1)
+        return np.asarray(key, dtype=np.int64).reshape(-1)
+
+    def _run(self, job: Callable[..., np.ndarray], items: list[Any], *args: Any
+             ) -> Callable[[], np.ndarray]:
+        """``job(items, *args)`` split over the workers (~2 chunks each), results in order;
+        in this process (when read) without workers."""
+        columns = [list(c) for c in zip(*items, strict=True)] if items else []
+        pool = decode_pool(self.workers)
+        if pool is None or not items:
+            return lambda: job(*columns, *args) if items else \
+                np.empty((0, 3, self.decode.crop, self.decode.crop), np.uint8)
+        per = max(1, -(-len(items) // (2 * self.workers)))
+        futures = [pool.submit(job, *(c[i:i + per] for c in columns), *args)
+                   for i in range(0, len(items), per)]
+        return lambda: np.concatenate([f.result() for f in futures])
+
+    def _submit(self, positions: np.ndarray) -> Callable[[], np.ndarray]:
+        d = self.decode
+        return self._run(decode_fit_many, [(self.files[i],) for i in positions],
+                         d.resize, d.crop, d.resample, d.draft)
+
+    def _submit_views(self, positions: np.ndarray, seeds: list[list[int]],
+                      cfg: AugmentConfig) -> Callable[[], np.ndarray]:
+        items = [(self.files[i], s) for i, s in zip(positions, seeds, strict=True)]
+        return self._run(decode_views_many, items, cfg, self.decode.crop, self.decode.draft)
+
+    def _add_pending(self, key: Any, result: Callable[[], np.ndarray], count: int) -> None:
+        self._pending[key] = (result, count)
+        self.peak_pending_images = max(self.peak_pending_images,
+                                       sum(n for _, n in self._pending.values()))
+
+    def prefetch(self, indices: Tensor) -> None:
+        """Start decoding ``indices`` (a later ``self[indices]`` takes the result); ignored
+        when ``depth`` batches are already pending."""
+        positions = self._positions(indices)
+        key = positions.tobytes()
+        if key in self._pending or len(self._pending) >= self.depth:
+            return
+        self._add_pending(key, self._submit(positions), len(positions))
+
+    @property
+    def _on_gpu(self) -> bool:
+        return self.gpu_decode and self.device.type == "cuda"
+
+    def prefetch_views(self, key: Any, indices: Tensor, seeds: list[list[int]],
+                       cfg: AugmentConfig) -> None:
+        """Start decoding the views of a batch (:meth:`views` with the same ``key``); a
+        GPU decode is not read ahead (it runs when the batch is read)."""
+        if self._on_gpu or key in self._pending or len(self._pending) >= self.depth:
+            return
+        positions = self._positions(indices)
+        self._add_pending(key, self._submit_views(positions, seeds, cfg), len(positions))
+
+    def views(self, key: Any, indices: Tensor, seeds: list[list[int]],
+              cfg: AugmentConfig) -> Tensor:
+        """``n x V x 3 x size x size`` uint8 on :attr:`device`: image i's view k is its
+        random resized crop + flip from ``seeds[i][k]`` (:func:`decode_views`), each file
+        decoded once for all its views (``gpu_decode`` on CUDA: one batched nvJPEG decode,
+        :func:`decode_views_on`)."""
+        if self._on_gpu:
+            paths = [self.files[i] for i in self._positions(indices)]
+            return decode_views_on(paths, seeds, cfg, self.decode.crop, self.device)
+        hit = self._pending.pop(key, None)
+        result = hit[0] if hit is not None else self._submit_views(
+            self._positions(indices), seeds, cfg)
+        return torch.from_numpy(result()).to(self.device)
+
+    def drop_pending(self) -> None:
+        """Forget prefetched batches nobody took (an epoch that stopped early)."""
+        for result, _ in self._pending.values():
+            try:
+                result()
+            except Exception:  # reported when (if) that batch is read again
+                pass
+        self._pending.clear()
+
+    def __getitem__(self, key: Any) -> Tensor:
+        positions = self._positions(key)
+        hit = self._pending.pop(positions.tobytes(), None)  # a prefetched batch
+        result = hit[0] if hit is not None else self._submit(positions)
+        return torch.from_numpy(result()).to(self.device)
+
+
+def as_tensor(images: FolderImages) -> Tensor:
+    """A :class:`FolderImages` where the code expects the uint8 tensor it stands in for."""
+    return images  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- ukd data check
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    files: int
+    unreadable: tuple[tuple[str, str], ...]  # (path, reason)
+
+
+def _check_chunk(paths: Sequence[str]) -> list[tuple[str, str]]:
+    return [(p, r) for p in paths if (r := check_file(p)) is not None]
+
+
+def check_files(root: str | Path, workers: int | None = None,
+                progress: Callable[[int], None] | None = None) -> CheckResult:
+    """Decode every image under ``root/train`` and ``root/val`` in ``workers`` processes;
+    ``progress(n)`` after each chunk of ``n`` files."""
+    base = Path(root)
+    paths = [str(p) for split in ("train", "val") if (base / split).is_dir()
+             for p in list_images(base / split)]
+    chunk = 64
+    chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
+    bad: list[tuple[str, str]] = []
+    count = workers if workers is not None else max(1, (os.cpu_count() or 1))
+    pool = decode_pool(count)
+    results = (pool.map(_check_chunk, chunks) if pool is not None
+               else map(_check_chunk, chunks))
+    for part, found in zip(chunks, results, strict=True):
+        bad.extend(found)
+        if progress is not None:
+            progress(len(part))
+    return CheckResult(len(paths), tuple(sorted(bad)))

@@ -1,0 +1,138 @@
+"""Decoding image files into uint8 arrays: the code the decode worker processes run.
+
+Both decoders are libjpeg-turbo: an RGB or grey JPEG decoded at full size goes through
+``torchvision.io.decode_jpeg`` (about 1.7x Pillow's speed per core, measured by
+benchmarks/data_throughput.py's machine); a JPEG that can be decoded at a reduced DCT scale
+(Pillow's ``draft``), a CMYK JPEG and every other format go through Pillow.
+
+Conventions follow torchvision's ImageFolder: the extensions of ``IMG_EXTENSIONS`` in any
+case, every image converted to RGB (``PIL.Image.convert("RGB")``: grayscale, CMYK, palette and
+RGBA alike), ``Resize(size)`` scales the shorter side to ``size`` (the longer one to
+``int(size * long / short)``) and ``CenterCrop`` starts at ``int(round((h - th) / 2))``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# torchvision.datasets.folder.IMG_EXTENSIONS, compared in lower case.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+class UnreadableImageError(Exception):
+    """A file that cannot be decoded; the message starts with its path."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cannot decode image {self.path} ({self.reason})"
+
+
+def is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """torchvision's ``Resize(size)``: shorter side to ``size``, aspect kept (truncated)."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def decode_rgb(path: str, shorter: int | None = None) -> np.ndarray:
+    """The file as an ``H x W x 3`` uint8 RGB array (``shorter``: see :func:`open_rgb`)."""
+    try:
+        with Image.open(path) as img:
+            fast = img.format == "JPEG" and img.mode in ("RGB", "L") and (
+                shorter is None or min(img.size) < 2 * shorter)  # no reduced scale to gain
+        if fast:
+            import torch
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+            out: np.ndarray = decode_jpeg(data, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+            return out
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UnreadableImageError(str(path), f"{type(exc).__name__}: {first}") from None
+    return np.asarray(open_rgb(path, shorter), dtype=np.uint8)
+
+
+def open_rgb(path: str, shorter: int | None = None) -> Image.Image:
+    """The decoded RGB image. ``shorter``: the size its shorter side will be resized to; a
+    JPEG is then decoded at the smallest DCT scale (1, 1/2, 1/4, 1/8) that keeps the image at
+    least that large (libjpeg's scaled decode, PIL's ``draft``): far fewer pixels to decode
+    and to resize."""
+    try:
+        with Image.open(path) as img:
+            if shorter is not None and img.format == "JPEG":
+                img.draft("RGB", resized_size(*img.size, shorter))
+            return img.convert("RGB")
+    except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, ValueError...)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UnreadableImageError(str(path), f"{type(exc).__name__}: {first}") from None
+
+
+def fit(img: Image.Image, resize: int, crop: int, resample: str) -> np.ndarray:
+    """``Resize(resize)`` + ``CenterCrop(crop)`` as a ``3 x crop x crop`` uint8 array (no
+    resampling at all when the shorter side already is ``resize``)."""
+    w, h = img.size
+    nw, nh = resized_size(w, h, resize)
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), RESAMPLE[resample])
+    if nw < crop or nh < crop:
+        raise ValueError(f"a centre crop of {crop} from a {nw}x{nh} image")
+    left, top = round((nw - crop) / 2.0), round((nh - crop) / 2.0)  # Python round, as torchvision
+    img = img.crop((left, top, left + crop, top + crop))
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def decode_fit(path: str, resize: int, crop: int, resample: str, draft: bool = True
+               ) -> np.ndarray:
+    """One file through :func:`fit` (with a reduced-scale JPEG decode when ``draft``)."""
+    img = Image.fromarray(decode_rgb(path, resize if draft else None))
+    try:
+        return fit(img, resize, crop, resample)
+    except ValueError as exc:
+        raise UnreadableImageError(path, str(exc)) from None
+
+
+def decode_fit_many(paths: list[str], resize: int, crop: int, resample: str, draft: bool
+                    ) -> np.ndarray:
+    """A chunk of files as one ``n x 3 x crop x crop`` uint8 array (one worker task)."""
+    out = np.empty((len(paths), 3, crop, crop), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        out[i] = decode_fit(p, resize, crop, resample, draft)
+    return out
+
+
+def check_file(path: str) -> str | None:
+    """None when ``path`` decodes fully, else the reason (``ukd data check``)."""
+    try:
+        open_rgb(path).load()
+    except UnreadableImageError as exc:
+        return exc.reason
+    return None
+
+
+def iter_images(folder: Path) -> Iterator[Path]:
+    """Image files under ``folder`` (recursively, as ImageFolder; ``os.walk`` reads file
+    types from the directory entries, no stat per file: ImageNet has 1.28 M of them)."""
+    for parent, _dirs, names in os.walk(folder, followlinks=True):
+        for name in names:
+            if is_image(name):
+                yield Path(parent) / name
+
+
+def list_images(folder: Path) -> list[Path]:
+    """:func:`iter_images`, sorted by path."""
+    return sorted(iter_images(folder))

@@ -1,0 +1,279 @@
+"""The `mocov2` preset and its ops against torchvision.transforms.v2 (the official pipeline's
+semantics): each op for the same parameters, each random parameter's distribution, the crop
+rule draw for draw, and the per-image / batched geometric paths against each other."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2 as T
+import torchvision.transforms.v2.functional as TF
+from torch import Tensor
+from torchvision import tv_tensors
+
+from models.augment import (
+    AUGMENT_PRESETS,
+    AugmentConfig,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    augment,
+    blur_kernel_size,
+    colour_jitter,
+    crop_resize_flip,
+    gaussian_blur,
+    geometric,
+    photometric,
+    random_geometric,
+    rgb_to_grayscale,
+    sample_crop,
+    sample_photometric,
+)
+
+MOCO = AUGMENT_PRESETS["mocov2"]
+
+
+def _images(n: int = 6, h: int = 30, w: int = 26, seed: int = 0) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, h, w), generator=g, dtype=torch.uint8)
+    x[0, :, :4] = 128  # grey pixels: the hue of r = g = b
+    if n > 1:
+        x[1, 1] = x[1, 0]  # r = g ties
+    return x
+
+
+def _ks(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic."""
+    grid = np.sort(np.concatenate([a, b]))
+    ca = np.searchsorted(np.sort(a), grid, side="right") / len(a)
+    cb = np.searchsorted(np.sort(b), grid, side="right") / len(b)
+    return float(np.abs(ca - cb).max())
+
+
+def _ks_crit(n: int, m: int) -> float:
+    return 1.95 * math.sqrt((n + m) / (n * m))  # alpha = 0.001
+
+
+OPS = [
+    (adjust_brightness, TF.adjust_brightness, [0.6, 1.0, 1.4]),
+    (adjust_contrast, TF.adjust_contrast, [0.6, 0.9, 1.4]),
+    (adjust_saturation, TF.adjust_saturation, [0.6, 1.1, 1.4]),
+    (adjust_hue, TF.adjust_hue, [-0.1, 0.03, 0.1, 0.5]),
+]
+
+
+@pytest.mark.parametrize(("ours", "theirs", "factors"), OPS,
+                         ids=["brightness", "contrast", "saturation", "hue"])
+def test_colour_ops_equal_torchvision(ours: Callable[[Tensor, Tensor], Tensor],
+                                      theirs: Callable[..., Tensor], factors: list[float]) -> None:
+    x = _images()
+    f = torch.tensor([factors[i % len(factors)] for i in range(len(x))])
+    got_fp = ours(x.float() / 255, f)
+    got_u8 = ours(x, f)
+    assert got_u8.dtype == torch.uint8
+    for i in range(len(x)):
+        want_u8 = theirs(x[i], float(f[i]))
+        want_fp = theirs(x[i].float() / 255, float(f[i]))
+        assert (got_u8[i].int() - want_u8.int()).abs().max() <= 1  # within 1/255
+        assert (got_fp[i] - want_fp).abs().max() <= 1e-5
+
+
+def test_grayscale_equals_torchvision() -> None:
+    x = _images()
+    want = TF.rgb_to_grayscale(x, num_output_channels=3)
+    assert (rgb_to_grayscale(x).int() - want.int()).abs().max() <= 1
+    got = rgb_to_grayscale(x.float() / 255)
+    assert (got - TF.rgb_to_grayscale(x.float() / 255, 3)).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("kernel", [3, 23])
+def test_blur_equals_torchvision(kernel: int) -> None:
+    x = _images(h=32, w=28)
+    sigma = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 0.77])
+    got = gaussian_blur(x.float() / 255, kernel, sigma)
+    got_u8 = gaussian_blur(x, kernel, sigma)
+    for i in range(len(x)):
+        s = [float(sigma[i])] * 2
+        want_u8 = TF.gaussian_blur(x[i], [kernel, kernel], s)
+        assert (got_u8[i].int() - want_u8.int()).abs().max() <= 1
+        want_fp = TF.gaussian_blur(x[i].float() / 255, [kernel, kernel], s)
+        assert (got[i] - want_fp).abs().max() <= 1e-5
+    assert blur_kernel_size(224) == 23 and blur_kernel_size(32) == 3
+
+
+@pytest.mark.parametrize(("box", "size"), [((2, 3, 20, 17), 12), ((0, 0, 30, 26), 40),
+                                           ((5, 1, 9, 24), 16), ((0, 0, 30, 26), 30)])
+@pytest.mark.parametrize("flip", [False, True])
+def test_crop_resize_flip_equals_torchvision(box: tuple[int, int, int, int], size: int,
+                                            flip: bool) -> None:
+    x = _images()
+    for img in (x[0], x.float() / 255):
+        want = TF.resized_crop(img, *box, size=[size, size], antialias=True)
+        if flip:
+            want = TF.horizontal_flip(want)
+        got = crop_resize_flip(img, box, size, flip)
+        assert got.dtype == img.dtype and got.shape == want.shape
+        if img.dtype == torch.uint8:
+            assert (got.int() - want.int()).abs().max() <= 1
+        else:
+            assert (got - want).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize(("h", "w", "scale", "ratio", "fallback"), [
+    (30, 26, (0.2, 1.0), (3 / 4, 4 / 3), False),
+    (375, 500, (0.08, 1.0), (3 / 4, 4 / 3), False),
+    (8, 300, (0.5, 1.0), (3 / 4, 4 / 3), True),  # far wider than the ratios
+    (300, 8, (0.5, 1.0), (3 / 4, 4 / 3), True),  # far taller
+    (20, 20, (1.0, 1.0), (0.5, 0.6), True),  # no try fits: the largest box at ratio 0.6
+])
+def test_sample_crop_is_torchvisions_rule(h: int, w: int, scale: tuple[float, float],
+                                          ratio: tuple[float, float], fallback: bool) -> None:
+    rrc = T.RandomResizedCrop(224, scale=scale, ratio=ratio)
+    probe = [tv_tensors.Image(torch.zeros(3, h, w))]
+    boxes = []
+    for seed in range(40):
+        torch.manual_seed(seed)
+        p = rrc.make_params(probe)
+        want = (p["top"], p["left"], p["height"], p["width"])
+        got = sample_crop(h, w, scale, ratio, torch.Generator().manual_seed(seed))
+        assert got == want
+        boxes.append(got)
+    centred = [t == (h - bh) // 2 and le == (w - bw) // 2 for t, le, bh, bw in boxes]
+    assert all(centred) if fallback else not all(centred)
+    if (h, w) == (20, 20):
+        assert set(boxes) == {(0, 4, 20, 12)}
+
+
+def test_photometric_parameters_follow_torchvision() -> None:
+    n = 4000
+    torch.manual_seed(0)
+    jitter = T.ColorJitter(0.4, 0.4, 0.4, 0.1)
+    draws = [jitter.make_params([]) for _ in range(n)]
+    blur = T.GaussianBlur(23, sigma=(0.1, 2.0))
+    sigmas = np.array([blur.make_params([])["sigma"][0] for _ in range(n)])
+    p = sample_photometric(n, 224, MOCO, torch.Generator().manual_seed(1), torch.device("cpu"))
+    names = ["brightness_factor", "contrast_factor", "saturation_factor", "hue_factor"]
+    for k, name in enumerate(names):
+        theirs = np.array([d[name] for d in draws])
+        ours = p.factors[:, k].numpy()
+        assert _ks(ours, theirs) < _ks_crit(n, n), name
+        assert theirs.min() >= ours.min() - 0.01 and theirs.max() <= ours.max() + 0.01
+    assert _ks(p.sigma.numpy(), sigmas) < _ks_crit(n, n)
+    assert p.kernel == 23
+    # The coins: binomial means within 4 standard deviations.
+    for on, prob in ((p.jitter_on, 0.8), (p.gray_on, 0.2), (p.blur_on, 0.5)):
+        assert abs(float(on.float().mean()) - prob) < 4 * math.sqrt(prob * (1 - prob) / n)
+
+
+def test_op_order_is_a_uniform_permutation() -> None:
+    n = 24 * 500
+    p = sample_photometric(n, 32, MOCO, torch.Generator().manual_seed(2), torch.device("cpu"))
+    assert torch.equal(p.order.sort(dim=1).values, torch.arange(4).expand(n, 4))
+    counts = Counter(tuple(r) for r in p.order.tolist())
+    assert len(counts) == 24
+    expected = n / 24
+    chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
+    assert chi2 < 49.7  # chi-square, 23 degrees of freedom, alpha = 0.001
+
+
+def test_colour_jitter_applies_the_drawn_order() -> None:
+    x = _images().float() / 255
+    p = sample_photometric(len(x), 26, MOCO, torch.Generator().manual_seed(3), x.device)
+    got = colour_jitter(x, p.factors, p.order)
+    fns = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    for i in range(len(x)):
+        want = x[i]
+        for op in p.order[i].tolist():
+            want = fns[op](want, float(p.factors[i, op]))
+        assert (got[i] - want).abs().max() <= 1e-5
+    # The order matters: brightness before contrast is not contrast before brightness.
+    f = torch.tensor([[1.4, 0.6, 1.0, 0.0]])
+    a = colour_jitter(x[:1], f, torch.tensor([[0, 1, 2, 3]]))
+    b = colour_jitter(x[:1], f, torch.tensor([[1, 0, 2, 3]]))
+    assert not torch.allclose(a, b)
+
+
+def test_geometric_per_image_equals_batched() -> None:
+    x = _images(n=5, h=40, w=40)
+    cfg = dataclasses.replace(MOCO, size=24)
+    gens = [torch.Generator().manual_seed(10 + i) for i in range(5)]
+    batch = geometric(x, cfg, gens)
+    single = torch.stack([random_geometric(x[i], cfg, torch.Generator().manual_seed(10 + i))
+                          for i in range(5)])
+    assert batch.dtype == torch.uint8 and batch.shape == (5, 3, 24, 24)
+    assert torch.equal(batch, single)
+    # Non-square decoded images need an output size; the loader passes its image_size.
+    img = _images(n=1, h=37, w=53)[0]
+    out = random_geometric(img, MOCO, torch.Generator().manual_seed(0), size=20)
+    assert out.shape == (3, 20, 20)
+    with pytest.raises(ValueError, match="output size"):
+        random_geometric(img, MOCO, torch.Generator().manual_seed(0))
+
+
+def test_geometric_draw_matches_torchvision_transform() -> None:
+    """Crop then flip coin, drawn as RandomResizedCrop then RandomHorizontalFlip draw them."""
+    img = _images(n=1, h=50, w=70)[0]
+    cfg = AugmentConfig(crop="torchvision", crop_scale=(0.2, 1.0), flip=True)
+    pipeline = T.Compose([T.RandomResizedCrop(32, scale=(0.2, 1.0), antialias=True),
+                          T.RandomHorizontalFlip()])
+    for seed in range(10):
+        torch.manual_seed(seed)
+        want = pipeline(tv_tensors.Image(img))
+        got = random_geometric(img, cfg, torch.Generator().manual_seed(seed), size=32)
+        assert (got.int() - want.as_subclass(Tensor).int()).abs().max() <= 1
+
+
+def test_preset_is_reproducible() -> None:
+    x = _images(n=8, h=32, w=32)
+    a = augment(x, MOCO, torch.Generator().manual_seed(7))
+    b = augment(x, MOCO, torch.Generator().manual_seed(7))
+    c = augment(x, MOCO, torch.Generator().manual_seed(8))
+    assert a.dtype == torch.float32 and a.shape == x.shape
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert 0 <= float(a.min()) and float(a.max()) <= 1
+    # uint8 and float [0, 1] input draw and compute the same photometric result.
+    u = photometric(x, MOCO, torch.Generator().manual_seed(4))
+    f = photometric(x.float() / 255, MOCO, torch.Generator().manual_seed(4))
+    assert torch.equal(u, f)
+
+
+def test_hue_and_blur_in_the_low_resolution_presets() -> None:
+    """The CIFAR-style presets can take hue and blur through the new fields."""
+    x = _images(n=8, h=32, w=32)
+    base = AUGMENT_PRESETS["ssl"]
+    with_hue = dataclasses.replace(base, hue=0.1, blur_p=0.5)
+    a = augment(x, base, torch.Generator().manual_seed(5))
+    b = augment(x, with_hue, torch.Generator().manual_seed(5))
+    assert a.shape == b.shape and not torch.equal(a, b)
+    # Hue and blur draw after the old draws: grey images (hue-free) without blur agree.
+    grey = x[:, :1].expand_as(x).contiguous()
+    only_hue = dataclasses.replace(base, hue=0.1)
+    assert torch.allclose(augment(grey, base, torch.Generator().manual_seed(5)),
+                          augment(grey, only_hue, torch.Generator().manual_seed(5)), atol=1e-6)
+
+
+def test_config_rejects_contradictions() -> None:
+    with pytest.raises(ValueError, match="size needs"):
+        AugmentConfig(size=224)
+    with pytest.raises(ValueError, match="blur_kernel"):
+        AugmentConfig(blur_kernel=4)
+    with pytest.raises(ValueError, match="hue"):
+        AugmentConfig(hue=0.6)
+    with pytest.raises(ValueError, match="pad"):
+        AugmentConfig(crop="torchvision", pad=4)
+
+
+def test_geometric_with_one_generator_draws_sample_after_sample() -> None:
+    x = _images(n=4, h=32, w=32)
+    batch = geometric(x, MOCO, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    assert torch.equal(batch, torch.stack([random_geometric(img, MOCO, g) for img in x]))
+    with pytest.raises(ValueError, match="generators"):
+        geometric(x, MOCO, [torch.Generator()] * 3)
