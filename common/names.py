@@ -8,7 +8,12 @@ EXPERIMENT_PREFIX = "ukd/"  # experiment of a sweep: ukd/<sweep name>
 # ---- tags
 TAG_PARENT = "mlflow.parentRunId"
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"  # MLflow 3 opens the runs view, not GenAI's
+# The experiment's kind as MLflow 3's own selector writes it. MLflow 3.17's UI does not read it
+# to pick its page: the GenAI / Model-training mode comes from the URL (RUNS_VIEW's
+# `workflowType`) or the browser's last choice (local storage `mlflow.workflowType`, default
+# GenAI), whatever the tags; RUNS_VIEW is the address that lands on the runs.
+EXPERIMENT_KIND = "custom_model_development"
+RUNS_VIEW = "#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 TAG_KIND = "ukd.kind"
 KIND_SWEEP = "sweep"
 KIND_TRIAL = "trial"
@@ -84,4 +89,5 @@ SPEC_ARTIFACT = "spec.yaml"
 TRIALS_ARTIFACT = "trials.yaml"
 REPORT_ARTIFACTS = "report"
 SWEEP_JSON = "sweep.json"
+SWEEP_LOG = "sweep.log"  # MLflow's own log lines (the database's creation, migrations)
 DEFAULT_DB = "mlflow.db"

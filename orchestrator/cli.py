@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from common import names as N
 from orchestrator.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -89,9 +90,16 @@ def sweep(
         out.print(f"  [red]failed[/red] {escape(label)}: {escape(reason)}", highlight=False,
                   soft_wrap=True)
     out.print(f"MLflow: {outcome.tracking_uri} (parent run {outcome.parent_run_id})")
+    # The runs view's address: MLflow 3.17 opens an experiment on its GenAI overview
+    # otherwise (common/names.py RUNS_VIEW).
+    runs = N.RUNS_VIEW.format(experiment_id=outcome.experiment_id)
+    server = outcome.tracking_uri.rstrip("/")
     if outcome.tracking_uri.startswith("sqlite:///"):
         out.print(f"Open the UI: mlflow ui --backend-store-uri '{outcome.tracking_uri}' "
                   "--host 127.0.0.1 --port 5000", highlight=False, soft_wrap=True)
+        server = "http://127.0.0.1:5000"
+    if server.startswith(("http://", "https://")):
+        out.print(f"Runs in the UI: {server}/{runs}", highlight=False, soft_wrap=True)
     out.print(f"Report: ukd report {outcome.output_dir}", highlight=False, soft_wrap=True)
     if outcome.interrupted:
         err.print(f"interrupted: {outcome.interrupted} trial(s) unfinished (KILLED); run the "

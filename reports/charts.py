@@ -1,6 +1,7 @@
 """Comparison charts: one per teacher -> student pair, every objective column's metric as a
 point with an error bar (mean ± sample std over seeds, the seeds as dots), the teacher's own
-value (``teacher_<metric>``) and the reference rows as horizontal lines."""
+value (``teacher_<metric>``) and the reference rows as horizontal lines; a reference above
+every objective of the pair is drawn bold and marked ‡, as in the table."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from reports.records import RowKey, finite_value
 from reports.references import ReferenceValue, references_for
 from reports.source import SweepData
 from reports.stats import SampleSummary
-from reports.tables import DAGGER, ComparisonTable
+from reports.tables import ABOVE, DAGGER, ComparisonTable
 
 TEACHER_GID = "teacher-line"
 REFERENCE_GID_PREFIX = "reference-"
@@ -52,6 +53,8 @@ class ChartLine:
     label: str
     value: float
     n: int
+    above: bool = False
+    """A reference above every objective of the pair (bold, marked ``ABOVE``)."""
 
     @property
     def gid(self) -> str:
@@ -114,9 +117,11 @@ def build_comparison_charts(
         lines: list[ChartLine] = []
         if row in teacher:
             lines.append(ChartLine("teacher", f"teacher ({teacher_name})", teacher[row], 0))
+        above = table.references_above(row)
         for ref in references_for(references, row.student):
             if ref.metric == table.metric and ref.mean is not None:
-                lines.append(ChartLine("reference", ref.reference, ref.mean, ref.n))
+                lines.append(ChartLine("reference", ref.reference, ref.mean, ref.n,
+                                       ref.reference in above))
         charts.append(ComparisonChart(row=row, metric=table.metric, points=points, lines=lines))
     return charts
 
@@ -159,8 +164,10 @@ def plot_comparison_chart(chart: ComparisonChart) -> Figure:
             label = f"{line.label}: {line.value:.2f}"
         else:
             color, style = _REFERENCE_STYLES.get(line.label, _OTHER_REFERENCE_STYLE)
-            width = 1.4
+            width = 2.8 if line.above else 1.4
             label = f"{line.label}: {line.value:.2f} (n={line.n})"
+            if line.above:
+                label += f" {ABOVE} above every objective"
         artist = ax.axhline(
             line.value, color=color, linestyle=style, linewidth=width, label=label, zorder=2 + index
         )
@@ -206,6 +213,13 @@ def chart_caption(chart: ComparisonChart) -> str:
             "Other horizontal lines: reference rows ("
             + ", ".join(line.label for line in refs)
             + "), mean over their seeds."
+        )
+    above = [line for line in refs if line.above]
+    if above:
+        parts.append(
+            f"Bold line marked {ABOVE}: "
+            + ", ".join(f"{line.label} ({line.value:.2f})" for line in above)
+            + " above every objective of the pair."
         )
     return " ".join(parts)
 

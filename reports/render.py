@@ -8,7 +8,7 @@ import io
 import pandas as pd
 
 from reports.records import RowKey
-from reports.tables import DAGGER, EMPTY, PLUS_MINUS, CellStats, ComparisonTable
+from reports.tables import ABOVE, DAGGER, EMPTY, PLUS_MINUS, CellStats, ComparisonTable
 
 PAIR_HEADER = "teacher -> student"
 TEACHER_HEADER = "teacher"
@@ -29,6 +29,15 @@ def _reference_text(table: ComparisonTable, kind: str, row: RowKey) -> str:
     value = f"{ref.mean:.{d}f}" + (f" {PLUS_MINUS} {ref.std:.{d}f}" if ref.std is not None
                                    else "")
     return f"{value} (n={ref.n})"
+
+
+def _above(table: ComparisonTable, kind: str, row: RowKey) -> bool:
+    return kind in table.references_above(row)
+
+
+def _md_reference(table: ComparisonTable, kind: str, row: RowKey) -> str:
+    body = _md_escape(_reference_text(table, kind, row))
+    return f"**{body}** {ABOVE}" if _above(table, kind, row) else body
 
 
 def _test_text(table: ComparisonTable, row: RowKey) -> str:
@@ -78,7 +87,7 @@ def to_markdown(table: ComparisonTable) -> str:
         cells = [_md_escape(row.label)]
         if table.teacher_metric:
             cells.append(_teacher_text(table, row))
-        cells.extend(_md_escape(_reference_text(table, k, row)) for k in table.reference_kinds)
+        cells.extend(_md_reference(table, k, row) for k in table.reference_kinds)
         cells.extend(_md_cell(table.cell(row, c), table.decimals) for c in table.columns)
         cells.append(_md_escape(_test_text(table, row)))
         lines.append("| " + " | ".join(cells) + " |")
@@ -91,7 +100,8 @@ def to_markdown(table: ComparisonTable) -> str:
 def comparison_frame(table: ComparisonTable) -> pd.DataFrame:
     """Long, numeric form: one line per (row, column) cell of the sweep.
 
-    ``best`` is 1 for the row's best cell(s); ``runner_up``/``welch_t``/``welch_p``/
+    ``best`` is 1 for the row's best cell(s); ``reference_<kind>_above`` is 1 on every line
+    of a row where that reference is above every objective; ``runner_up``/``welch_t``/``welch_p``/
     ``significant`` are filled on the best cell only (test of best vs runner-up).
     """
     records = []
@@ -126,6 +136,8 @@ def comparison_frame(table: ComparisonTable) -> pd.DataFrame:
                     "teacher_ref": table.teacher_ref.get(row),
                     **{f"reference_{kind}": _reference_mean(table, kind, row)
                        for kind in table.reference_kinds},
+                    **{f"reference_{kind}_above": int(_above(table, kind, row))
+                       for kind in table.reference_kinds},
                     "runner_up": runner_up.label if is_tested and runner_up else None,
                     "welch_t": result.t if is_tested else None,
                     "welch_p": result.p if is_tested else None,
@@ -140,9 +152,11 @@ def comparison_frame(table: ComparisonTable) -> pd.DataFrame:
     columns = ["teacher", "student", "objective", "column", *table.axes, "metric", "mean", "std"]
     columns += ["n", "expected", "failed", "killed", "running", "no_metric", "missing", "best"]
     columns += ["teacher_ref", *(f"reference_{kind}" for kind in table.reference_kinds)]
+    columns += [f"reference_{kind}_above" for kind in table.reference_kinds]
     columns += ["runner_up", "welch_t", "welch_p", "significant"]
     frame = pd.DataFrame.from_records(records, columns=columns)
-    for name in ("n", "expected", "failed", "killed", "running", "no_metric", "missing", "best"):
+    for name in ("n", "expected", "failed", "killed", "running", "no_metric", "missing", "best",
+                 *(f"reference_{kind}_above" for kind in table.reference_kinds)):
         frame[name] = frame[name].astype("int64")
     frame["significant"] = frame["significant"].astype("Int64")
     return frame
@@ -176,6 +190,7 @@ _LATEX_SPECIALS = {
     ">": r"\textgreater{}",
     "±": r"$\pm$",
     "†": r"$^\dagger$",
+    "‡": r"$^\ddagger$",
     "—": "---",
     "→": r"$\rightarrow$",
     "·": r"$\cdot$",
@@ -199,6 +214,11 @@ def _latex_cell(cell: CellStats | None, decimals: int) -> str:
     return body + r"$^\dagger$" if cell.incomplete else body
 
 
+def _latex_reference(table: ComparisonTable, kind: str, row: RowKey) -> str:
+    body = latex_escape(_reference_text(table, kind, row))
+    return rf"\textbf{{{body}}}{latex_escape(ABOVE)}" if _above(table, kind, row) else body
+
+
 def to_latex(table: ComparisonTable, label: str = "tab:ukd-comparison") -> str:
     """A booktabs ``table`` (needs ``\\usepackage{booktabs}``), hand-written."""
     headers = _headers(table)
@@ -219,7 +239,7 @@ def to_latex(table: ComparisonTable, label: str = "tab:ukd-comparison") -> str:
         cells = [latex_escape(row.label)]
         if table.teacher_metric:
             cells.append(latex_escape(_teacher_text(table, row)))
-        cells.extend(latex_escape(_reference_text(table, k, row)) for k in table.reference_kinds)
+        cells.extend(_latex_reference(table, k, row) for k in table.reference_kinds)
         cells.extend(_latex_cell(table.cell(row, c), table.decimals) for c in table.columns)
         cells.append(latex_escape(_test_text(table, row)))
         lines.append(" & ".join(cells) + r" \\")
@@ -236,6 +256,7 @@ table.ukd th, table.ukd td { border-bottom: 1px solid #ddd; padding: 0.3em 0.7em
 table.ukd thead th { border-bottom: 2px solid #444; text-align: center; }
 table.ukd td.num { text-align: right; white-space: nowrap; }
 table.ukd td.best { background: #e8f4e8; }
+table.ukd td.above { background: #fbeaea; }
 table.ukd td.incomplete .dagger { color: #b00; }
 table.ukd td.missing { color: #999; text-align: center; }
 """.strip()
@@ -259,6 +280,14 @@ def _html_cell(cell: CellStats | None, decimals: int) -> str:
     return f'<td class="{" ".join(classes)}" title="{title}">{body}</td>'
 
 
+def _html_reference(table: ComparisonTable, kind: str, row: RowKey) -> str:
+    text = html.escape(_reference_text(table, kind, row))
+    if not _above(table, kind, row):
+        return f'<td class="num reference">{text}</td>'
+    return (f'<td class="num reference above" title="above every objective of the row">'
+            f'<strong>{text}</strong> <span class="above">{html.escape(ABOVE)}</span></td>')
+
+
 def to_html_table(table: ComparisonTable) -> str:
     """An HTML ``<table>`` fragment (classes ``ukd``), all text escaped."""
     out = [
@@ -272,8 +301,7 @@ def to_html_table(table: ComparisonTable) -> str:
         cells = [f"<th>{html.escape(row.label)}</th>"]
         if table.teacher_metric:
             cells.append(f'<td class="num">{html.escape(_teacher_text(table, row))}</td>')
-        cells.extend(f'<td class="num reference">{html.escape(_reference_text(table, k, row))}'
-                     "</td>" for k in table.reference_kinds)
+        cells.extend(_html_reference(table, k, row) for k in table.reference_kinds)
         cells.extend(_html_cell(table.cell(row, c), table.decimals) for c in table.columns)
         cells.append(f"<td>{html.escape(_test_text(table, row))}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")

@@ -31,6 +31,8 @@ from reports.source import SweepData
 from reports.stats import TEST_DESCRIPTION, SampleSummary, WelchResult, welch_test
 
 DAGGER = "†"
+ABOVE = "‡"
+"""Marks a reference cell above every objective of its row (with bold)."""
 PLUS_MINUS = "±"
 EMPTY = "—"
 
@@ -138,6 +140,36 @@ class ComparisonTable:
         return next((r for r in self.references
                      if r.reference == kind and r.student == row.student), None)
 
+    def references_above(self, row: RowKey) -> list[str]:
+        """The reference kinds whose mean is above the mean of every objective cell of the
+        row: a reference that beats every objective is marked, never hidden."""
+        means = [cell.mean for column in self.columns
+                 if (cell := self.cell(row, column)) is not None and cell.mean is not None]
+        if not means:
+            return []
+        top = max(means)
+        return [kind for kind in self.reference_kinds
+                if (ref := self.reference(kind, row)) is not None and ref.mean is not None
+                and ref.mean > top]
+
+    def _above_text(self) -> str:
+        """The caption's sentence on references above every objective ("" when none)."""
+        d = self.decimals
+        found = []
+        for row in self.rows:
+            best = max(cell.mean for column in self.columns
+                       if (cell := self.cell(row, column)) is not None
+                       and cell.mean is not None) if self.references_above(row) else 0.0
+            for kind in self.references_above(row):
+                ref = self.reference(kind, row)
+                assert ref is not None and ref.mean is not None
+                found.append(f"{row.label}: {kind} {ref.mean:.{d}f} > best objective "
+                             f"{best:.{d}f}")
+        if not found:
+            return ""
+        return (f"Bold with {ABOVE}: a reference above every objective of its row, the "
+                f"teacher adds nothing there on this metric ({'; '.join(found)}).")
+
     @property
     def caption(self) -> str:
         unit = " (%)" if self.metric.startswith(
@@ -166,6 +198,8 @@ class ComparisonTable:
             parts.append(f"References, the row's student without a teacher ({described}), "
                          f"evaluated once like the trials' final evaluation: mean "
                          f"{PLUS_MINUS} sample std over seeds.")
+            if above := self._above_text():
+                parts.append(above)
         prefix = f"Sweep {self.sweep_name}. " if self.sweep_name else ""
         return prefix + " ".join(parts)
 

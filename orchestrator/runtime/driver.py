@@ -46,8 +46,8 @@ from orchestrator.runtime.storage import check_shared_storage
 from orchestrator.spec.config import TeacherReport, TrialConfig, flat_params
 from orchestrator.spec.grid import varying_axes
 from orchestrator.spec.load import SweepSpec
-from orchestrator.stages.teachers import ensure_teacher
-from orchestrator.tracking import Tracker, default_tracking_uri, is_local_store
+from orchestrator.stages.teachers import cached_stage, ensure_teacher
+from orchestrator.tracking import Tracker, default_tracking_uri, is_local_store, mlflow_log_to
 
 LOCK_FILE = "sweep.lock"
 
@@ -61,6 +61,7 @@ class SweepOutcome:
     wall_s: float = 0.0
     tracking_uri: str = ""
     parent_run_id: str = ""
+    experiment_id: str = ""
     output_dir: str = ""
     disk_bytes: int = 0
     teachers: list[TeacherReport] = field(default_factory=list)
@@ -158,6 +159,13 @@ def _run_locked(spec: SweepSpec, trials: list[TrialConfig], started: float,
                 progress: SweepProgress | None, dashboard: bool) -> SweepOutcome:
     """The sweep proper, with the output directory locked: no other ukd process writes it,
     so every run of this sweep still RUNNING in MLflow was left by a dead process."""
+    with mlflow_log_to(spec.output_dir / N.SWEEP_LOG):
+        return _run_logged(spec, trials, started, tracking_uri, address, progress, dashboard)
+
+
+def _run_logged(spec: SweepSpec, trials: list[TrialConfig], started: float,
+                tracking_uri: str | None, address: str | None,
+                progress: SweepProgress | None, dashboard: bool) -> SweepOutcome:
     out = spec.output_dir
     uri = tracking_uri or default_tracking_uri(out)
     tracker, sweep_id = record_sweep(spec, trials, uri)
@@ -173,7 +181,8 @@ def _run_locked(spec: SweepSpec, trials: list[TrialConfig], started: float,
             (trial_dir / CHECKPOINT).unlink(missing_ok=True)  # killed before its clean-up
     to_run = [t for t in trials if t.trial_id not in finished]
     outcome = SweepOutcome(total=len(trials), skipped=len(finished), tracking_uri=uri,
-                           parent_run_id=parent, output_dir=str(out))
+                           parent_run_id=parent, experiment_id=tracker.experiment_id,
+                           output_dir=str(out))
     names = {t.trial_id: describe(t, axes) for t in trials}
     view = progress or SweepProgress(len(trials), spec.eval.headline)
     view.total, view.skipped = len(trials), len(finished)
@@ -274,6 +283,14 @@ def _stage_task(spec: SweepSpec, fn: Callable[..., Any]) -> Any:
         in_gpu_share(fn, res.gpu, res.device))
 
 
+def _cached_or_task(cached: Any, task: Any, *args: Any) -> Any:
+    """A stage's result as a Ray object: what its cache already holds (``cached``, read in
+    the driver: no worker process that imports torch to read a few files), else the task."""
+    import ray
+
+    return task.remote(*args) if cached is None else ray.put(cached)
+
+
 def _stage_threads(spec: SweepSpec) -> int:
     return max(1, math.ceil(spec.resources.stage_cpu))
 
@@ -298,10 +315,10 @@ def _run_stages(spec: SweepSpec, trials: list[TrialConfig], tracker: Tracker,
     stage = _stage_task(spec, ensure_teacher)
     view.console.print(f"[bold]stage[/bold]: {len(teachers)} teacher(s) "
                        f"({', '.join(t.teacher.label for t in teachers.values())})")
-    futures = {key: stage.remote(t.teacher, t.dataset, t.eval.knn, t.runtime.cache_dir,
-                                 t.runtime.device, tuple(sorted(sizes[key])),
-                                 _stage_threads(spec))
-               for key, t in teachers.items()}
+    futures = {key: _cached_or_task(
+        cached_stage(t.teacher, t.eval.knn, t.runtime.cache_dir, tuple(sorted(sizes[key]))),
+        stage, t.teacher, t.dataset, t.eval.knn, t.runtime.cache_dir, t.runtime.device,
+        tuple(sorted(sizes[key])), _stage_threads(spec)) for key, t in teachers.items()}
     reports: dict[str, TeacherReport] = {}
     failed: dict[str, str] = {}
     for key, future in futures.items():
@@ -342,6 +359,8 @@ def _run_references(spec: SweepSpec, trials: list[TrialConfig],
 
     from orchestrator.spec.config import ReferenceReport
     from orchestrator.stages.references import (
+        cached_reference,
+        cached_teacher_metrics,
         ensure_reference,
         ensure_teacher_metrics,
         plan_references,
@@ -354,18 +373,20 @@ def _run_references(spec: SweepSpec, trials: list[TrialConfig],
     teacher_task = _stage_task(spec, ensure_teacher_metrics)
     reference_task = _stage_task(spec, ensure_reference)
     first = {t.teacher.key: t for t in trials}
-    teacher_futures = {key: teacher_task.remote(first[key].teacher, first[key].dataset,
-                                                spec.eval, str(spec.cache_dir),
-                                                spec.resources.device, threads)
-                       for key in reports if spec.eval.linear is not None and key in first}
+    teacher_futures = {key: _cached_or_task(
+        cached_teacher_metrics(first[key].teacher, spec.eval, str(spec.cache_dir)),
+        teacher_task, first[key].teacher, first[key].dataset, spec.eval, str(spec.cache_dir),
+        spec.resources.device, threads)
+        for key in reports if spec.eval.linear is not None and key in first}
     logged = tracker.logged_references()
     todo = [r for r in planned if r.run_key not in logged]
     if planned:
         view.console.print(f"[bold]references[/bold]: {len(planned)} run(s) "
                            f"({', '.join(dict.fromkeys(r.kind for r in planned))}; "
                            f"{len(planned) - len(todo)} already logged)")
-    futures = [(r, reference_task.remote(r, str(spec.cache_dir), spec.resources.device,
-                                         threads)) for r in todo]
+    futures = [(r, _cached_or_task(cached_reference(r, str(spec.cache_dir)), reference_task,
+                                   r, str(spec.cache_dir), spec.resources.device, threads))
+               for r in todo]
     out = _teacher_probes(teacher_futures, reports, view)
     for ref, future in futures:
         try:

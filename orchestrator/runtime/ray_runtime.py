@@ -22,6 +22,7 @@ from orchestrator.errors import UserInputError
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray node on 127.0.0.1 only
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 CLIENT_SCHEME = "ray://"
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"  # its token WARNING
 # Resources every node reports: the rest (custom resources) tell nodes apart in messages.
 _STANDARD = ("CPU", "GPU", "memory", "object_store_memory")
 
@@ -139,10 +140,18 @@ def _init_ray(address: str | None, dashboard: bool) -> bool:
     # end with this process: Ray's fate sharing).
     main = threading.current_thread() is threading.main_thread()
     hangup = signal.signal(signal.SIGHUP, signal.SIG_IGN) if main else None
+    # A new local Ray turns token authentication on when RAY_AUTH_MODE is unset (Ray 2.59+)
+    # and says so in a WARNING on the console: nothing for the user to act on for a Ray that
+    # listens on 127.0.0.1 and ends with the sweep, so that one logger is silenced while the
+    # local Ray starts (Ray's choice stands; docs/CLUSTER.md: tokens on a cluster).
+    auth_log = logging.getLogger(_AUTH_LOGGER)
+    auth_level = auth_log.level
+    auth_log.setLevel(logging.ERROR)
     try:
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  logging_level=logging.WARNING, log_to_driver=False)
     finally:
+        auth_log.setLevel(auth_level)
         ray_constants.ENABLE_RAY_CLUSTER = before
         if main:
             signal.signal(signal.SIGHUP, signal.SIG_DFL if hangup is None else hangup)

@@ -102,6 +102,24 @@ def _load(ref: ReferenceConfig, path: Path, channels: int, num_classes: int) -> 
     return model
 
 
+def cached_reference(ref: ReferenceConfig, cache_dir: str | Path) -> ReferenceReport | None:
+    """:func:`ensure_reference`'s report read from its cache when it has nothing left to do
+    (the metrics of this evaluation setting, and the weights of a trained kind); None
+    otherwise. Files only, so the driver answers it without a Ray task."""
+    directory = reference_dir(cache_dir, ref.key)
+    metrics_path = directory / f"eval-{ref.eval_key}.json"
+    meta_path = directory / META_FILE
+    needed = [metrics_path, meta_path, *([] if ref.kind == "random_init"
+                                          else [directory / WEIGHTS_FILE])]
+    if not all(path.is_file() for path in needed):
+        return None
+    stored = json.loads(meta_path.read_text())
+    metrics = {k: float(v) for k, v in json.loads(metrics_path.read_text()).items()}
+    return ReferenceReport(ref.key, ref.kind, ref.student, ref.seed, str(directory), metrics,
+                           False, float(stored.get("train_time_s", 0.0)),
+                           tuple(stored.get("history", [])))
+
+
 def ensure_reference(ref: ReferenceConfig, cache_dir: str | Path, device_name: str = "auto",
                      threads: int | None = None) -> ReferenceReport:
     """Run the stage for one reference (a Ray task in a sweep); safe from many processes."""
@@ -153,6 +171,24 @@ def ensure_reference(ref: ReferenceConfig, cache_dir: str | Path, device_name: s
 # ----------------------------------------------------------------------------- teachers
 
 
+def _teacher_metrics_path(teacher: TeacherConfig, evaluation: EvalConfig,
+                          cache_dir: str | Path) -> Path:
+    assert evaluation.linear is not None
+    return (teacher_dir(cache_dir, teacher.key)
+            / f"linear-{content_hash(evaluation.linear.to_dict(), 8)}.json")
+
+
+def cached_teacher_metrics(teacher: TeacherConfig, evaluation: EvalConfig,
+                           cache_dir: str | Path) -> dict[str, float] | None:
+    """:func:`ensure_teacher_metrics` read from its cache; None when it has to run."""
+    if evaluation.linear is None:
+        return {}
+    path = _teacher_metrics_path(teacher, evaluation, cache_dir)
+    if not path.is_file():
+        return None
+    return {k: float(v) for k, v in json.loads(path.read_text()).items()}
+
+
 def ensure_teacher_metrics(teacher: TeacherConfig, dataset: DatasetConfig,
                            evaluation: EvalConfig, cache_dir: str | Path,
                            device_name: str = "auto", threads: int | None = None
@@ -168,7 +204,7 @@ def ensure_teacher_metrics(teacher: TeacherConfig, dataset: DatasetConfig,
     bundle = load_dataset(dataset)
     directory = teacher_dir(cache_dir, teacher.key)
     only = dataclasses.replace(evaluation, classifier=False)
-    path = directory / f"linear-{content_hash(evaluation.linear.to_dict(), 8)}.json"
+    path = _teacher_metrics_path(teacher, evaluation, cache_dir)
     with file_lock(directory.with_suffix(".lock")):
         if path.is_file():
             return {k: float(v) for k, v in json.loads(path.read_text()).items()}

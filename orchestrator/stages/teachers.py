@@ -107,6 +107,35 @@ def ensure_teacher(teacher: TeacherConfig, dataset: DatasetConfig, knn: KnnConfi
     return report
 
 
+def cached_stage(teacher: TeacherConfig, knn: KnnConfig, cache_dir: str | Path,
+                 graph_sizes: tuple[int, ...] = ()) -> TeacherReport | None:
+    """The stage's report read from its cache when the stage has nothing left to do (a
+    pretrained teacher's weights, its kNN for this setting, every neighbour graph asked for);
+    None otherwise. Reads files only (each written atomically): no dataset, no model, so the
+    driver answers a cached stage itself instead of starting a process that imports torch.
+    Other sources (checkpoints, torchvision) always run the stage."""
+    source = teacher.source
+    if not isinstance(source, PretrainSource):
+        return None
+    directory = teacher_dir(cache_dir, teacher.key)
+    knn_path = directory / f"knn-{content_hash(knn.to_dict(), 8)}.json"
+    graphs = {size: neighbour_graph_path(cache_dir, teacher.key, size)
+              for size in sorted(set(graph_sizes))}
+    classifier = RECIPES[source.pretrain.recipe].needs_labels
+    needed = [directory / TEACHER_FILE, directory / "meta.json", knn_path, *graphs.values(),
+              *([directory / "test_top1.json"] if classifier else [])]
+    if not all(path.is_file() for path in needed):
+        return None
+    stored = json.loads((directory / "meta.json").read_text())
+    test_top1 = (float(json.loads((directory / "test_top1.json").read_text()))
+                 if classifier else None)
+    return TeacherReport(teacher.key, teacher.label, str(directory),
+                         {k: float(v) for k, v in json.loads(knn_path.read_text()).items()},
+                         {size: str(path) for size, path in graphs.items()}, test_top1, False,
+                         float(stored.get("train_time_s", 0.0)),
+                         tuple(stored.get("history", [])))
+
+
 def run_stage(teacher: TeacherConfig, dataset: DatasetConfig, knn: KnnConfig,
               cache_dir: str | Path, device_name: str = "auto",
               graph_sizes: tuple[int, ...] = (), threads: int | None = None,

@@ -7,8 +7,9 @@ from orchestrator.tracking.store import (
     default_tracking_uri,
     is_local_store,
     log_report,
+    mlflow_log_to,
 )
 from orchestrator.tracking.tracker import Tracker
 
 __all__ = ["Tracker", "check_artifact_store", "default_tracking_uri", "is_local_store",
-           "log_report"]
+           "log_report", "mlflow_log_to"]

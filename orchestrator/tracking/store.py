@@ -4,10 +4,12 @@ small pieces every kind of run logs with (metric batches, the dataset input)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,40 @@ TUNE_AUTO_KEYS = frozenset({
     "experiment_id", "trial_id", "timesteps_total", "timesteps_since_restore",
     "episodes_total", "should_checkpoint", "checkpoint_dir_name", "config", "experiment_tag",
 })
+
+
+# MLflow's own loggers (mlflow.__init__ gives each a console handler): the database's
+# "Creating initial MLflow database tables" INFO lines and alembic's migrations.
+MLFLOW_LOGGERS = ("mlflow", "alembic")
+
+
+class _Severe(logging.Handler):
+    """Hands a record on to ``inner`` (MLflow's console handler) from WARNING up only."""
+
+    def __init__(self, inner: logging.Handler) -> None:
+        super().__init__(logging.WARNING)
+        self.inner = inner
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.inner.handle(record)
+
+
+@contextlib.contextmanager
+def mlflow_log_to(path: Path) -> Iterator[None]:
+    """For the block, MLflow's log lines go to the file ``path`` (the sweep's ``sweep.log``,
+    created on the first line), and only its warnings and errors also to the console: a user
+    has nothing to do about a new database's tables. The loggers are put back afterwards."""
+    handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = {name: list(logging.getLogger(name).handlers) for name in MLFLOW_LOGGERS}
+    for name, handlers in saved.items():
+        logging.getLogger(name).handlers = [handler, *(_Severe(h) for h in handlers)]
+    try:
+        yield
+    finally:
+        for name, handlers in saved.items():
+            logging.getLogger(name).handlers = handlers
+        handler.close()
 
 
 def default_tracking_uri(output_dir: Path) -> str:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +17,13 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.runtime.driver import graph_sizes
 from orchestrator.spec.config import TrialConfig
 from orchestrator.spec.grid import expand
 from orchestrator.spec.load import load_spec
-from orchestrator.stages.teachers import ensure_teacher
+from orchestrator.stages.teachers import cached_stage, ensure_teacher
+from tests.orchestrator.sweeps import UKD, Session, wait_for
+from tests.reports.browser_support import CHROMIUM_FLAGS, chromium_or_skip, find_chromium
 
 
 def tiny_sweep(tmp: Path, cache: Path) -> Path:
@@ -44,11 +51,27 @@ def tiny_sweep(tmp: Path, cache: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The real `ukd sweep` in a subprocess: its console (stdout and stderr, in order) is
+    what a user sees."""
     tmp = tmp_path_factory.mktemp("e2e")
     spec_path = tiny_sweep(tmp, tmp / "cache")
-    result = CliRunner().invoke(app, ["sweep", str(spec_path)])
-    assert result.exit_code == 0, result.output
-    return {"spec": spec_path, "out": tmp / "out", "output": result.output}
+    result = subprocess.run([UKD, "sweep", str(spec_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=2400,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, result.stdout
+    return {"spec": spec_path, "out": tmp / "out", "output": result.stdout}
+
+
+def test_quiet_start(finished_sweep: dict[str, Any]) -> None:
+    """Nothing before ukd's own first line: MLflow's database lines go to the sweep's log
+    file, and the local Ray ukd starts says nothing about token authentication."""
+    output = finished_sweep["output"]
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines[0] == "stage: 1 teacher(s) (tiny_simclr)", output
+    assert "MLflow database tables" not in output and "INFO" not in output
+    assert "Token authentication" not in output and "RAY_AUTH_MODE" not in output, output
+    log = (finished_sweep["out"] / "sweep.log").read_text()
+    assert "Creating initial MLflow database tables" in log
 
 
 def test_every_trial_is_a_finished_child_run(finished_sweep: dict[str, Any]) -> None:
@@ -113,6 +136,20 @@ def test_dry_run_prints_stage_and_trials(finished_sweep: dict[str, Any], tmp_pat
     assert not (tmp_path / "dry").exists()
 
 
+def test_a_cached_stage_is_read_without_running_it(finished_sweep: dict[str, Any]) -> None:
+    """What the driver reads from the cache (no Ray task) is what the stage returns; a stage
+    with something left to build (a neighbour graph not made yet) is not read."""
+    trials = expand(load_spec(finished_sweep["spec"]))
+    t = trials[0]
+    sizes = tuple(sorted(graph_sizes(trials)[t.teacher.key]))
+    assert sizes  # CoSS's neighbour graph
+    cached = cached_stage(t.teacher, t.eval.knn, t.runtime.cache_dir, sizes)
+    assert cached is not None
+    assert cached == ensure_teacher(t.teacher, t.dataset, t.eval.knn, t.runtime.cache_dir,
+                                    "cpu", sizes, 1)
+    assert cached_stage(t.teacher, t.eval.knn, t.runtime.cache_dir, (*sizes, 7)) is None
+
+
 def _stage_in_subprocess(args: tuple[dict[str, Any], str], queue: Any) -> None:
     trial = TrialConfig.from_dict(args[0])
     report = ensure_teacher(trial.teacher, trial.dataset, trial.eval.knn, args[1], "cpu", (), 1)
@@ -133,3 +170,47 @@ def test_concurrent_stages_train_a_teacher_once(tmp_path: Path) -> None:
         p.join(timeout=240)
         assert p.exitcode == 0
     assert sorted(queue.get(timeout=5) for _ in procs) == [False, True]
+
+
+@pytest.mark.browser
+def test_mlflow_ui_lands_on_the_runs(finished_sweep: dict[str, Any], tmp_path: Path) -> None:
+    """The address the sweep prints opens the runs view of a real `mlflow server` (on a
+    port of its own choosing, read back from its log) in headless Chromium: Model-training
+    mode, the sweep's runs listed, not the GenAI overview MLflow 3.17 opens by default."""
+    chromium = chromium_or_skip(find_chromium())
+    printed = re.search(r"Runs in the UI: http://127\.0\.0\.1:5000/(\S+)", finished_sweep["output"])
+    assert printed is not None, finished_sweep["output"]
+    manifest = json.loads((finished_sweep["out"] / "sweep.json").read_text())
+    log = tmp_path / "server.log"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+         manifest["tracking_uri"], "--host", "127.0.0.1", "--port", "0", "--workers", "1"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    try:
+        listening = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+        wait_for(lambda: listening.search(log.read_text()) is not None, 300,
+                 "mlflow server listening", server, log)
+        found = listening.search(log.read_text())
+        assert found is not None
+        url = f"http://127.0.0.1:{found.group(1)}/{printed.group(1)}"
+        profile = tmp_path / "profile"
+        profile.mkdir()
+        done = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                               "--virtual-time-budget=30000", "--dump-dom", url],
+                              capture_output=True, text=True, timeout=300, check=False)
+    finally:
+        Session(server.pid).stop(grace=30)
+        server.wait(timeout=60)
+    dom = done.stdout
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = MlflowClient(manifest["tracking_uri"]).search_runs([manifest["experiment_id"]])
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(
+        r"<(script|style)\b.*?</\1>", "", dom, flags=re.S)))
+    assert f"Runs - Experiment {manifest['experiment_id']} - MLflow" in text, text[:3000]
+    assert f"{len(runs)} matching runs" in text, text[:3000]
+    # the sweep's parent run by its name, a link to the run; its trials are its children
+    parent = manifest["parent_run_id"]
+    assert re.search(rf'/runs/{parent}"><span[^>]*>{manifest["name"]}</span>', dom), dom[-3000:]
+    assert "Model registry" in text  # the Model-training side bar
+    assert "Token Usage" not in text and "Traces 0" not in text  # not the GenAI overview

@@ -11,6 +11,18 @@ import shutil
 import pytest
 
 INSTALL_HINT = "install it with scripts/install_chromium.sh"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+]
 
 
 def require_browser() -> bool:

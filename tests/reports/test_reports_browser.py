@@ -16,6 +16,7 @@ import pytest
 
 from reports import ReportResult, build_report
 from tests.reports.browser_support import (
+    CHROMIUM_FLAGS,
     chromium_or_skip,
     find_chromium,
     image_check_results,
@@ -24,20 +25,6 @@ from tests.reports.browser_support import (
 from tests.reports.report_builders import Store
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--hide-scrollbars",
-]
-
 
 @pytest.fixture(scope="module")
 def chromium() -> str:

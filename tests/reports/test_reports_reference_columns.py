@@ -59,7 +59,7 @@ def test_reference_columns_next_to_the_teacher(knn_table: ComparisonTable) -> No
     # per student architecture, mean ± sample std over the finished seeds (newest run a seed)
     assert r18["random_init"] == "31.0 ± 1.4 (n=2)" and r18["ssl_only"] == "45.0 (n=1)"
     assert r18["supervised_only"] == "—"
-    assert wrn["random_init"] == "—" and wrn["supervised_only"] == "75.0 (n=1)"
+    assert wrn["random_init"] == "—" and wrn["supervised_only"] == "**75.0 (n=1)** ‡"
     assert r18["teacher"] == "70.0"
     caption = knn_table.caption
     assert "Cells: the final value (last epoch)." in caption
