@@ -155,7 +155,9 @@ def test_stacked_members_match_the_member_path(small_data: DatasetBundle,
             for m in alone:
                 m.step(batch, teacher)
             expected = torch.stack([m.last_terms for m in alone if m.last_terms is not None])
-            torch.testing.assert_close(stacked, expected, rtol=1e-4, atol=1e-6)
+            # float32 rounding of the vmapped convolutions against the plain ones compounds
+            # over the steps: up to 1.1e-4 relative seen on this AMD EPYC (2 threads).
+            torch.testing.assert_close(stacked, expected, rtol=2e-4, atol=1e-6)
             steps += 1
             if steps == 20:
                 return
