@@ -6,6 +6,8 @@ one line naming the problem and exits with code 2 before anything starts or is w
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -17,6 +19,11 @@ from rich.table import Table
 
 from common import names as N
 from orchestrator.errors import UserInputError
+
+# `kill -USR1 <pid>` writes every thread's stack to stderr: a sweep that seems stuck can be
+# looked into without stopping it (the process tests do so before failing on a timeout).
+if hasattr(signal, "SIGUSR1"):
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 if TYPE_CHECKING:
     from orchestrator.spec.config import TrialConfig

@@ -10,6 +10,7 @@ descendants instead (matched by pid *and* start time, so a recycled pid is never
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -357,6 +358,20 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str,
             raise AssertionError(f"timed out waiting for {what}:\n"
                                  + (log.read_text()[-3000:] if log else ""))
         time.sleep(0.1)
+
+
+def wait_exit(proc: subprocess.Popen[bytes], timeout: float, log: Path) -> int:
+    """``ukd``'s exit code; if it has not exited within ``timeout``, its threads' stacks
+    (SIGUSR1: faulthandler, orchestrator/cli.py) and the log's tail in the failure."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)  # the dump is written at once; this only bounds it
+        raise AssertionError(f"ukd (pid {proc.pid}) had not exited {timeout:.0f}s later; "
+                             f"its stacks and output:\n{log.read_text(errors='replace')[-8000:]}"
+                             ) from None
 
 
 # ----------------------------------------------------------------------------- MLflow

@@ -36,6 +36,7 @@ from tests.orchestrator.sweeps import (
     shared_cache,
     start_ukd,
     tiny_spec,
+    wait_exit,
     wait_for,
     wait_gone,
     write_spec,
@@ -103,7 +104,7 @@ def cluster_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         log2 = tmp / "resumed.log"
         proc2 = start_ukd([*args, "--resume"], log2, prefix=ns.prefix(), env=cluster.env)
         procs.append(proc2)
-        rc = proc2.wait(timeout=480)
+        rc = wait_exit(proc2, 480, log2)
         yield {"tmp": tmp, "out": tmp / "out", "nodes": nodes, "short": short, "long": long,
                "killed_output": log1.read_text(), "driver_left": driver_left,
                "started_by_sweep": started_by_sweep, "sweep_left": sweep_left, "held": held,

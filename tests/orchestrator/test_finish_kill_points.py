@@ -31,6 +31,7 @@ from tests.orchestrator.sweeps import (
     shared_cache,
     start_ukd,
     tiny_spec,
+    wait_exit,
     wait_for,
     write_spec,
 )
@@ -80,7 +81,7 @@ def test_a_sweep_killed_in_the_finish_sequence_finishes_once(
 
     log2 = tmp_path / "resumed.log"
     rerun = start_ukd(["sweep", str(path)], log2)  # no fault this time
-    rc = rerun.wait(timeout=480)
+    rc = wait_exit(rerun, 480, log2)
     output = log2.read_text()
     assert rc == 0, output[-3000:]
     Session(rerun.pid).kill_all()

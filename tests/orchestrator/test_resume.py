@@ -28,6 +28,7 @@ from tests.orchestrator.sweeps import (
     shared_cache,
     start_ukd,
     tiny_spec,
+    wait_exit,
     wait_for,
     write_spec,
 )
@@ -86,7 +87,7 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         proc2 = start_ukd(["sweep", str(path), "--resume"], log2)
         procs.append(proc2)
         sessions.append(Session(proc2.pid))
-        rc = proc2.wait(timeout=480)
+        rc = wait_exit(proc2, 480, log2)
         yield {"tmp": tmp, "path": path, "spec": spec, "short": short, "long": long,
                "before": before, "killed_at_ms": killed_at_ms, "rc": rc,
                "checkpoint_epoch": checkpoint_epoch,

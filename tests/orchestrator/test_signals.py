@@ -24,6 +24,7 @@ from tests.orchestrator.sweeps import (
     start_in_terminal,
     start_ukd,
     tiny_spec,
+    wait_exit,
     wait_for,
     write_spec,
 )
@@ -55,7 +56,7 @@ def interrupted(request: pytest.FixtureRequest,
             terminal.hang_up()  # the kernel sends SIGHUP; the terminal is gone
         else:
             os.kill(proc.pid, signal.SIGTERM)  # the ukd process this test started
-        rc = proc.wait(timeout=300)
+        rc = wait_exit(proc, 300, log)
         yield {"how": how, "rc": rc, "out": tmp / "out", "session": session,
                "output": log.read_text(errors="replace"), "trials": len(dirs),
                "ray_processes": ray_processes}
@@ -112,7 +113,7 @@ def interrupted_stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
         wait_for(lambda: "stage: 1 teacher(s)" in log.read_text(), 300, "the stage", proc, log)
         session.sample()
         os.kill(proc.pid, signal.SIGTERM)  # the ukd process this test started
-        rc = proc.wait(timeout=300)
+        rc = wait_exit(proc, 300, log)
         yield {"rc": rc, "out": tmp / "out", "session": session, "output": log.read_text()}
     finally:
         if proc.poll() is None:
