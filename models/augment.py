@@ -490,6 +490,10 @@ def colour_jitter(x: Tensor, factors: Tensor, order: Tensor,
                   active: tuple[bool, bool, bool, bool] = (True, True, True, True)) -> Tensor:
     """ColorJitter with given parameters: sample i applies op ``order[i, k]`` at step k (0
     brightness, 1 contrast, 2 saturation, 3 hue) with factor ``factors[i, op]``."""
+    if x.is_floating_point():
+        y = x.clone()
+        _jitter_(y, factors, order, active)
+        return y
     x = x.clone()
     for step in range(4):
         for op, fn in enumerate(_JITTER_OPS):
@@ -499,6 +503,62 @@ def colour_jitter(x: Tensor, factors: Tensor, order: Tensor,
             if idx.numel():
                 x[idx] = fn(x[idx], factors[idx, op])
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# The batched float path, in place on a batch the pipeline owns. Same formulas as the ops
+# above (torchvision's), written to touch each pixel as few times as possible: on a CPU the
+# photometric half costs about as much as decoding (benchmarks/data_throughput.py), and every
+# full-batch pass or fresh allocation (page faults) shows.
+
+
+def _brightness_(x: Tensor, f: Tensor) -> None:
+    x.mul_(_per_sample(f)).clamp_(0, 1)
+
+
+def _contrast_(x: Tensor, f: Tensor) -> None:
+    # The grayscale's mean is the luma-weighted mean of the channel means (linear): one pass.
+    luma = torch.tensor(_LUMA, device=x.device, dtype=x.dtype)
+    mean = (x.mean(dim=(2, 3)) * luma).sum(1) if x.shape[1] == 3 else x.mean(dim=(1, 2, 3))
+    x.lerp_(_per_sample(mean), _per_sample(1 - f)).clamp_(0, 1)  # f x + (1 - f) mean
+
+
+def _saturation_(x: Tensor, f: Tensor) -> None:
+    if x.shape[1] == 3:
+        x.lerp_(_luma(x), _per_sample(1 - f)).clamp_(0, 1)  # f x + (1 - f) gray
+
+
+def _hue_(x: Tensor, f: Tensor) -> None:
+    x.copy_(adjust_hue(x, f))
+
+
+_JITTER_OPS_ = (_brightness_, _contrast_, _saturation_, _hue_)
+# Base-4 digits of a sample's op order: samples sorted by it share their first k ops in runs.
+_ORDER_CODE = (64, 16, 4, 1)
+
+
+def _jitter_(x: Tensor, factors: Tensor, order: Tensor,
+             active: tuple[bool, bool, bool, bool]) -> None:
+    """:func:`colour_jitter` in place on a float batch. The samples are gathered once in
+    the order of their op sequences, so at every step the samples applying one op form
+    contiguous runs, each done in place on a slice; scattered back once."""
+    codes = (order.cpu() * torch.tensor(_ORDER_CODE)).sum(1)
+    _, perm = codes.sort(stable=True)
+    order_sorted = order.cpu()[perm]
+    perm = perm.to(x.device)
+    y = x[perm]
+    f = factors[perm]
+    weights = torch.tensor(_ORDER_CODE)
+    for step in range(4):
+        prefix = (order_sorted[:, : step + 1] * weights[: step + 1]).sum(1)
+        _, counts = prefix.unique_consecutive(return_counts=True)
+        start = 0
+        for count in counts.tolist():
+            op = int(order_sorted[start, step])
+            if active[op]:
+                _JITTER_OPS_[op](y[start:start + count], f[start:start + count, op])
+            start += count
+    x[perm] = y
 
 
 def _where_on(x: Tensor, on: Tensor, fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
@@ -511,18 +571,39 @@ def _where_on(x: Tensor, on: Tensor, fn: Callable[[Tensor, Tensor], Tensor]) -> 
     return x
 
 
+def _on_indices(on: Tensor) -> list[int]:
+    return on.nonzero().squeeze(1).tolist()
+
+
+def _photometric_(x: Tensor, params: PhotometricParams) -> None:
+    """:func:`apply_photometric` in place on a float [0, 1] batch."""
+    if any(params.active):
+        idx = _on_indices(params.jitter_on)
+        if idx:
+            sub = torch.tensor(idx, device=x.device)
+            y = x[sub]
+            _jitter_(y, params.factors[sub], params.order[sub], params.active)
+            x[sub] = y
+    idx = _on_indices(params.gray_on)
+    if idx and x.shape[1] == 3:
+        sub = torch.tensor(idx, device=x.device)
+        x[sub] = _luma(x[sub]).expand(-1, 3, -1, -1)
+    idx = _on_indices(params.blur_on)
+    if idx:
+        sub = torch.tensor(idx, device=x.device)
+        x[sub] = gaussian_blur(x[sub], params.kernel, params.sigma[sub])
+
+
 def apply_photometric(x: Tensor, params: PhotometricParams) -> Tensor:
     """Float [0, 1] batch -> jitter (where on) -> grayscale (where on) -> blur (where on)."""
-    if any(params.active):
-        x = _where_on(x, params.jitter_on, lambda y, i: colour_jitter(
-            y, params.factors[i], params.order[i], params.active))
-    x = _where_on(x, params.gray_on, lambda y, i: rgb_to_grayscale(y))
-    x = _where_on(x, params.blur_on, lambda y, i: gaussian_blur(y, params.kernel, params.sigma[i]))
-    return x
+    y = x.clone()
+    _photometric_(y, params)
+    return y
 
 
 def _to_float(images: Tensor) -> Tensor:
-    return images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
+    """A new float batch (the caller's is never written to)."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float().clone()
 
 
 def photometric(batch: Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None) -> Tensor:
@@ -532,7 +613,8 @@ def photometric(batch: Tensor, cfg: AugmentConfig, gen: torch.Generator | None =
     x = _to_float(batch)
     if cfg.colour == "torchvision":
         params = sample_photometric(x.shape[0], x.shape[-1], cfg, gen, x.device)
-        return apply_photometric(x, params)
+        _photometric_(x, params)
+        return x
     if cfg.jitter > 0 or cfg.hue > 0 or cfg.grayscale_p > 0:
         x = _colour(x, cfg, gen)
     if cfg.blur_p > 0:
