@@ -93,6 +93,10 @@ def sweep(
               f"{outcome.skipped} already finished, {len(outcome.failed)} failed "
               f"in {outcome.wall_s:.0f}s; output {outcome.output_dir} "
               f"({outcome.disk_bytes / 2**20:.1f} MiB on disk)")
+    if outcome.phase_s:  # where the time went: Ray, stages, references, trials
+        out.print("  time: " + ", ".join(f"{phase.replace('_', ' ')} {seconds:.0f}s"
+                                         for phase, seconds in outcome.phase_s.items()),
+                  highlight=False)
     for label, reason in outcome.failed.items():
         out.print(f"  [red]failed[/red] {escape(label)}: {escape(reason)}", highlight=False,
                   soft_wrap=True)

@@ -66,6 +66,15 @@ class SweepOutcome:
     disk_bytes: int = 0
     teachers: list[TeacherReport] = field(default_factory=list)
     interrupted: int = 0  # trials left unfinished by SIGINT / SIGTERM (KILLED, resumable)
+    # Seconds per phase of the sweep, in order (setup, ray_start, stages, references, trials,
+    # shutdown): where a sweep's time goes that is not training (benchmarks/sweep_overhead.py).
+    phase_s: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, phase: str, since: float) -> float:
+        """Record ``phase`` as the time from ``since`` to now; returns now."""
+        now = time.perf_counter()
+        self.phase_s[phase] = self.phase_s.get(phase, 0.0) + now - since
+        return now
 
 
 def graph_sizes(trials: list[TrialConfig]) -> dict[str, set[int]]:
@@ -195,16 +204,20 @@ def _run_logged(spec: SweepSpec, trials: list[TrialConfig], started: float,
         return outcome
 
     status = "KILLED"  # unless the sweep gets to its end
+    mark = outcome.mark("setup", started)
     try:
         with ray_session(address, dashboard) as connected:
             import ray
 
+            mark = outcome.mark("ray_start", mark)
             tracker.client.set_tag(parent, N.TAG_RAY_ADDRESS,
                                    ray.get_runtime_context().gcs_address)
             if dashboard and connected:
                 view.console.print(f"Ray dashboard: {dashboard_url()}", highlight=False)
             reports, teacher_failed = _run_stages(spec, to_run, tracker, outcome, view)
+            mark = outcome.mark("stages", mark)
             reports = _run_references(spec, trials, reports, tracker, view)
+            mark = outcome.mark("references", mark)
             for t in [t for t in to_run if t.teacher.key in teacher_failed]:
                 reason = teacher_failed[t.teacher.key]
                 tracker.start_trial(t)
@@ -215,6 +228,8 @@ def _run_logged(spec: SweepSpec, trials: list[TrialConfig], started: float,
                         if t.teacher.key not in teacher_failed]
             if runnable:
                 _fit(spec, sweep_id, out, runnable, tracker, view, outcome, names)
+            mark = outcome.mark("trials", mark)
+        outcome.mark("shutdown", mark)
         outcome.interrupted = sum(1 for t in to_run if t.trial_id not in outcome.finished
                                   and names[t.trial_id] not in outcome.failed)
         status = ("KILLED" if outcome.interrupted else "FAILED" if outcome.failed

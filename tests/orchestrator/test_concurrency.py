@@ -3,6 +3,7 @@ only writer, so no run, param or metric is lost."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,6 +54,11 @@ def test_all_trials_finished(four_at_once: dict[str, Any]) -> None:
     assert result.returncode == 0, result.output
     assert f"{TRIALS} trials: {TRIALS} finished now, 0 already finished, 0 failed" in \
         result.output
+    # The summary says where the time went, every phase in the order it ran.
+    phases = re.search(r"time: (.*)", result.output)
+    assert phases, result.output
+    assert [p.rsplit(" ", 1)[0] for p in phases.group(1).split(", ")] == [
+        "setup", "ray start", "stages", "references", "trials", "shutdown"]
     # With fuse: off each trial is its own Ray Tune trial, and the resources admit all of
     # them at once. Whether they overlap in time is the scheduler's business (a fast trial
     # may end before a slow actor starts), so no assertion on start and end times here.
