@@ -23,6 +23,11 @@ LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray node on
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 CLIENT_SCHEME = "ray://"
 _AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"  # its token WARNING
+# What the local Ray's worker processes import as they start, before any task or actor is
+# sent to them: torch and the engine take seconds to import, and the node starts its workers
+# (one per CPU) as it starts, so they import while the driver sets up MLflow and the stages,
+# not when the first trial arrives (Ray's preload_python_modules).
+WORKER_PRELOAD = ("orchestrator.stages.trials", "orchestrator.stages.references")
 # Resources every node reports: the rest (custom resources) tell nodes apart in messages.
 _STANDARD = ("CPU", "GPU", "memory", "object_store_memory")
 
@@ -149,7 +154,8 @@ def _init_ray(address: str | None, dashboard: bool) -> bool:
     auth_log.setLevel(logging.ERROR)
     try:
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 logging_level=logging.WARNING, log_to_driver=False)
+                 logging_level=logging.WARNING, log_to_driver=False,
+                 _system_config={"preload_python_modules": list(WORKER_PRELOAD)})
     finally:
         auth_log.setLevel(auth_level)
         ray_constants.ENABLE_RAY_CLUSTER = before
