@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from ray import tune
@@ -278,13 +279,35 @@ def _sigterm_as_sigint() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, lambda signum, frame: signal.raise_signal(
-        signal.SIGINT)) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, _stop_like_ctrl_c) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _stop_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """What Ctrl+C does now: the SIGINT handler in place (Tune's during the trials: it stops
+    them), called here rather than by sending SIGINT -- a second signal that could stay
+    pending (and one that a sweep started in the background, SIGINT ignored, never gets);
+    without a Python handler, KeyboardInterrupt."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(signal.SIGINT, frame)
+        return
+    raise KeyboardInterrupt
+
+
+def _get(future: Any) -> Any:
+    """``ray.get`` that returns to Python every second while it waits, so that a stop
+    signal's handler runs within a second whatever Ray's own check of signals does (a
+    SIGTERM in the teacher stage once went unanswered for minutes: test_signals.py)."""
+    import ray
+
+    while not ray.wait([future], timeout=1.0)[0]:
+        pass
+    return ray.get(future)
 
 
 def _stage_task(spec: SweepSpec, fn: Callable[..., Any]) -> Any:
@@ -323,7 +346,6 @@ def _run_stages(spec: SweepSpec, trials: list[TrialConfig], tracker: Tracker,
 
     Returns each teacher's report, and the reason for each teacher whose stage failed.
     """
-    import ray
 
     teachers = {t.teacher.key: t for t in trials}
     sizes = graph_sizes(trials)
@@ -338,7 +360,7 @@ def _run_stages(spec: SweepSpec, trials: list[TrialConfig], tracker: Tracker,
     failed: dict[str, str] = {}
     for key, future in futures.items():
         try:
-            report: TeacherReport = ray.get(future)
+            report: TeacherReport = _get(future)
         except Exception as exc:  # its trials fail with this reason, the others go on
             failed[key] = f"teacher stage failed: {_failure(exc)}"[:2000]
             view.console.print(f"  teacher {teachers[key].teacher.label}: "
@@ -370,7 +392,6 @@ def _run_references(spec: SweepSpec, trials: list[TrialConfig],
     (random_init, ssl_only, supervised_only per student and seed), each logged once per
     sweep as a run of its own. A failed reference is reported and logged FAILED; the
     trials go on."""
-    import ray
 
     from orchestrator.spec.config import ReferenceReport
     from orchestrator.stages.references import (
@@ -405,7 +426,7 @@ def _run_references(spec: SweepSpec, trials: list[TrialConfig],
     out = _teacher_probes(teacher_futures, reports, view)
     for ref, future in futures:
         try:
-            result: ReferenceReport = ray.get(future)
+            result: ReferenceReport = _get(future)
         except Exception as exc:
             reason = f"reference stage failed: {_failure(exc)}"[:2000]
             tracker.log_reference(ref, None, reason)
@@ -428,12 +449,11 @@ def _teacher_probes(futures: dict[str, Any], reports: dict[str, TeacherReport],
     added; a failed task is reported and its teacher's report kept as it was."""
     import dataclasses
 
-    import ray
 
     out = dict(reports)
     for key, future in futures.items():
         try:
-            metrics: dict[str, float] = ray.get(future)
+            metrics: dict[str, float] = _get(future)
         except Exception as exc:  # the trials log no teacher linear probe, they go on
             view.console.print(f"  teacher {reports[key].label} linear probe: [red]failed"
                                f"[/red] ({escape(short(_failure(exc)))})",

@@ -98,16 +98,23 @@ def test_no_process_of_the_sweep_is_left(interrupted: dict[str, Any]) -> None:
     assert session.wait_empty(300) == {}
 
 
-@pytest.fixture(scope="module")
-def interrupted_stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+# A sweep started in the background by a script (`ukd sweep ... &`) inherits SIGINT ignored:
+# SIGTERM must stop it all the same.
+BACKGROUND = ["sh", "-c", "trap '' INT; exec \"$0\" \"$@\""]
+
+
+@pytest.fixture(scope="module", params=["foreground", "background"])
+def interrupted_stage(request: pytest.FixtureRequest,
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """SIGTERM while the teacher stage trains (a teacher of its own, far more pretraining
     epochs than it gets through): before any trial started."""
-    tmp = tmp_path_factory.mktemp("signal-stage")
+    tmp = tmp_path_factory.mktemp(f"signal-stage-{request.param}")
     spec = tiny_spec(tmp, tmp / "cache", name="signal-stage")
     spec["teachers"]["t"]["pretrain"]["epochs"] = EPOCHS
     path = write_spec(tmp / "sweep.yaml", spec)
     log = tmp / "sweep.log"
-    proc = start_ukd(["sweep", str(path)], log)
+    proc = start_ukd(["sweep", str(path)], log,
+                     prefix=BACKGROUND if request.param == "background" else None)
     session = Session(proc.pid)
     try:
         wait_for(lambda: "stage: 1 teacher(s)" in log.read_text(), 300, "the stage", proc, log)
