@@ -220,9 +220,10 @@ DOWNSTREAM: dict[str, DownstreamInfo] = {
                             "all five .bin files, unlabeled_X.bin too): " + ", ".join(_STL10),
                             _STL10, _stl10),
     "caltech101": DownstreamInfo("caltech101", MEAN_PER_CLASS, "caltech101",
-                                 "101_ObjectCategories/<class>/image_NNNN.jpg (the extracted "
-                                 "101_ObjectCategories.tar.gz)",
-                                 ("101_ObjectCategories",), _caltech101),
+                                 "101_ObjectCategories/<class>/image_NNNN.jpg with "
+                                 "BACKGROUND_Google/ among the classes (the extracted "
+                                 "101_ObjectCategories.tar.gz; torchvision drops that class)",
+                                 ("101_ObjectCategories/BACKGROUND_Google",), _caltech101),
     "pets": DownstreamInfo("pets", MEAN_PER_CLASS, "oxford-iiit-pet",
                            "images/*.jpg, annotations/trainval.txt and annotations/test.txt "
                            "(the extracted images.tar.gz and annotations.tar.gz)",
@@ -265,7 +266,7 @@ def check_files(name: str, root: str | Path) -> None:
                 break
     if name == "caltech101" and not missing:
         categories = folder / "101_ObjectCategories"
-        if not any(p.is_dir() for p in categories.iterdir()):
+        if not any(p.is_dir() and p.name != "BACKGROUND_Google" for p in categories.iterdir()):
             missing = ["101_ObjectCategories/<class>/ folders"]
     if missing:
         raise UserInputError(f"transfer dataset {name!r}: {folder} lacks {', '.join(missing)}; "

@@ -26,11 +26,13 @@ ELEMENTS = 1 << 25  # logits held at once per chunk of problems (problems x n x 
 
 @dataclass(frozen=True)
 class Fit:
-    """Weights ``B x K x D``, biases ``B x K`` and iterations per problem."""
+    """Weights ``B x K x D``, biases ``B x K``, iterations and objective evaluations (line
+    search included) per problem."""
 
     weight: Tensor
     bias: Tensor
     iterations: Tensor
+    evaluations: Tensor
 
 
 def _loss_grad(theta: Tensor, x: Tensor, y: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
@@ -74,8 +76,10 @@ def fit_logistic(features: Tensor, labels: Tensor, num_classes: int, cs: Tensor,
     gamma = torch.ones(b, device=device, dtype=dtype)
     count = torch.zeros(b, dtype=torch.int64, device=device)  # curvature pairs stored
     iterations = torch.zeros(b, dtype=torch.int64, device=device)
+    evaluations = torch.zeros(b, dtype=torch.int64, device=device)
 
     def run(idx: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        evaluations[idx] += 1
         f, g = _evaluate(t.view(-1, num_classes, dim + 1), x, y, lam[idx], num_classes,
                          elements)
         return f, g.reshape(len(idx), size)
@@ -144,7 +148,8 @@ def fit_logistic(features: Tensor, labels: Tensor, num_classes: int, cs: Tensor,
         done = stalled | (g[idx].abs().amax(dim=1) <= tol)
         active[idx[done]] = False
     out = theta.view(b, num_classes, dim + 1)
-    return Fit(out[..., :-1].contiguous(), out[..., -1].contiguous(), iterations.cpu())
+    return Fit(out[..., :-1].contiguous(), out[..., -1].contiguous(), iterations.cpu(),
+               evaluations.cpu())
 
 
 def predict(fit: Fit, features: Tensor) -> Tensor:

@@ -129,12 +129,29 @@ def test_transfer_metrics_on_the_standin_and_a_folder(tmp_path: Path) -> None:
     assert set(knn) == {"transfer/dtd/knn_top1", "transfer/pics/knn_top1"}
 
 
+def test_a_caltech_standin_splits_30_images_per_class_for_training(tmp_path: Path) -> None:
+    from PIL import Image
+
+    base = tmp_path / "caltech101" / "101_ObjectCategories"
+    for name, count in (("BACKGROUND_Google", 2), ("ant", 33), ("bee", 31)):
+        (base / name).mkdir(parents=True)
+        for i in range(1, count + 1):
+            Image.new("L", (12, 10), i).save(base / name / f"image_{i:04d}.jpg")
+    data = load_downstream("caltech101", tmp_path)
+    assert data.num_classes == 2 and data.val is None
+    assert sorted(data.train.labels) == [0] * 30 + [1] * 30
+    assert sorted(data.test.labels) == [0, 0, 0, 1]
+    assert data.test.image(0).mode == "RGB"  # grey JPEGs converted
+
+
 @pytest.mark.parametrize(("name", "layout", "expected"), [
     ("stl10", {"stl10_binary/train_X.bin": "", "stl10_binary/train_y.bin": "",
                "stl10_binary/test_X.bin": "", "stl10_binary/test_y.bin": ""},
      "lacks unlabeled_X.bin"),
-    ("caltech101", {"caltech101/101_ObjectCategories/": None},
+    ("caltech101", {"caltech101/101_ObjectCategories/BACKGROUND_Google/": None},
      "lacks 101_ObjectCategories/<class>/ folders"),
+    ("caltech101", {"caltech101/101_ObjectCategories/faces/": None},
+     "lacks 101_ObjectCategories/BACKGROUND_Google"),
     ("cifar10", {}, "lacks data_batch_1"),
     ("flowers102", {"flowers-102/jpg/": None, "flowers-102/setid.mat": ""},
      "lacks imagelabels.mat"),
