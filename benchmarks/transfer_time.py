@@ -11,7 +11,7 @@ trial: measured rates on this machine, extrapolated to the datasets' sizes.
 2. Solver: one loss + gradient evaluation of all 45 problems
    (orchestrator.engine.logreg) at each dataset's real size (train split after validation,
    feature dim of the arch, its classes) on random features; and the evaluations a problem
-   needs, counted by solving a 2,000-image problem with the same classes and dim (Gaussian
+   needs, counted by solving a 1,000-image problem with the same classes and dim (Gaussian
    class clusters; real features' counts differ: this is the estimate's weak part). Solver
    time = (sum over problems of evaluations) x (time of one evaluation / 45), plus the refit.
 3. GPU extrapolation by arithmetic: the forward's FLOPs (fvcore-free: counted by hooks on
@@ -153,8 +153,8 @@ def main() -> None:
         n_fit = d.train - d.train // 5
         gen = torch.Generator().manual_seed(i)
         centres = torch.randn(d.classes, dim, generator=gen)
-        y = torch.randint(0, d.classes, (2000,), generator=gen)
-        small = centres[y] + 3.0 * torch.randn(2000, dim, generator=gen)
+        y = torch.randint(0, d.classes, (1000,), generator=gen)
+        small = centres[y] + 3.0 * torch.randn(1000, dim, generator=gen)
         fit = fit_logistic(small.abs(), y, d.classes, 1.0 / torch.logspace(-6, 5, 45),
                            max_iter=1000)
         evals = float(fit.evaluations.sum())  # problem-evaluations, line search included
