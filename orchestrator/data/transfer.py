@@ -17,7 +17,8 @@ indices, the first ``floor(fraction * N)`` are validation (:func:`random_split`)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -302,3 +303,29 @@ def decode(split: ImageSplit, indices: Sequence[int], size: int, resize: int) ->
     for k, i in enumerate(indices):
         out[k] = fit(split.image(i), resize, size, "bicubic")
     return torch.from_numpy(out)
+
+
+def decode_batches(split: ImageSplit, size: int, resize: int, batch: int, threads: int
+                   ) -> Iterator[Tensor]:
+    """:func:`decode` of the whole split in batches of ``batch``, in order, by ``threads``
+    threads (Pillow's decode and resize release the GIL) a batch ahead of the consumer, so
+    decoding overlaps the forward; each image is decoded alone, by the same code, so the
+    batches do not depend on ``threads``."""
+    starts = list(range(0, len(split), batch))
+    if threads <= 1:
+        for start in starts:
+            yield decode(split, range(start, min(len(split), start + batch)), size, resize)
+        return
+    per = max(1, -(-batch // threads))
+    with ThreadPoolExecutor(threads) as pool:
+        def submit(start: int) -> list[Future[Tensor]]:
+            stop = min(len(split), start + batch)
+            return [pool.submit(decode, split, range(a, min(stop, a + per)), size, resize)
+                    for a in range(start, stop, per)]
+
+        pending = [submit(s) for s in starts[:2]]
+        for k in range(len(starts)):
+            parts = pending.pop(0)
+            if k + 2 < len(starts):
+                pending.append(submit(starts[k + 2]))
+            yield torch.cat([f.result() for f in parts])

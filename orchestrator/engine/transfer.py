@@ -36,7 +36,7 @@ from orchestrator.data.transfer import (
     MEAN_PER_CLASS,
     Downstream,
     ImageSplit,
-    decode,
+    decode_batches,
     load_downstream,
     random_split,
 )
@@ -95,11 +95,10 @@ class Extractor:
     precision: str = "auto"
 
     @torch.no_grad()
-    def __call__(self, split: ImageSplit, size: int, resize: int, batch: int
-                 ) -> tuple[Tensor, Tensor]:
+    def __call__(self, split: ImageSplit, size: int, resize: int, batch: int,
+                 threads: int = 1) -> tuple[Tensor, Tensor]:
         chunks = []
-        for start in range(0, len(split), batch):
-            images = decode(split, range(start, min(len(split), start + batch)), size, resize)
+        for images in decode_batches(split, size, resize, batch, threads):
             x = normalise(images.to(self.device).float() / 255.0, self.mean.to(self.device),
                           self.std.to(self.device))
             with autocast(self.device, self.precision):
@@ -136,7 +135,7 @@ def features(extract: Extractor, dataset: TransferDataset, cfg: TransferConfig,
     data: Downstream = load_downstream(dataset.name, dataset.root)
 
     def run(split: ImageSplit) -> tuple[Tensor, Tensor]:
-        return extract(split, cfg.image_size, cfg.resize_to, cfg.batch_size)
+        return extract(split, cfg.image_size, cfg.resize_to, cfg.batch_size, cfg.threads)
 
     out = Features(run(data.train), None if data.val is None else run(data.val),
                    run(data.test), data.num_classes)

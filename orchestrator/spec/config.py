@@ -288,6 +288,7 @@ class TransferConfig(Config):
     k: Annotated[int, Bounds(ge=1)] = 10
     temperature: Annotated[float, Bounds(gt=0)] = 0.07
     batch_size: Annotated[int, Bounds(ge=1)] = 128  # images per feature forward
+    threads: Annotated[int, Bounds(ge=1)] = 4  # decode threads (ahead of the forward)
 
     def check(self) -> None:
         if not self.datasets:
@@ -327,8 +328,9 @@ class EvalConfig:
             del out["classifier"]
         if self.transfer is None:
             del out["transfer"]
-        else:  # its features' batch size changes no result
+        else:  # its features' batch size and decode threads change no result
             del out["transfer"]["batch_size"]
+            del out["transfer"]["threads"]
         return out
 
 
@@ -561,7 +563,7 @@ def transfer_params(transfer: TransferConfig | None) -> dict[str, Any]:
     if transfer is None:
         return {}
     out: dict[str, Any] = {f"transfer.{k}": v for k, v in transfer.to_dict().items()
-                           if k not in ("datasets", "batch_size")}
+                           if k not in ("datasets", "batch_size", "threads")}
     out["transfer.datasets"] = [d.key for d in transfer.datasets]
     out["transfer.roots"] = [d.root for d in transfer.datasets]
     return out

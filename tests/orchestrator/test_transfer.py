@@ -12,7 +12,12 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from models import build_model
-from orchestrator.data.transfer import check_files, load_downstream, random_split
+from orchestrator.data.transfer import (
+    check_files,
+    decode_batches,
+    load_downstream,
+    random_split,
+)
 from orchestrator.engine.logreg import fit_logistic, predict
 from orchestrator.engine.transfer import (
     Extractor,
@@ -105,6 +110,14 @@ def test_the_dtd_standin_loads_through_torchvision_with_its_splits(tmp_path: Pat
     assert (len(data.train), len(data.val or []), len(data.test)) == (12, 12, 12)
     assert data.val is not None and sorted(set(data.val.labels)) == [0, 1, 2]
     assert data.train.image(0).mode == "RGB"
+
+
+def test_decode_threads_change_no_batch(tmp_path: Path) -> None:
+    data = load_downstream("dtd", dtd_standin(tmp_path, classes=3, per_split=3))
+    alone = list(decode_batches(data.train, 24, 28, 4, 1))
+    threaded = list(decode_batches(data.train, 24, 28, 4, 3))
+    assert [b.shape[0] for b in alone] == [4, 4, 1]
+    assert all(torch.equal(a, b) for a, b in zip(alone, threaded, strict=True))
 
 
 def test_transfer_metrics_on_the_standin_and_a_folder(tmp_path: Path) -> None:
