@@ -261,9 +261,17 @@ def check_files(name: str, root: str | Path) -> None:
     if name == "imagefolder" and not missing:
         if not ((folder / "val").is_dir() or (folder / "test").is_dir()):
             missing = ["val/ or test/"]
+        known = {p.name for p in (folder / "train").iterdir() if p.is_dir()}
         for split in ("train", "val", "test"):
-            if (folder / split).is_dir() and next(iter_images(folder / split), None) is None:
+            if not (folder / split).is_dir():
+                continue
+            if next(iter_images(folder / split), None) is None:
                 missing = [f"{split}/<class>/<image> (no images in {folder / split})"]
+                break
+            odd = sorted(p.name for p in (folder / split).iterdir()
+                         if p.is_dir() and p.name not in known)
+            if odd:
+                missing = [f"train/{odd[0]}/ (a class of {split}/)"]
                 break
     if name == "caltech101" and not missing:
         categories = folder / "101_ObjectCategories"

@@ -169,6 +169,7 @@ def test_a_caltech_standin_splits_30_images_per_class_for_training(tmp_path: Pat
     ("flowers102", {"flowers-102/jpg/": None, "flowers-102/setid.mat": ""},
      "lacks imagelabels.mat"),
     ("imagefolder", {"train/a/x.txt": ""}, "lacks train/<class>/<image>"),
+    ("imagefolder", {"train/a/x.png": "", "val/b/y.png": ""}, "lacks train/b/ (a class of val/)"),
 ])
 def test_missing_files_are_named_before_anything_runs(tmp_path: Path, name: str,
                                                       layout: dict[str, str | None],
@@ -181,7 +182,7 @@ def test_missing_files_are_named_before_anything_runs(tmp_path: Path, name: str,
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     if name == "imagefolder":
-        (tmp_path / "val").mkdir()
+        (tmp_path / "val").mkdir(exist_ok=True)
     with pytest.raises(UserInputError) as info:
         check_files(name, tmp_path)
     message = str(info.value)
