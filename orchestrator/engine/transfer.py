@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.atomic import torch_save
 from models.augment import normalise
 from models.base import Backbone
 from orchestrator.data.transfer import (
@@ -141,10 +142,8 @@ def features(extract: Extractor, dataset: TransferDataset, cfg: TransferConfig,
                    run(data.test), data.num_classes)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{torch.randint(1 << 30, ()).item()}")
-        torch.save({"train": out.train, "val": out.val, "test": out.test,
-                    "classes": out.num_classes}, tmp)
-        tmp.replace(path)
+        torch_save(path, {"train": out.train, "val": out.val, "test": out.test,
+                          "classes": out.num_classes})
     return out
 
 
