@@ -65,7 +65,11 @@ PRETRAIN_PREFIX = "pretrain/"
 TEACHER_TEST_TOP1 = "test/top1"
 LINEAR_PREFIX = "linear/"  # linear/top1, linear/top5: the linear probe
 CLASSIFIER_PREFIX = "classifier/"  # classifier/top1, classifier/top5: the model's own logits
-EVALUATOR_PREFIXES = (KNN_PREFIX, LINEAR_PREFIX, CLASSIFIER_PREFIX)
+# transfer/<dataset>/<metric>: the transfer evaluation (top1; mean_per_class for Pets,
+# Flowers-102 and Caltech-101; knn_top1 in kNN mode) and transfer/<dataset>/C, the chosen C.
+TRANSFER_PREFIX = "transfer/"
+TRANSFER_METRICS = ("top1", "mean_per_class", "knn_top1")
+EVALUATOR_PREFIXES = (KNN_PREFIX, LINEAR_PREFIX, CLASSIFIER_PREFIX, TRANSFER_PREFIX)
 # Parent run summary (logged when the sweep closes): trials/<status> counts and, per top-1
 # metric of the evaluators, best/<metric>: the best finished trial's value.
 SUMMARY_PREFIX = "trials/"

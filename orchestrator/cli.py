@@ -208,6 +208,18 @@ def _needs(spec: SweepSpec, trials: list[TrialConfig]) -> list[str]:
         lines.append(f"needs dataset.root: {state(data.root, 'dir')}")
     if data.classes is not None:
         lines.append(f"needs dataset.classes: {state(data.classes, 'file')}")
+    if spec.eval.transfer is not None:
+        from orchestrator.data.transfer import check_files
+        from orchestrator.errors import UserInputError
+
+        for i, item in enumerate(spec.eval.transfer.datasets):
+            try:
+                check_files(item.name, item.root)
+                found = "present"
+            except UserInputError:
+                found = "MISSING: a real run stops before Ray starts"
+            lines.append(f"needs eval.transfer.datasets[{i}].root ({item.name}): "
+                         f"{item.root} ({found})")
     for label in dict.fromkeys(t.teacher.label for t in trials):
         source = spec.teachers[label].source
         if isinstance(source, CheckpointSource):
@@ -220,7 +232,8 @@ def _add_reference_rows(stages: Table, spec: SweepSpec, trials: list[TrialConfig
     from orchestrator.spec.config import ReferenceConfig
     from orchestrator.stages.references import plan_references
 
-    evaluators = "kNN" + (" + linear probe" if spec.eval.linear is not None else "")
+    evaluators = ("kNN" + (" + linear probe" if spec.eval.linear is not None else "")
+                  + (" + transfer" if spec.eval.transfer is not None else ""))
     rows: dict[tuple[str, str], list[ReferenceConfig]] = {}
     for ref in plan_references(spec.references, trials):
         rows.setdefault((ref.kind, ref.student), []).append(ref)

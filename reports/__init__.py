@@ -19,11 +19,19 @@ from reports.ablation import (
 )
 from reports.charts import build_comparison_charts, write_comparison_charts
 from reports.curves import build_curves, plan_curves, write_curves
-from reports.html import build_index_html
+from reports.html import build_index_html, frame_table
 from reports.parallel import MIN_AXES, build_parallel, varying_axes, write_parallel
 from reports.pictures import Picture
 from reports.references import reference_values
-from reports.render import comparison_frame, to_csv, to_html, to_html_table, to_latex, to_markdown
+from reports.render import (
+    comparison_frame,
+    html_document,
+    to_csv,
+    to_html,
+    to_html_table,
+    to_latex,
+    to_markdown,
+)
 from reports.source import (
     ReportError,
     SweepData,
@@ -35,6 +43,14 @@ from reports.source import (
 )
 from reports.stats import ALPHA, WelchResult, welch_test
 from reports.tables import CellStats, ComparisonTable, build_comparison
+from reports.transfer import (
+    TransferTable,
+    build_transfer,
+    transfer_csv,
+    transfer_frame,
+    transfer_latex,
+    transfer_markdown,
+)
 from reports.trials_table import build_trials_frame, trials_csv, trials_table_html
 
 DEFAULT_METRIC = "knn/top1_k10"
@@ -93,6 +109,8 @@ class ReportResult:
     """``parallel.png/.svg`` (only for sweeps with 3 or more varying axes)."""
     trials_csv: Path | None = None
     """``trials.csv``: the per-trial table of index.html."""
+    transfer: dict[str, Path] = field(default_factory=dict)
+    """``{"md", "csv", "tex", "html"}`` -> the transfer table (sweeps with eval.transfer)."""
 
 
 def build_report(
@@ -124,7 +142,9 @@ def build_report(
     if data.runs.empty:
         raise ReportError(f"parent run {ref.parent_run_id} has no trial runs")
 
-    references = reference_values(load_references(ref), metric)
+    reference_runs = load_references(ref)
+    references = reference_values(reference_runs, metric)
+    transfer = build_transfer(data, reference_runs)
     table = build_comparison(data, metric, references, best_epoch)
     # Validate every requested axis before writing anything.
     ablations = [build_ablation(data, axis, metric) for axis in _axes(data, axes)]
@@ -157,6 +177,18 @@ def build_report(
             paths.extend(picture.paths)
     trials_path = write_text(out_dir / "trials.csv", trials_csv(trials))
     paths.append(trials_path)
+    transfer_files: dict[str, Path] = {}
+    transfer_html = ""
+    if transfer is not None:
+        transfer_html = transfer_table_html(transfer)
+        transfer_files = {
+            "md": write_text(out_dir / "transfer.md", transfer_markdown(transfer)),
+            "csv": write_text(out_dir / "transfer.csv", transfer_csv(transfer)),
+            "tex": write_text(out_dir / "transfer.tex", transfer_latex(transfer)),
+            "html": write_text(out_dir / "transfer.html", html_document(
+                f"ukd transfer: {data.name}", transfer_html)),
+        }
+        paths.extend(transfer_files.values())
     page = build_index_html(
         data,
         table,
@@ -166,6 +198,7 @@ def build_report(
         parallel=parallel_picture,
         parallel_note=_parallel_note(data),
         trials_table=trials_table_html(trials, metric),
+        transfer_table=transfer_html,
     )
     index = write_text(out_dir / "index.html", page)
     paths.append(index)
@@ -180,7 +213,13 @@ def build_report(
         curves=curve_pictures,
         parallel=parallel_picture,
         trials_csv=trials_path,
+        transfer=transfer_files,
     )
+
+
+def transfer_table_html(table: TransferTable) -> str:
+    """The transfer table as an HTML table (class ``ukd transfer``), text escaped."""
+    return frame_table(transfer_frame(table), caption=table.caption, css_class="ukd transfer")
 
 
 def _parallel_note(data: SweepData) -> str:

@@ -29,7 +29,7 @@ table.trials code { font-size: 0.9em; }
 """.strip()
 
 
-def _frame_table(frame: pd.DataFrame, caption: str = "", css_class: str = "ukd") -> str:
+def frame_table(frame: pd.DataFrame, caption: str = "", css_class: str = "ukd") -> str:
     out = [f'<table class="{html.escape(css_class, quote=True)}">']
     if caption:
         out.append(f"<caption>{html.escape(caption)}</caption>")
@@ -111,7 +111,7 @@ def _problems(table: ComparisonTable) -> str:
     if not rows:
         return "<p>All trial runs finished with the metric.</p>"
     rows.sort(key=lambda r: (r["pair"], r["objective"], value_sort_key(r["seed"]), r["status"]))
-    return _frame_table(pd.DataFrame(rows), css_class="ukd problems")
+    return frame_table(pd.DataFrame(rows), css_class="ukd problems")
 
 
 def _picture(picture: Picture) -> str:
@@ -136,12 +136,14 @@ def build_index_html(
     parallel: Picture | None = None,
     parallel_note: str = "",
     trials_table: str = "",
+    transfer_table: str = "",
 ) -> str:
     """The report page; every text is escaped, every plot is an inline PNG data URI.
 
     ``charts``: comparison charts (one per pair); ``curves``: learning curves;
     ``parallel``: the parallel-coordinates picture, else ``parallel_note`` says why there is
-    none; ``trials_table``: the per-trial HTML table (already escaped).
+    none; ``trials_table``: the per-trial HTML table (already escaped);
+    ``transfer_table``: the transfer table (already escaped; empty: none).
     """
     title = f"ukd report: {data.name}"
     parts = [
@@ -153,6 +155,8 @@ def build_index_html(
         "<h2>Trials not finished</h2>",
         _problems(table),
     ]
+    if transfer_table:
+        parts += ['<h2 id="transfer">Transfer</h2>', transfer_table]
     if curves:
         parts.append('<h2 id="curves">Learning curves</h2>')
         parts.extend(_picture(picture) for picture in curves)
@@ -168,7 +172,7 @@ def build_index_html(
             f'alt="{html.escape(alt, quote=True)}">'
             f"<figcaption>{html.escape(alt)}; error bars: sample std over seeds</figcaption>"
             "</figure>",
-            _frame_table(
+            frame_table(
                 ablation.frame,
                 caption=f"{ablation.metric} by {ablation.axis}: mean, std (ddof=1), n",
                 css_class="ukd ablation",

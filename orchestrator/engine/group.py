@@ -24,7 +24,7 @@ from models.teacher import FrozenTeacher
 from orchestrator.data.batches import BatchStream
 from orchestrator.data.datasets import DatasetBundle, load_dataset, uses_labels
 from orchestrator.engine.device import cap_memory, resolve_device
-from orchestrator.engine.evaluators.base import evaluate
+from orchestrator.engine.evaluators.base import evaluate, periodic_evaluators
 from orchestrator.engine.knn import load_neighbour_graph
 from orchestrator.engine.member import Member, build_member, failing_as
 from orchestrator.engine.precision import memory_format
@@ -215,7 +215,7 @@ def _run_epoch(members: list[Member], group: _Group, epoch: int, check: int,
             rows = [m.record({"kind": "epoch", **m.end_epoch(epoch, lrs[m.trial_id])})]
             if evaluate_every and (epoch + 1) % evaluate_every == 0 and epoch + 1 < epochs:
                 periodic = evaluate(m.trial, m.student, group.bundle, group.images,
-                                    group.device)
+                                    group.device, periodic_evaluators(m.trial))
                 m.best.update(periodic, epoch + 1)
                 rows.append(m.record({"kind": "eval", "epoch": epoch + 1, **periodic}))
             m.save_checkpoint(epoch)

@@ -403,7 +403,8 @@ def _run_references(spec: SweepSpec, trials: list[TrialConfig],
     )
 
     planned = plan_references(spec.references, trials)
-    if spec.eval.linear is None and not planned:
+    probes = spec.eval.linear is not None or spec.eval.transfer is not None
+    if not probes and not planned:
         return reports
     threads = _stage_threads(spec)
     teacher_task = _stage_task(spec, ensure_teacher_metrics)
@@ -413,7 +414,7 @@ def _run_references(spec: SweepSpec, trials: list[TrialConfig],
         cached_teacher_metrics(first[key].teacher, spec.eval, str(spec.cache_dir)),
         teacher_task, first[key].teacher, first[key].dataset, spec.eval, str(spec.cache_dir),
         spec.resources.device, threads)
-        for key in reports if spec.eval.linear is not None and key in first}
+        for key in reports if probes and key in first}
     logged = tracker.logged_references()
     todo = [r for r in planned if r.run_key not in logged]
     if planned:
@@ -455,7 +456,7 @@ def _teacher_probes(futures: dict[str, Any], reports: dict[str, TeacherReport],
         try:
             metrics: dict[str, float] = _get(future)
         except Exception as exc:  # the trials log no teacher linear probe, they go on
-            view.console.print(f"  teacher {reports[key].label} linear probe: [red]failed"
+            view.console.print(f"  teacher {reports[key].label} probes: [red]failed"
                                f"[/red] ({escape(short(_failure(exc)))})",
                                highlight=False, soft_wrap=True)
             continue

@@ -25,6 +25,7 @@ from models import model_names
 from models.augment import AUGMENT_PRESETS
 from models.pretrain import PretrainConfig
 from orchestrator.data.datasets import dataset_names, uses_labels
+from orchestrator.data.transfer import downstream_names
 
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 on CUDA, fp32 on CPU; bf16: on both
@@ -243,12 +244,75 @@ class LinearConfig(Config):
     weight_decay: Annotated[float, Bounds(ge=0)] = 0.0
 
 
+def _downstream_names() -> tuple[str, ...]:
+    return tuple(downstream_names())
+
+
+TRANSFER_MODES = ("linear", "knn")
+
+
+@dataclass(frozen=True)
+class TransferDataset(Config):
+    """One downstream dataset (orchestrator/data/transfer.py): its name, the folder its
+    files are in (absolute) and the label its metrics are logged under
+    (``transfer/<label>/...``; the name, or an image folder's folder name)."""
+
+    name: Annotated[str, Choice(_downstream_names)]
+    root: str
+    label: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.label or (self.root.rstrip("/").rsplit("/", 1)[-1]
+                              if self.name == "imagefolder" else self.name)
+
+
+@dataclass(frozen=True)
+class TransferConfig(Config):
+    """Transfer evaluation (docs/RECIPES.md, "Transfer evaluation"; Ericsson et al. 2021's
+    linear.py): the frozen backbone's pooled features at ``image_size`` (``Resize(resize or
+    image_size, bicubic)`` + ``CenterCrop(image_size)``, the student's normalisation, no
+    augmentation); ``mode: linear`` -- multinomial logistic regression, C = 1/wd over
+    ``grid`` wd values log-spaced in [1e-6, 1e5], chosen on the official validation split or
+    a ``val_fraction`` of train drawn with ``seed``, refitted on train+val, scored once on
+    test -- or ``mode: knn`` (CoSS: weighted kNN, k, temperature)."""
+
+    datasets: tuple[TransferDataset, ...]
+    image_size: Annotated[int, Bounds(ge=8)] = 224
+    resize: Annotated[int | None, Bounds(ge=8)] = None
+    mode: Annotated[str, Choice(TRANSFER_MODES)] = "linear"
+    grid: Annotated[int, Bounds(ge=1)] = 45
+    val_fraction: Annotated[float, Bounds(gt=0, lt=1)] = 0.2
+    seed: Annotated[int, Bounds(ge=0)] = 0
+    max_iter: Annotated[int, Bounds(ge=1)] = 1000
+    k: Annotated[int, Bounds(ge=1)] = 10
+    temperature: Annotated[float, Bounds(gt=0)] = 0.07
+    batch_size: Annotated[int, Bounds(ge=1)] = 128  # images per feature forward
+    threads: Annotated[int, Bounds(ge=1)] = 4  # decode threads (ahead of the forward)
+
+    def check(self) -> None:
+        if not self.datasets:
+            raise ValueError("transfer needs one or more datasets")
+        keys = [d.key for d in self.datasets]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"transfer datasets need distinct labels, got {keys}; give "
+                             "each a `label`")
+        if self.resize is not None and self.resize < self.image_size:
+            raise ValueError(f"resize must be >= image_size ({self.image_size}), "
+                             f"got {self.resize}")
+
+    @property
+    def resize_to(self) -> int:
+        return self.resize or self.image_size
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     knn: KnnConfig = field(default_factory=KnnConfig)
     every: int = 0  # also evaluate every N epochs (learning curves); 0: at the end only
     linear: LinearConfig | None = None  # the linear probe (None: off)
     classifier: bool = False  # top-1 / top-5 of the student's own classifier (KD, SSKD)
+    transfer: TransferConfig | None = None  # downstream datasets (None: off)
 
     @property
     def headline(self) -> str:
@@ -262,6 +326,11 @@ class EvalConfig:
             del out["linear"]
         if not self.classifier:
             del out["classifier"]
+        if self.transfer is None:
+            del out["transfer"]
+        else:  # its features' batch size and decode threads change no result
+            del out["transfer"]["batch_size"]
+            del out["transfer"]["threads"]
         return out
 
 
@@ -333,6 +402,7 @@ class ReferenceConfig:
         out.update({f"knn.{k}": v for k, v in self.eval.knn.to_dict().items()})
         if self.eval.linear is not None:
             out.update({f"linear.{k}": v for k, v in self.eval.linear.to_dict().items()})
+        out.update(transfer_params(self.eval.transfer))
         return {k: json.dumps(v) if isinstance(v, list | dict) else str(v)
                 for k, v in out.items()}
 
@@ -483,5 +553,17 @@ def flat_params(trial: TrialConfig) -> dict[str, str]:
         out.update({f"linear.{k}": v for k, v in trial.eval.linear.to_dict().items()})
     if trial.eval.classifier:
         out["eval.classifier"] = True
+    out.update(transfer_params(trial.eval.transfer))
     out["trial_id"] = trial.trial_id
     return {k: json.dumps(v) if isinstance(v, list | dict) else str(v) for k, v in out.items()}
+
+
+def transfer_params(transfer: TransferConfig | None) -> dict[str, Any]:
+    """``transfer.<setting>`` params (the datasets as one list of labels and one of roots)."""
+    if transfer is None:
+        return {}
+    out: dict[str, Any] = {f"transfer.{k}": v for k, v in transfer.to_dict().items()
+                           if k not in ("datasets", "batch_size", "threads")}
+    out["transfer.datasets"] = [d.key for d in transfer.datasets]
+    out["transfer.roots"] = [d.root for d in transfer.datasets]
+    return out

@@ -28,6 +28,7 @@ from models.hub import resolve_weights
 from models.pretrain import RECIPES, PretrainConfig
 from orchestrator.data.class_subset import read_classes
 from orchestrator.data.datasets import DATASETS, identity, uses_labels
+from orchestrator.data.transfer import check_files
 from orchestrator.errors import SpecError, UserInputError
 from orchestrator.spec.config import (
     SSL_RECIPES,
@@ -43,6 +44,8 @@ from orchestrator.spec.config import (
     TeacherSource,
     TorchvisionSource,
     TrainConfig,
+    TransferConfig,
+    TransferDataset,
 )
 from orchestrator.spec.models import (
     TEACHER_SPECS,
@@ -391,6 +394,7 @@ def _build(model: SweepSpecModel, raw: Mapping[str, Any], file: Path,
     grid = _grid(model, raw, file, tuple(teachers))
     linear: LinearConfig | None = (None if model.eval.linear is None else
                                    _config(LinearConfig, model.eval.linear, file, "eval.linear"))
+    transfer = _transfer(model.eval.transfer, file, channels, require_files)
     epochs = max(grid.scalars.get("epochs", (train.epochs,)))
     references = _references(model.references, file, epochs, channels)
     spec = SweepSpec(
@@ -403,13 +407,39 @@ def _build(model: SweepSpecModel, raw: Mapping[str, Any], file: Path,
         grid=grid,
         train=train,
         eval=EvalConfig(knn=knn, every=model.eval.every, linear=linear,
-                        classifier=model.eval.classifier),
+                        classifier=model.eval.classifier, transfer=transfer),
         resources=resources,
         references=references,
         raw=raw,
     )
     _check_compatibility(file, spec)
     return spec
+
+
+def _transfer(model: Any, file: Path, channels: int, require_files: bool
+              ) -> TransferConfig | None:
+    """``eval.transfer``: roots resolved (like dataset.root), every dataset's files there
+    (orchestrator/data/transfer.py: one line naming the folder and what it must hold)."""
+    if model is None:
+        return None
+    if channels != 3:
+        raise SpecError(file, "eval.transfer", "transfer datasets are RGB; allowed only "
+                        "for students of a 3-channel dataset")
+    datasets = []
+    for i, entry in enumerate(model.datasets):
+        path = f"eval.transfer.datasets[{i}]"
+        item: TransferDataset = _config(TransferDataset, entry, file, path)
+        root = str(Path(item.root).expanduser().resolve())
+        item = dataclasses.replace(item, root=root)
+        if require_files:
+            try:
+                check_files(item.name, root)
+            except UserInputError as exc:
+                raise SpecError(file, f"{path}.root", str(exc)) from None
+        datasets.append(item)
+    out: TransferConfig = _config(TransferConfig, model, file, "eval.transfer",
+                                  datasets=tuple(datasets))
+    return out
 
 
 def _references(model: BaseModel, file: Path, epochs: int, channels: int) -> ReferencesConfig:

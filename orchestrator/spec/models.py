@@ -40,6 +40,8 @@ from orchestrator.spec.config import (
     LinearConfig,
     ResourcesConfig,
     TrainConfig,
+    TransferConfig,
+    TransferDataset,
 )
 
 FORBID = ConfigDict(extra="forbid", frozen=True)
@@ -141,6 +143,11 @@ ResourcesSpecModel: Any = config_model(ResourcesConfig)
 PretrainSpecModel: Any = config_model(PretrainConfig, exclude=("arch", "in_channels"),
                                       optional=("seed",), name="PretrainSpec")
 LinearSpecModel: Any = config_model(LinearConfig, name="LinearSpec")
+TransferDatasetSpecModel: Any = config_model(TransferDataset, name="TransferDatasetSpec")
+TransferSpecModel: Any = create_model(
+    "TransferSpec", __base__=config_model(TransferConfig, exclude=("datasets",),
+                                          name="TransferOptionsSpec"),
+    datasets=(Annotated[list[TransferDatasetSpecModel], Field(min_length=1)], ...))
 # References: the recipe of a run without a teacher; arch, seed and in_channels come from the
 # student and the trials' seeds, epochs default to the trials'.
 SslOnlySpecModel: Any = config_model(PretrainConfig, exclude=("arch", "in_channels", "seed"),
@@ -181,6 +188,11 @@ def _loss_entry(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
+def _transfer_shorthand(value: Any) -> Any:
+    """A list of datasets: the transfer settings with their defaults."""
+    return {"datasets": value} if isinstance(value, list) else value
+
+
 def _dataset_shorthand(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
@@ -195,6 +207,7 @@ if TYPE_CHECKING:
     KnnField = Any
     ResourcesField = Any
     LinearField = Any
+    TransferField = Any
     SslOnlyField = Any
     SupervisedOnlyField = Any
     StrAxis = list[str]
@@ -214,6 +227,9 @@ else:
     KnnField = KnnSpecModel
     ResourcesField = ResourcesSpecModel
     LinearField = flag_or(LinearSpecModel)
+    TransferField = Annotated[TransferSpecModel | None, BeforeValidator(
+        _transfer_shorthand,
+        json_schema_input_type=TransferSpecModel | list[TransferDatasetSpecModel] | None)]
     SslOnlyField = flag_or(SslOnlySpecModel)
     SupervisedOnlyField = flag_or(SupervisedOnlySpecModel)
     StrAxis = axis(StrictStr)
@@ -285,13 +301,15 @@ class GridSpecModel(BaseModel):
 class EvalSpecModel(BaseModel):
     """How trials are evaluated: kNN (always), the linear probe (``linear``: true or its
     settings), the student's own classifier (``classifier: true``, students with one: KD,
-    SSKD); every N epochs too when ``every`` > 0."""
+    SSKD); every N epochs too when ``every`` > 0. ``transfer``: downstream datasets (a list,
+    or ``{datasets: [...], image_size, mode, ...}``), evaluated once at the end."""
 
     model_config = FORBID
     every: Annotated[StrictInt, Field(ge=0)] = 0
     knn: KnnField | None = None
     linear: LinearField = None
     classifier: StrictBool = False
+    transfer: TransferField = None
 
 
 class ReferencesSpecModel(BaseModel):

@@ -53,6 +53,12 @@ def reference_dir(cache_dir: str | Path, key: str) -> Path:
     return Path(cache_dir) / "references" / key
 
 
+def transfer_cache(cache_dir: str | Path) -> str:
+    """Where the teachers' and references' transfer features are kept (by content hash:
+    orchestrator/engine/transfer.py), so a changed solver setting re-solves, not re-extracts."""
+    return str(Path(cache_dir) / "transfer-features")
+
+
 def plan_references(references: ReferencesConfig, trials: Sequence[TrialConfig]
                     ) -> list[ReferenceConfig]:
     """The reference runs of a sweep: every enabled kind x student architecture x seed of
@@ -162,7 +168,7 @@ def ensure_reference(ref: ReferenceConfig, cache_dir: str | Path, device_name: s
             model = model.to(device)
             metrics = evaluate_model(EvalContext(ref.eval, model, bundle,
                                                  bundle.train.images.to(device), device,
-                                                 "auto", ref.seed))
+                                                 "auto", ref.seed, transfer_cache(cache_dir)))
             write_json(metrics_path, metrics)
     return ReferenceReport(ref.key, ref.kind, ref.student, ref.seed, str(directory), metrics,
                            trained_now, train_time, tuple(history))
@@ -171,17 +177,30 @@ def ensure_reference(ref: ReferenceConfig, cache_dir: str | Path, device_name: s
 # ----------------------------------------------------------------------------- teachers
 
 
+def _teacher_evaluators(evaluation: EvalConfig) -> list[str]:
+    """The evaluators a teacher runs beside its stage's kNN: the linear probe, transfer."""
+    return [name for name, on in (("linear", evaluation.linear is not None),
+                                  ("transfer", evaluation.transfer is not None)) if on]
+
+
 def _teacher_metrics_path(teacher: TeacherConfig, evaluation: EvalConfig,
                           cache_dir: str | Path) -> Path:
-    assert evaluation.linear is not None
-    return (teacher_dir(cache_dir, teacher.key)
-            / f"linear-{content_hash(evaluation.linear.to_dict(), 8)}.json")
+    names = _teacher_evaluators(evaluation)
+    assert names
+    if names == ["linear"]:  # the file name of before transfer existed
+        assert evaluation.linear is not None
+        name = f"linear-{content_hash(evaluation.linear.to_dict(), 8)}.json"
+    else:
+        identity = evaluation.identity()
+        name = (f"{'-'.join(names)}-" + content_hash({k: identity.get(k) for k in names}, 8)
+                + ".json")
+    return teacher_dir(cache_dir, teacher.key) / name
 
 
 def cached_teacher_metrics(teacher: TeacherConfig, evaluation: EvalConfig,
                            cache_dir: str | Path) -> dict[str, float] | None:
     """:func:`ensure_teacher_metrics` read from its cache; None when it has to run."""
-    if evaluation.linear is None:
+    if not _teacher_evaluators(evaluation):
         return {}
     path = _teacher_metrics_path(teacher, evaluation, cache_dir)
     if not path.is_file():
@@ -193,10 +212,11 @@ def ensure_teacher_metrics(teacher: TeacherConfig, dataset: DatasetConfig,
                            evaluation: EvalConfig, cache_dir: str | Path,
                            device_name: str = "auto", threads: int | None = None
                            ) -> dict[str, float]:
-    """The teacher's own values of the evaluators beside kNN (the linear probe), once per
-    setting, cached in the teacher's directory like its kNN (the teacher stage must have
-    run). Its classifier, when it has one, is the stage's ``test_top1``."""
-    if evaluation.linear is None:
+    """The teacher's own values of the evaluators beside kNN (the linear probe, transfer),
+    once per setting, cached in the teacher's directory like its kNN (the teacher stage must
+    have run). Its classifier, when it has one, is the stage's ``test_top1``."""
+    names = _teacher_evaluators(evaluation)
+    if not names:
         return {}
     if threads is not None:
         torch.set_num_threads(threads)
@@ -210,7 +230,7 @@ def ensure_teacher_metrics(teacher: TeacherConfig, dataset: DatasetConfig,
             return {k: float(v) for k, v in json.loads(path.read_text()).items()}
         frozen = load_frozen_teacher(teacher, cache_dir, bundle).to(device)
         ctx = EvalContext(only, frozen.backbone, bundle, bundle.train.images.to(device),
-                          device, "auto", 0)
-        metrics = evaluate_model(ctx, ["linear"])
+                          device, "auto", 0, transfer_cache(cache_dir))
+        metrics = evaluate_model(ctx, names)
         write_json(path, metrics)
     return metrics

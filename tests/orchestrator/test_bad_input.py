@@ -45,6 +45,25 @@ def _cifar(corrupt: bool) -> Mutate:
     return mutate
 
 
+def _transfer(name: str, files: tuple[str, ...]) -> Mutate:
+    """An RGB dataset (CIFAR-10, checked later by the preflight) and a transfer dataset
+    whose folder holds only ``files``."""
+
+    def mutate(spec: dict[str, Any], tmp: Path) -> None:
+        spec["dataset"] = {"name": "cifar10", "root": str(tmp / "data"), "labels": False}
+        root = tmp / "downstream"
+        for rel in files:
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if rel.endswith("/"):
+                path.mkdir(exist_ok=True)
+            else:
+                path.write_bytes(b"")
+        spec["eval"] = {"transfer": [{"name": name, "root": str(root)}]}
+
+    return mutate
+
+
 def _teacher_checkpoint(content: bytes | None) -> Mutate:
     def mutate(spec: dict[str, Any], tmp: Path) -> None:
         path = tmp / "teacher.pt"
@@ -132,6 +151,16 @@ CASES: dict[str, tuple[Mutate | None, bytes | None, list[str], list[str]]] = {
                                  ["{spec} at `dataset.root`", "cifar-10-batches-py"]),
     "cifar_root_with_damaged_files": (_cifar(corrupt=True), None, [],
                                       ["{spec} at `dataset.root`", "corrupted"]),
+    "transfer_stl10_without_unlabeled": (
+        _transfer("stl10", tuple(f"stl10_binary/{f}" for f in (
+            "train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"))), None, [],
+        ["{spec} at `eval.transfer.datasets[0].root`", "stl10_binary lacks unlabeled_X.bin",
+         "whole extracted stl10_binary.tar.gz"]),
+    "transfer_caltech_flat": (
+        _transfer("caltech101", ("caltech101/image_0001.jpg",)), None, [],
+        ["{spec} at `eval.transfer.datasets[0].root`",
+         "caltech101 lacks 101_ObjectCategories/BACKGROUND_Google",
+         "101_ObjectCategories/<class>/image_NNNN.jpg"]),
     "output_under_a_file": (_under_a_file("output_dir"), None, [],
                             ["{spec} at `output_dir`", "is not a directory", "allowed:"]),
     "output_in_proc": (_set("output_dir", "/proc/ukd-out"), None, [],

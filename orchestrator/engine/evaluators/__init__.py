@@ -1,7 +1,12 @@
 """What a trial measures of its student: the registry and evaluate functions (:mod:`.base`)
 and the plug-ins (kNN, linear probe, classifier), imported here so they register."""
 
-from orchestrator.engine.evaluators import classifier, knn, linear  # noqa: F401 (register)
+from orchestrator.engine.evaluators import (  # noqa: F401 (register)
+    classifier,
+    knn,
+    linear,
+    transfer,
+)
 from orchestrator.engine.evaluators.base import (
     EVALUATORS,
     BestTracker,
@@ -10,8 +15,10 @@ from orchestrator.engine.evaluators.base import (
     evaluate,
     evaluate_model,
     evaluator_names,
+    periodic_evaluators,
     register_evaluator,
 )
 
 __all__ = ["EVALUATORS", "BestTracker", "EvalContext", "enabled_evaluators", "evaluate",
-           "evaluate_model", "evaluator_names", "register_evaluator"]
+           "evaluate_model", "evaluator_names", "periodic_evaluators",
+           "register_evaluator"]

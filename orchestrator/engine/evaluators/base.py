@@ -43,6 +43,7 @@ class EvalContext:
     device: torch.device
     precision: str = "auto"  # train.precision: bf16 forwards on CUDA for auto / bf16
     seed: int = 0  # randomness of an evaluator (the linear probe's batch order)
+    transfer_cache: str | None = None  # folder of cached transfer features (None: none)
 
     @classmethod
     def of_trial(cls, trial: TrialConfig, student: Backbone, bundle: DatasetBundle,
@@ -114,12 +115,20 @@ def evaluator_names(evaluation: EvalConfig, has_classifier: bool) -> list[str]:
         names.append("linear")
     if evaluation.classifier and has_classifier:
         names.append("classifier")
+    if evaluation.transfer is not None:
+        names.append("transfer")
     return names
 
 
 def enabled_evaluators(trial: TrialConfig) -> list[str]:
     """The evaluators a trial runs, in order (kNN always)."""
     return evaluator_names(trial.eval, trial.requirements.student_classifier)
+
+
+def periodic_evaluators(trial: TrialConfig) -> list[str]:
+    """The evaluators of the every-N-epochs evaluations: all but transfer (it runs once, at
+    the end: minutes per dataset)."""
+    return [n for n in enabled_evaluators(trial) if n != "transfer"]
 
 
 @torch.no_grad()
