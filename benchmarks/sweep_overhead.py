@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import multiprocessing
+import os
 import shutil
 import tempfile
 import time
@@ -29,7 +30,7 @@ from typing import Any
 from orchestrator.engine.group import make_groups
 from orchestrator.progress import SweepProgress
 from orchestrator.runtime.driver import graph_sizes, run_sweep
-from orchestrator.spec.config import TrialConfig
+from orchestrator.spec.config import TeacherConfig, TrialConfig
 from orchestrator.spec.grid import expand
 from orchestrator.spec.load import SweepSpec, load_spec
 from orchestrator.stages.references import (
@@ -59,16 +60,29 @@ def _with_teacher(spec: SweepSpec, cache: Path) -> SweepSpec:
     return dataclasses.replace(spec, cache_dir=cache)
 
 
+def _reference_job(job: tuple[Any, ...]) -> None:
+    """One reference stage in this (spawned) process: the teacher's probe or a reference."""
+    if isinstance(job[0], TeacherConfig):
+        ensure_teacher_metrics(*job)
+    else:
+        ensure_reference(*job)
+
+
 def _references_direct(spec: SweepSpec, trials: list[TrialConfig]) -> float:
-    """The sweep's reference stages through the engine, one after another; their seconds."""
+    """The sweep's reference stages through the engine, as many at a time as the sweep's
+    local Ray runs them (its CPUs / stage_cpu); their seconds."""
     threads = max(1, int(spec.resources.stage_cpu))
-    started = time.perf_counter()
+    where = (str(spec.cache_dir), spec.resources.device, threads)
+    jobs: list[tuple[Any, ...]] = []
     if spec.eval.linear is not None:
-        for trial in {t.teacher.key: t for t in trials}.values():
-            ensure_teacher_metrics(trial.teacher, trial.dataset, spec.eval, spec.cache_dir,
-                                   spec.resources.device, threads)
-    for ref in plan_references(spec.references, trials):
-        ensure_reference(ref, spec.cache_dir, spec.resources.device, threads)
+        jobs += [(t.teacher, t.dataset, spec.eval, *where)
+                 for t in {t.teacher.key: t for t in trials}.values()]
+    jobs += [(r, *where) for r in plan_references(spec.references, trials)]
+    at_once = max(1, int((os.cpu_count() or 1) // max(spec.resources.stage_cpu, 1e-9)))
+    started = time.perf_counter()
+    if jobs:
+        with multiprocessing.get_context("spawn").Pool(min(at_once, len(jobs))) as pool:
+            pool.map(_reference_job, jobs)
     return time.perf_counter() - started
 
 
