@@ -131,7 +131,7 @@ def features(extract: Extractor, dataset: TransferDataset, cfg: TransferConfig,
                                    cfg.resize_to)).encode()).hexdigest()[:24]
         path = Path(cache) / f"{key}.pt"
         if path.is_file():
-            saved = torch.load(path, map_location=extract.device)
+            saved = torch.load(path, map_location=extract.device, weights_only=True)
             return Features(saved["train"], saved["val"], saved["test"], saved["classes"])
     data: Downstream = load_downstream(dataset.name, dataset.root)
 
