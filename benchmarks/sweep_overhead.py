@@ -1,7 +1,7 @@
 """Sweep overhead: a real sweep (Ray Tune + MLflow) against the same trials' compute run
 directly, in one run.
 
-    .venv/bin/python benchmarks/sweep_overhead.py [SPEC] [--output DIR]
+    .venv/bin/python benchmarks/sweep_overhead.py [SPEC] [--output DIR] [--repeat N]
 
 SPEC defaults to experiments/quickstart.yaml. The teacher stage runs first, untimed, and each
 side gets its own copy of the cached teacher (its pretraining, kNN and graphs; not its linear
@@ -11,7 +11,8 @@ Tune, one MLflow run per trial, the trials; (b) the same work through the engine
 the reference stages one after another in this process (as the sweep's stage_cpu allows on
 this machine), then the same fused groups (`run_group`), as many processes at a time as the
 sweep runs groups at once. The share of the sweep's wall time that is not this work is
-1 - (b) / (a). Prints a table, the sweep's phases, and as its last line one JSON object.
+1 - (b) / (a). With --repeat N the pair runs N times, (a) then (b), and the median share
+counts. Prints a table, the sweep's phases, and as its last line one JSON object.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -86,18 +88,9 @@ def _references_direct(spec: SweepSpec, trials: list[TrialConfig]) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("spec", nargs="?", default=str(ROOT / "experiments" / "quickstart.yaml"))
-    parser.add_argument("--output", default=None, help="scratch directory (default: a temp dir)")
-    args = parser.parse_args()
-    scratch = Path(args.output or tempfile.mkdtemp(prefix="ukd-overhead-"))
-    base = load_spec(args.spec, scratch / "sweep")
-    for key, trial in {t.teacher.key: t for t in expand(base)}.items():  # untimed
-        ensure_teacher(trial.teacher, trial.dataset, trial.eval.knn, trial.runtime.cache_dir,
-                       trial.runtime.device, tuple(sorted(graph_sizes(expand(base))[key])))
-
-    spec = _with_teacher(base, scratch / "cache-sweep")
+def _sweep_side(args: argparse.Namespace, scratch: Path) -> tuple[float, dict[str, float]]:
+    """(a): ``run_sweep`` on its own copy of the cached teacher; its seconds and phases."""
+    spec = _with_teacher(load_spec(args.spec, scratch / "sweep"), scratch / "cache-sweep")
     trials = expand(spec)
     started = time.perf_counter()
     outcome = run_sweep(spec, trials, progress=SweepProgress(len(trials),
@@ -105,37 +98,78 @@ def main() -> None:
     sweep_s = time.perf_counter() - started
     if outcome.failed or len(outcome.finished) != len(trials):
         raise SystemExit(f"the sweep did not finish every trial: {outcome.failed}")
+    return sweep_s, dict(outcome.phase_s)
 
-    direct_spec = _with_teacher(load_spec(args.spec, scratch / "direct"), scratch / "cache-direct")
-    direct_trials = expand(direct_spec)
+
+def _direct_side(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """(b): the reference stages, then the fused groups, through the engine directly."""
+    spec = _with_teacher(load_spec(args.spec, scratch / "direct"), scratch / "cache-direct")
+    trials = expand(spec)
     reports = {}
-    for key, trial in {t.teacher.key: t for t in direct_trials}.items():  # cached: reads
+    for key, trial in {t.teacher.key: t for t in trials}.items():  # cached: reads
         reports[key] = ensure_teacher(trial.teacher, trial.dataset, trial.eval.knn,
                                       trial.runtime.cache_dir, trial.runtime.device,
-                                      tuple(sorted(graph_sizes(direct_trials)[key])))
-    groups = make_groups([t.with_report(reports[t.teacher.key]) for t in direct_trials],
+                                      tuple(sorted(graph_sizes(trials)[key])))
+    groups = make_groups([t.with_report(reports[t.teacher.key]) for t in trials],
                          spec.resources.fuse, spec.resources.max_group)
-    at_once = spec.resources.max_concurrent or len(groups)
+    at_once = min(spec.resources.max_concurrent or len(groups), len(groups))
     started = time.perf_counter()
-    references_s = _references_direct(direct_spec, direct_trials)
-    with multiprocessing.get_context("spawn").Pool(min(at_once, len(groups))) as pool:
+    references_s = _references_direct(spec, trials)
+    with multiprocessing.get_context("spawn").Pool(at_once) as pool:
         group_s = pool.map(_direct, [[t.to_dict() for t in g] for g in groups])
-    direct_s = time.perf_counter() - started
-    share = 1.0 - direct_s / sweep_s
-    if args.output is None:
-        shutil.rmtree(scratch, ignore_errors=True)
+    return {"direct_s": time.perf_counter() - started, "references_s": references_s,
+            "group_s": group_s, "groups": len(groups), "at_once": at_once,
+            "trials": len(trials), "name": spec.name}
 
-    print(f"\n{spec.name}: {len(trials)} trials in {len(groups)} fused group(s), "
-          f"{min(at_once, len(groups))} at a time")
-    print(f"  (a) ukd sweep (Ray Tune + MLflow)   {sweep_s:8.1f} s   (phases: "
-          + ", ".join(f"{k} {v:.1f}" for k, v in outcome.phase_s.items()) + " s)")
-    print(f"  (b) the same work, engine only      {direct_s:8.1f} s   (references "
-          f"{references_s:.1f} s; groups: {', '.join(f'{s:.0f}' for s in group_s)} s)")
-    print(f"  not training or evaluating: {100 * share:.1f}% of the sweep's wall time")
-    print(json.dumps({"spec": str(Path(args.spec).name), "trials": len(trials),
-                      "groups": len(groups), "sweep_s": sweep_s, "direct_s": direct_s,
-                      "references_s": references_s, "group_s": group_s,
-                      "phase_s": outcome.phase_s, "overhead_share": share}))
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec", nargs="?", default=str(ROOT / "experiments" / "quickstart.yaml"))
+    parser.add_argument("--output", default=None, help="scratch directory (default: a temp dir)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="pairs (a), (b) run one after the other; the median share counts "
+                             "(a shared or throttled machine moves one pair by several points)")
+    args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    root = Path(args.output or tempfile.mkdtemp(prefix="ukd-overhead-"))
+    base = load_spec(args.spec, root / "base")
+    for key, trial in {t.teacher.key: t for t in expand(base)}.items():  # untimed
+        ensure_teacher(trial.teacher, trial.dataset, trial.eval.knn, trial.runtime.cache_dir,
+                       trial.runtime.device, tuple(sorted(graph_sizes(expand(base))[key])))
+
+    pairs = []
+    for r in range(args.repeat):
+        scratch = root / f"pair-{r}"
+        sweep_s, phases = _sweep_side(args, scratch)
+        direct = _direct_side(args, scratch)
+        pairs.append({"sweep_s": sweep_s, "phase_s": phases, **direct,
+                      "overhead_share": 1.0 - direct["direct_s"] / sweep_s})
+        print(f"  pair {r + 1}/{args.repeat}: sweep {sweep_s:.1f} s, engine only "
+              f"{direct['direct_s']:.1f} s, overhead {100 * pairs[-1]['overhead_share']:.1f}%",
+              flush=True)
+    if args.output is None:
+        shutil.rmtree(root, ignore_errors=True)
+
+    shares = sorted(p["overhead_share"] for p in pairs)
+    median = statistics.median(shares)
+    first = pairs[0]
+    print(f"\n{first['name']}: {first['trials']} trials in {first['groups']} fused group(s), "
+          f"{first['at_once']} at a time; {len(pairs)} pair(s)")
+    for i, p in enumerate(pairs, 1):
+        print(f"  [{i}] (a) ukd sweep (Ray Tune + MLflow)   {p['sweep_s']:8.1f} s   (phases: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in p["phase_s"].items()) + " s)")
+        print(f"      (b) the same work, engine only      {p['direct_s']:8.1f} s   (references "
+              f"{p['references_s']:.1f} s; groups: "
+              f"{', '.join(f'{s:.0f}' for s in p['group_s'])} s)")
+    print(f"  not training or evaluating: {100 * median:.1f}% of the sweep's wall time "
+          f"(median; min {100 * shares[0]:.1f}%, max {100 * shares[-1]:.1f}%)")
+    print(json.dumps({"spec": str(Path(args.spec).name), "trials": first["trials"],
+                      "groups": first["groups"], "pairs": [
+                          {k: p[k] for k in ("sweep_s", "direct_s", "references_s", "group_s",
+                                             "phase_s", "overhead_share")} for p in pairs],
+                      "overhead_share_min": shares[0], "overhead_share_max": shares[-1],
+                      "overhead_share": median}))
 
 
 if __name__ == "__main__":
