@@ -32,7 +32,7 @@ from typing import Any
 from orchestrator.engine.group import make_groups
 from orchestrator.progress import SweepProgress
 from orchestrator.runtime.driver import graph_sizes, run_sweep
-from orchestrator.spec.config import TeacherConfig, TrialConfig
+from orchestrator.spec.config import TeacherConfig, TeacherReport, TrialConfig
 from orchestrator.spec.grid import expand
 from orchestrator.spec.load import SweepSpec, load_spec
 from orchestrator.stages.references import (
@@ -88,6 +88,15 @@ def _references_direct(spec: SweepSpec, trials: list[TrialConfig]) -> float:
     return time.perf_counter() - started
 
 
+def _ensure_teachers(trials: list[TrialConfig]) -> dict[str, TeacherReport]:
+    """Each teacher of ``trials`` trained (or read from the cache) with the neighbour graphs
+    its trials need; its report by teacher key."""
+    sizes = graph_sizes(trials)
+    return {key: ensure_teacher(t.teacher, t.dataset, t.eval.knn, t.runtime.cache_dir,
+                                t.runtime.device, tuple(sorted(sizes[key])))
+            for key, t in {t.teacher.key: t for t in trials}.items()}
+
+
 def _sweep_side(args: argparse.Namespace, scratch: Path) -> tuple[float, dict[str, float]]:
     """(a): ``run_sweep`` on its own copy of the cached teacher; its seconds and phases."""
     spec = _with_teacher(load_spec(args.spec, scratch / "sweep"), scratch / "cache-sweep")
@@ -105,11 +114,7 @@ def _direct_side(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     """(b): the reference stages, then the fused groups, through the engine directly."""
     spec = _with_teacher(load_spec(args.spec, scratch / "direct"), scratch / "cache-direct")
     trials = expand(spec)
-    reports = {}
-    for key, trial in {t.teacher.key: t for t in trials}.items():  # cached: reads
-        reports[key] = ensure_teacher(trial.teacher, trial.dataset, trial.eval.knn,
-                                      trial.runtime.cache_dir, trial.runtime.device,
-                                      tuple(sorted(graph_sizes(trials)[key])))
+    reports = _ensure_teachers(trials)  # cached: reads
     groups = make_groups([t.with_report(reports[t.teacher.key]) for t in trials],
                          spec.resources.fuse, spec.resources.max_group)
     at_once = min(spec.resources.max_concurrent or len(groups), len(groups))
@@ -134,9 +139,7 @@ def main() -> None:
         parser.error("--repeat must be at least 1")
     root = Path(args.output or tempfile.mkdtemp(prefix="ukd-overhead-"))
     base = load_spec(args.spec, root / "base")
-    for key, trial in {t.teacher.key: t for t in expand(base)}.items():  # untimed
-        ensure_teacher(trial.teacher, trial.dataset, trial.eval.knn, trial.runtime.cache_dir,
-                       trial.runtime.device, tuple(sorted(graph_sizes(expand(base))[key])))
+    _ensure_teachers(expand(base))  # untimed
 
     pairs = []
     for r in range(args.repeat):
