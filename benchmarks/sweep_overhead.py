@@ -30,8 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.engine.group import make_groups
-from orchestrator.progress import SweepProgress
-from orchestrator.runtime.driver import graph_sizes, run_sweep
 from orchestrator.spec.config import TeacherConfig, TeacherReport, TrialConfig
 from orchestrator.spec.grid import expand
 from orchestrator.spec.load import SweepSpec, load_spec
@@ -91,6 +89,8 @@ def _references_direct(spec: SweepSpec, trials: list[TrialConfig]) -> float:
 def _ensure_teachers(trials: list[TrialConfig]) -> dict[str, TeacherReport]:
     """Each teacher of ``trials`` trained (or read from the cache) with the neighbour graphs
     its trials need; its report by teacher key."""
+    from orchestrator.runtime.driver import graph_sizes
+
     sizes = graph_sizes(trials)
     return {key: ensure_teacher(t.teacher, t.dataset, t.eval.knn, t.runtime.cache_dir,
                                 t.runtime.device, tuple(sorted(sizes[key])))
@@ -99,6 +99,11 @@ def _ensure_teachers(trials: list[TrialConfig]) -> dict[str, TeacherReport]:
 
 def _sweep_side(args: argparse.Namespace, scratch: Path) -> tuple[float, dict[str, float]]:
     """(a): ``run_sweep`` on its own copy of the cached teacher; its seconds and phases."""
+    # Imported here, not at the top: (b)'s spawned processes import this module, and a
+    # script that runs the engine directly imports neither Ray nor MLflow.
+    from orchestrator.progress import SweepProgress
+    from orchestrator.runtime.driver import run_sweep
+
     spec = _with_teacher(load_spec(args.spec, scratch / "sweep"), scratch / "cache-sweep")
     trials = expand(spec)
     started = time.perf_counter()

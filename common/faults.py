@@ -56,6 +56,11 @@ def forwarded() -> dict[str, str]:
     return {k: os.environ[k] for k in (FAULT_ENV, MARKER_ENV) if os.environ.get(k)}
 
 
+def armed() -> bool:
+    """Whether this process runs under a fault point (``UKD_FAULT_AT`` set)."""
+    return bool(os.environ.get(FAULT_ENV))
+
+
 def reach(point: str, epoch: int | None = None) -> None:
     """Stop here if ``UKD_FAULT_AT`` names this point (and this epoch)."""
     wanted = os.environ.get(FAULT_ENV)

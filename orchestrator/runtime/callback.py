@@ -1,14 +1,14 @@
-"""The Ray Tune side of a sweep: the trainable a group of trials runs in, and the driver's
-callback that turns Tune events into MLflow runs (the single writer) and the live display.
+"""The driver's side of Ray Tune: the callback that turns Tune events into MLflow runs (the
+single writer) and the live display.
 
-A Tune trial is a group (orchestrator/engine); its members report with ``MEMBER_KEY`` naming
-their trial, and the callback fans the results out to one MLflow run per member.
+A Tune trial is a group (orchestrator/engine) run by orchestrator/runtime/trainable.py; its
+members report with ``MEMBER_KEY`` naming their trial, and the callback fans the results out
+to one MLflow run per member.
 """
 
 from __future__ import annotations
 
 import json
-import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,73 +16,12 @@ from typing import Any
 from ray import tune
 
 from common import faults, names
-from common.atomic import write_json
-from orchestrator.engine.member import CHECKPOINT, RESUMED, checkpoint_resume
+from orchestrator.engine.member import CHECKPOINT, RESUMED
 from orchestrator.progress import SweepProgress
-from orchestrator.runtime.gpu import wait_for_memory
+from orchestrator.runtime.stage_tasks import ReferenceTasks, short
+from orchestrator.runtime.trainable import FAILURE_FILE, GROUP_KEY, MEMBER_KEY, NODE_KEY
 from orchestrator.spec.config import TrialConfig
-from orchestrator.stages.trials import run_group
 from orchestrator.tracking import Tracker
-
-FAILURE_FILE = "failure.json"
-FINAL_FILE = "final.json"  # a member's final metrics, so a retried group does not rerun it
-MEMBER_KEY = "ukd_trial"  # Tune owns "trial_id" in a result
-NODE_KEY = "ukd_node"
-GROUP_KEY = "group"
-
-
-def group_trainable(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: runs one group, records why members failed."""
-    trials = [TrialConfig.from_dict(d) for d in config[GROUP_KEY]]
-    todo: list[TrialConfig] = []
-    for trial in trials:
-        directory = Path(trial.runtime.trial_dir)
-        (directory / FAILURE_FILE).unlink(missing_ok=True)
-        done = directory / FINAL_FILE
-        if done.is_file():  # finished in an earlier attempt of this group: report it again,
-            # with its checkpoint's history (the driver that got it first may have died)
-            resumed = checkpoint_resume(directory)
-            if resumed is not None:
-                tune.report({MEMBER_KEY: trial.trial_id, **resumed})
-            tune.report({MEMBER_KEY: trial.trial_id, **json.loads(done.read_text())})
-        else:
-            todo.append(trial)
-    by_id = {t.trial_id: t for t in todo}
-
-    def report(trial_id: str, metrics: dict[str, Any]) -> None:
-        directory = Path(by_id[trial_id].runtime.trial_dir)
-        if metrics.get("kind") == "failed":
-            write_json(directory / FAILURE_FILE, {"reason": metrics["reason"],
-                                                  "epoch": metrics["epoch"],
-                                                  "traceback": traceback.format_exc()})
-        elif metrics.get("kind") == "final":
-            write_json(directory / FINAL_FILE, metrics)
-            faults.reach(faults.FINAL_WRITTEN, int(metrics["epoch"]))
-        tune.report({MEMBER_KEY: trial_id, **metrics})
-
-    import ray
-
-    if ray.is_initialized():  # in a Ray worker: the driver tags each run with its node
-        node = ray.get_runtime_context().get_node_id()
-        for trial in todo:
-            tune.report({MEMBER_KEY: trial.trial_id, "kind": "node", NODE_KEY: node})
-    try:
-        wait_for_memory(todo)  # a shared GPU: until the previous trial freed its share
-        outcomes = run_group(todo, report)
-    except Exception as exc:  # the group itself broke (data, teacher): every member fails
-        reason = f"{type(exc).__name__}: {exc}"
-        for trial in todo:
-            write_json(Path(trial.runtime.trial_dir) / FAILURE_FILE,
-                       {"reason": reason, "epoch": 1, "traceback": traceback.format_exc()})
-        raise RuntimeError(f"group failed: {reason}") from None
-    failed = [o for o in outcomes.values() if o.failure is not None]
-    if failed:
-        # A plain RuntimeError (Ray copies and pickles it, which TrialFailure's constructor
-        # does not allow): Tune retries the group (resources.retries) or reports its error;
-        # each member's reason is in its failure.json.
-        raise RuntimeError("; ".join(f"trial {o.trial_id} failed at epoch "
-                                     f"{o.failure.epoch}: {o.failure.reason}"
-                                     for o in failed if o.failure is not None))
 
 
 def read_failure(trial: TrialConfig, ray_trial: Any = None) -> tuple[str, int | None]:
@@ -103,12 +42,6 @@ def read_failure(trial: TrialConfig, ray_trial: Any = None) -> tuple[str, int | 
     return f"the trial's process ended without a recorded reason{detail}", None
 
 
-def short(reason: str, limit: int = 300) -> str:
-    """A failure reason on one line, for the terminal (MLflow and failure.json keep it all)."""
-    text = " ".join(reason.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 class SweepCallback(tune.Callback):
     """Driver-side bridge from Ray Tune events to MLflow and the display.
 
@@ -118,9 +51,10 @@ class SweepCallback(tune.Callback):
 
     def __init__(self, tracker: Tracker, by_id: Mapping[str, TrialConfig],
                  progress: SweepProgress, outcome: Any, names: Mapping[str, str],
-                 headline: str) -> None:
+                 headline: str, references: ReferenceTasks | None = None) -> None:
         self.tracker = tracker
-        self.by_id = by_id
+        self.by_id = dict(by_id)
+        self.references = references
         self.progress = progress
         self.outcome = outcome
         self.names = names
@@ -130,6 +64,25 @@ class SweepCallback(tune.Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         return {}
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        """Between Tune's steps: log the reference stages that have ended."""
+        if self.references is not None and self.references.pending:
+            for key in self.references.poll():
+                self.teacher_arrived(key)
+
+    def teacher_arrived(self, key: str) -> None:
+        """Teacher ``key``'s probe metrics are in (``references.reports``): its trials carry
+        them from now on, and the runs already started get them at step 0."""
+        assert self.references is not None
+        report = self.references.reports[key]
+        for trial_id, t in list(self.by_id.items()):
+            if t.teacher.key != key:
+                continue
+            before = t.teacher_report.metrics if t.teacher_report is not None else {}
+            self.by_id[trial_id] = t.with_report(report)
+            self.tracker.log_teacher_metrics(trial_id, {
+                k: v for k, v in report.metrics.items() if k not in before})
 
     def _members(self, ray_trial: Any) -> list[TrialConfig]:
         return [self.by_id[d["trial_id"]] for d in ray_trial.config[GROUP_KEY]]

@@ -8,18 +8,17 @@ FINISHED trials, continues the others from their last epoch and reuses their MLf
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from ray import tune
 from rich.markup import escape
@@ -32,8 +31,7 @@ from orchestrator.engine.group import make_groups
 from orchestrator.engine.member import CHECKPOINT, STUDENT_WEIGHTS
 from orchestrator.errors import UserInputError
 from orchestrator.progress import SweepProgress
-from orchestrator.runtime.callback import GROUP_KEY, SweepCallback, group_trainable, short
-from orchestrator.runtime.gpu import in_gpu_share
+from orchestrator.runtime.callback import SweepCallback
 from orchestrator.runtime.preflight import preflight
 from orchestrator.runtime.ray_runtime import (
     check_address,
@@ -43,7 +41,17 @@ from orchestrator.runtime.ray_runtime import (
     ray_session,
     run_on_each_node,
 )
+from orchestrator.runtime.stage_tasks import (
+    ReferenceTasks,
+    cached_or_task,
+    failure_text,
+    short,
+    stage_task,
+    stage_threads,
+    wait_for,
+)
 from orchestrator.runtime.storage import check_shared_storage
+from orchestrator.runtime.trainable import GROUP_KEY, group_trainable
 from orchestrator.spec.config import TeacherReport, TrialConfig, flat_params
 from orchestrator.spec.grid import varying_axes
 from orchestrator.spec.load import SweepSpec
@@ -178,75 +186,112 @@ def _run_logged(spec: SweepSpec, trials: list[TrialConfig], started: float,
                 progress: SweepProgress | None, dashboard: bool) -> SweepOutcome:
     out = spec.output_dir
     uri = tracking_uri or default_tracking_uri(out)
-    tracker, sweep_id = record_sweep(spec, trials, uri)
-    parent = tracker.parent_run_id
-    assert parent is not None
-    axes = varying_axes(trials)
+    view = progress or SweepProgress(len(trials), spec.eval.headline)
+    outcome = SweepOutcome(total=len(trials), skipped=0, tracking_uri=uri, output_dir=str(out))
+    status = "KILLED"  # unless the sweep gets to its end
+    with ThreadPoolExecutor(1, "ukd-tracking") as pool, ExitStack() as ray_scope:
+        # MLflow's set-up (a new SQLite store creates its tables: one to two seconds) runs in
+        # a thread while Ray starts -- when some trial has work left: a finished sweep starts
+        # no Ray.
+        opening = pool.submit(_open_tracking, spec, trials, uri)
+        overlap = outcome.mark("setup", started)
+        ray_up, connected = _work_left(trials), False
+        try:
+            if ray_up:
+                connected = ray_scope.enter_context(ray_session(address, dashboard))
+            tracker, sweep_id, finished = opening.result()
+            mark = outcome.mark("ray_start", overlap)  # MLflow's set-up in its shadow
+            outcome.skipped = len(finished)
+            outcome.parent_run_id = tracker.parent_run_id or ""
+            outcome.experiment_id = tracker.experiment_id
+            view.total, view.skipped = len(trials), len(finished)
+            to_run = [t for t in trials if t.trial_id not in finished]
+            if not to_run:
+                status = "FINISHED"
+            else:
+                if not ray_up:  # every trial had its weights, and one a run not FINISHED
+                    ray_up = True
+                    connected = ray_scope.enter_context(ray_session(address, dashboard))
+                    mark = outcome.mark("ray_start", mark)
+                status, mark = _run_trials(spec, trials, to_run, tracker, sweep_id, outcome,
+                                           view, dashboard and connected, mark)
+        finally:
+            if opening.exception() is None:
+                # Runs this process opened and did not end (an interrupted fit) are not left
+                # RUNNING.
+                opening.result()[0].kill_unfinished()
+                opening.result()[0].close_sweep(status)
+    if ray_up:
+        outcome.mark("shutdown", mark)
+    outcome.wall_s = time.perf_counter() - started
+    outcome.disk_bytes = disk_usage(out)
+    return outcome
 
+
+def _work_left(trials: list[TrialConfig]) -> bool:
+    """Whether some trial has not saved its weights yet (so Ray will be needed)."""
+    return any(not (Path(t.runtime.trial_dir) / STUDENT_WEIGHTS).is_file() for t in trials)
+
+
+def _open_tracking(spec: SweepSpec, trials: list[TrialConfig], uri: str
+                   ) -> tuple[Tracker, str, set[str]]:
+    """The sweep's MLflow side before any trial: its parent run and manifest
+    (:func:`record_sweep`), and the trials already FINISHED there (their stale checkpoints
+    and half-written files cleared)."""
+    tracker, sweep_id = record_sweep(spec, trials, uri)
     finished = tracker.reconcile(trials)
     for t in trials:
         trial_dir = Path(t.runtime.trial_dir)
         remove_stale_temps(trial_dir)  # half-written files of a killed process
         if t.trial_id in finished and (trial_dir / STUDENT_WEIGHTS).is_file():
             (trial_dir / CHECKPOINT).unlink(missing_ok=True)  # killed before its clean-up
-    to_run = [t for t in trials if t.trial_id not in finished]
-    outcome = SweepOutcome(total=len(trials), skipped=len(finished), tracking_uri=uri,
-                           parent_run_id=parent, experiment_id=tracker.experiment_id,
-                           output_dir=str(out))
-    names = {t.trial_id: describe(t, axes) for t in trials}
-    view = progress or SweepProgress(len(trials), spec.eval.headline)
-    view.total, view.skipped = len(trials), len(finished)
+    return tracker, sweep_id, set(finished)
+
+
+def _run_trials(spec: SweepSpec, trials: list[TrialConfig], to_run: list[TrialConfig],
+                tracker: Tracker, sweep_id: str, outcome: SweepOutcome, view: SweepProgress,
+                show_dashboard: bool, mark: float) -> tuple[str, float]:
+    """With Ray up: the stages, the references and the trials; the sweep's final status
+    and the time they ended."""
+    import ray
+
+    parent = tracker.parent_run_id
+    assert parent is not None
+    names = {t.trial_id: describe(t, varying_axes(trials)) for t in trials}
     for t in to_run:
         view.add(t.trial_id, f"{t.index:03d} {t.label}", t.train.epochs)
-    if not to_run:
-        tracker.close_sweep("FINISHED")
-        outcome.wall_s = time.perf_counter() - started
-        outcome.disk_bytes = disk_usage(out)
-        return outcome
-
-    status = "KILLED"  # unless the sweep gets to its end
-    mark = outcome.mark("setup", started)
-    try:
-        with ray_session(address, dashboard) as connected:
-            import ray
-
-            mark = outcome.mark("ray_start", mark)
-            tracker.client.set_tag(parent, N.TAG_RAY_ADDRESS,
-                                   ray.get_runtime_context().gcs_address)
-            if dashboard and connected:
-                view.console.print(f"Ray dashboard: {dashboard_url()}", highlight=False)
-            reports, teacher_failed = _run_stages(spec, to_run, tracker, outcome, view)
-            mark = outcome.mark("stages", mark)
-            reports = _run_references(spec, trials, reports, tracker, view)
-            mark = outcome.mark("references", mark)
-            for t in [t for t in to_run if t.teacher.key in teacher_failed]:
-                reason = teacher_failed[t.teacher.key]
-                tracker.start_trial(t)
-                tracker.fail_trial(t.trial_id, reason, 0)
-                outcome.failed[names[t.trial_id]] = short(reason)
-                view.update(t.trial_id, status="failed", reason=short(reason, 120))
-            runnable = [t.with_report(reports[t.teacher.key]) for t in to_run
-                        if t.teacher.key not in teacher_failed]
-            if runnable:
-                _fit(spec, sweep_id, out, runnable, tracker, view, outcome, names)
-            mark = outcome.mark("trials", mark)
-        outcome.mark("shutdown", mark)
-        outcome.interrupted = sum(1 for t in to_run if t.trial_id not in outcome.finished
-                                  and names[t.trial_id] not in outcome.failed)
-        status = ("KILLED" if outcome.interrupted else "FAILED" if outcome.failed
-                  else "FINISHED")
-    finally:
-        # Runs this process opened and did not end (an interrupted fit) are not left RUNNING.
-        tracker.kill_unfinished()
-        tracker.close_sweep(status)
-    outcome.wall_s = time.perf_counter() - started
-    outcome.disk_bytes = disk_usage(out)
-    return outcome
+    tracker.client.set_tag(parent, N.TAG_RAY_ADDRESS, ray.get_runtime_context().gcs_address)
+    if show_dashboard:
+        view.console.print(f"Ray dashboard: {dashboard_url()}", highlight=False)
+    reports, teacher_failed = _run_stages(spec, to_run, tracker, outcome, view)
+    mark = outcome.mark("stages", mark)
+    references = ReferenceTasks(spec, trials, reports, tracker, view)
+    references.poll()  # the cached ones: read in this process, already there
+    mark = outcome.mark("references", mark)  # submitted: they run beside the trials
+    for t in [t for t in to_run if t.teacher.key in teacher_failed]:
+        reason = teacher_failed[t.teacher.key]
+        tracker.start_trial(t)
+        tracker.fail_trial(t.trial_id, reason, 0)
+        outcome.failed[names[t.trial_id]] = short(reason)
+        view.update(t.trial_id, status="failed", reason=short(reason, 120))
+    runnable = [t.with_report(references.reports[t.teacher.key]) for t in to_run
+                if t.teacher.key not in teacher_failed]
+    callback = SweepCallback(tracker, {t.trial_id: t for t in runnable}, view, outcome, names,
+                             spec.eval.headline, references)
+    if runnable:
+        _fit(spec, sweep_id, spec.output_dir, runnable, callback, view)
+    outcome.interrupted = sum(1 for t in to_run if t.trial_id not in outcome.finished
+                              and names[t.trial_id] not in outcome.failed)
+    if not outcome.interrupted:  # else Ray's shutdown ends them; nothing of theirs is logged
+        for key in references.wait():
+            callback.teacher_arrived(key)
+    mark = outcome.mark("trials", mark)
+    status = "KILLED" if outcome.interrupted else "FAILED" if outcome.failed else "FINISHED"
+    return status, mark
 
 
 def _fit(spec: SweepSpec, sweep_id: str, out: Path, runnable: list[TrialConfig],
-         tracker: Tracker, view: SweepProgress, outcome: SweepOutcome,
-         names: dict[str, str]) -> None:
+         callback: SweepCallback, view: SweepProgress) -> None:
     groups = make_groups(runnable, spec.resources.fuse, spec.resources.max_group)
     trainable = tune.with_resources(group_trainable,
                                     spec.resources.ray_resources(spec.resources.cpu))
@@ -259,8 +304,7 @@ def _fit(spec: SweepSpec, sweep_id: str, out: Path, runnable: list[TrialConfig],
             storage_path=str(out / "ray"),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.resources.retries),
-            callbacks=[SweepCallback(tracker, {t.trial_id: t for t in runnable}, view, outcome,
-                                     names, spec.eval.headline)],
+            callbacks=[callback],
         ),
     )
     with view, _sigterm_as_sigint():
@@ -299,46 +343,6 @@ def _stop_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _get(future: Any) -> Any:
-    """``ray.get`` that returns to Python every second while it waits, so that a stop
-    signal's handler runs within a second whatever Ray's own check of signals does (a
-    SIGTERM in the teacher stage once went unanswered for minutes: test_signals.py)."""
-    import ray
-
-    while not ray.wait([future], timeout=1.0)[0]:
-        pass
-    return ray.get(future)
-
-
-def _stage_task(spec: SweepSpec, fn: Callable[..., Any]) -> Any:
-    """``fn`` as a Ray task with the stages' resources (stage_cpu, the trials' gpu share and
-    custom resources), its CUDA memory capped at that share. Any: Ray's stubs type remote
-    functions of at most a few positional parameters."""
-    import ray
-
-    res = spec.resources
-    return ray.remote(num_cpus=res.stage_cpu, num_gpus=res.gpu, resources=dict(res.custom))(
-        in_gpu_share(fn, res.gpu, res.device))
-
-
-def _cached_or_task(cached: Any, task: Any, *args: Any) -> Any:
-    """A stage's result as a Ray object: what its cache already holds (``cached``, read in
-    the driver: no worker process that imports torch to read a few files), else the task."""
-    import ray
-
-    return task.remote(*args) if cached is None else ray.put(cached)
-
-
-def _stage_threads(spec: SweepSpec) -> int:
-    return max(1, math.ceil(spec.resources.stage_cpu))
-
-
-def _failure(exc: BaseException) -> str:
-    """A failed Ray task's own exception (Ray wraps it), as ``Type: message``."""
-    cause = getattr(exc, "cause", None) or exc
-    return f"{type(cause).__name__}: {cause}"
-
-
 def _run_stages(spec: SweepSpec, trials: list[TrialConfig], tracker: Tracker,
                 outcome: SweepOutcome, view: SweepProgress
                 ) -> tuple[dict[str, TeacherReport], dict[str, str]]:
@@ -349,20 +353,20 @@ def _run_stages(spec: SweepSpec, trials: list[TrialConfig], tracker: Tracker,
 
     teachers = {t.teacher.key: t for t in trials}
     sizes = graph_sizes(trials)
-    stage = _stage_task(spec, ensure_teacher)
+    stage = stage_task(spec, ensure_teacher)
     view.console.print(f"[bold]stage[/bold]: {len(teachers)} teacher(s) "
                        f"({', '.join(t.teacher.label for t in teachers.values())})")
-    futures = {key: _cached_or_task(
+    futures = {key: cached_or_task(
         cached_stage(t.teacher, t.eval.knn, t.runtime.cache_dir, tuple(sorted(sizes[key]))),
         stage, t.teacher, t.dataset, t.eval.knn, t.runtime.cache_dir, t.runtime.device,
-        tuple(sorted(sizes[key])), _stage_threads(spec)) for key, t in teachers.items()}
+        tuple(sorted(sizes[key])), stage_threads(spec)) for key, t in teachers.items()}
     reports: dict[str, TeacherReport] = {}
     failed: dict[str, str] = {}
     for key, future in futures.items():
         try:
-            report: TeacherReport = _get(future)
+            report: TeacherReport = wait_for(future)
         except Exception as exc:  # its trials fail with this reason, the others go on
-            failed[key] = f"teacher stage failed: {_failure(exc)}"[:2000]
+            failed[key] = f"teacher stage failed: {failure_text(exc)}"[:2000]
             view.console.print(f"  teacher {teachers[key].teacher.label}: "
                                f"[red]failed[/red] ({escape(short(failed[key]))})",
                                highlight=False, soft_wrap=True)
@@ -381,88 +385,3 @@ def teacher_line(report: TeacherReport, headline: str) -> str:
     value = report.knn.get(headline.removeprefix(N.KNN_PREFIX), float("nan"))
     return (f"  teacher {report.label}: {state}, {headline} {value:.2f}% "
             f"({report.train_time_s:.0f}s training)")
-
-
-def _run_references(spec: SweepSpec, trials: list[TrialConfig],
-                    reports: dict[str, TeacherReport], tracker: Tracker, view: SweepProgress
-                    ) -> dict[str, TeacherReport]:
-    """Reference stages beside the teachers' (orchestrator/stages/references.py), one Ray task
-    each, cached: the teachers' own values of the evaluators beside kNN (the linear probe),
-    returned in their reports for the trials to log, and the reference rows of the spec
-    (random_init, ssl_only, supervised_only per student and seed), each logged once per
-    sweep as a run of its own. A failed reference is reported and logged FAILED; the
-    trials go on."""
-
-    from orchestrator.spec.config import ReferenceReport
-    from orchestrator.stages.references import (
-        cached_reference,
-        cached_teacher_metrics,
-        ensure_reference,
-        ensure_teacher_metrics,
-        plan_references,
-    )
-
-    planned = plan_references(spec.references, trials)
-    probes = spec.eval.linear is not None or spec.eval.transfer is not None
-    if not probes and not planned:
-        return reports
-    threads = _stage_threads(spec)
-    teacher_task = _stage_task(spec, ensure_teacher_metrics)
-    reference_task = _stage_task(spec, ensure_reference)
-    first = {t.teacher.key: t for t in trials}
-    teacher_futures = {key: _cached_or_task(
-        cached_teacher_metrics(first[key].teacher, spec.eval, str(spec.cache_dir)),
-        teacher_task, first[key].teacher, first[key].dataset, spec.eval, str(spec.cache_dir),
-        spec.resources.device, threads)
-        for key in reports if probes and key in first}
-    logged = tracker.logged_references()
-    todo = [r for r in planned if r.run_key not in logged]
-    if planned:
-        view.console.print(f"[bold]references[/bold]: {len(planned)} run(s) "
-                           f"({', '.join(dict.fromkeys(r.kind for r in planned))}; "
-                           f"{len(planned) - len(todo)} already logged)")
-    futures = [(r, _cached_or_task(cached_reference(r, str(spec.cache_dir)), reference_task,
-                                   r, str(spec.cache_dir), spec.resources.device, threads))
-               for r in todo]
-    out = _teacher_probes(teacher_futures, reports, view)
-    for ref, future in futures:
-        try:
-            result: ReferenceReport = _get(future)
-        except Exception as exc:
-            reason = f"reference stage failed: {_failure(exc)}"[:2000]
-            tracker.log_reference(ref, None, reason)
-            view.console.print(f"  {ref.label}: [red]failed[/red] ({escape(short(reason))})",
-                               highlight=False, soft_wrap=True)
-            continue
-        tracker.log_reference(ref, result)
-        state = ("untrained" if ref.kind == "random_init" else
-                 f"trained ({result.train_time_s:.0f}s)" if result.trained_now else "cached")
-        shown = ", ".join(f"{k} {v:.2f}%" for k, v in result.metrics.items()
-                          if k == spec.eval.headline or k.endswith("/top1"))
-        view.console.print(f"  {ref.label}: {state}, {shown}", highlight=False,
-                           soft_wrap=True)
-    return out
-
-
-def _teacher_probes(futures: dict[str, Any], reports: dict[str, TeacherReport],
-                    view: SweepProgress) -> dict[str, TeacherReport]:
-    """The teachers' reports with the metrics of their reference tasks (the linear probe)
-    added; a failed task is reported and its teacher's report kept as it was."""
-    import dataclasses
-
-
-    out = dict(reports)
-    for key, future in futures.items():
-        try:
-            metrics: dict[str, float] = _get(future)
-        except Exception as exc:  # the trials log no teacher linear probe, they go on
-            view.console.print(f"  teacher {reports[key].label} probes: [red]failed"
-                               f"[/red] ({escape(short(_failure(exc)))})",
-                               highlight=False, soft_wrap=True)
-            continue
-        out[key] = dataclasses.replace(reports[key], metrics={**reports[key].metrics,
-                                                              **metrics})
-        shown = ", ".join(f"{k} {v:.2f}%" for k, v in metrics.items() if "top1" in k)
-        view.console.print(f"  teacher {reports[key].label}: {shown}", highlight=False,
-                           soft_wrap=True)
-    return out

@@ -188,11 +188,29 @@ def ray_session(address: str | None, dashboard: bool = False) -> Iterator[bool]:
         yield started
     finally:
         if started:
+            _stop_local_monitor(address)
             ray.shutdown()
             if auth_mode is None:
                 os.environ.pop(AUTH_MODE_ENV, None)
             else:
                 os.environ[AUTH_MODE_ENV] = auth_mode
+
+
+def _stop_local_monitor(address: str | None) -> None:
+    """End the autoscaler monitor of the local Ray this process started: it has nothing to
+    scale on one machine and keeps no state, and it answers ray.shutdown()'s SIGTERM only
+    when Ray gives up and kills it, one second later (a second of every sweep's end)."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    from ray._private import ray_constants, worker
+
+    node = worker._global_node
+    infos: list[Any] = ([] if node is None else
+                        node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []))
+    for info in infos:
+        if info.process.poll() is None:
+            info.process.kill()
+            info.process.wait()
 
 
 @contextlib.contextmanager

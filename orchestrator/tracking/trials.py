@@ -96,6 +96,19 @@ class TrialRuns(SweepRuns):
             self.log_metrics(trial.trial_id, fresh, step=0)
         return run_id
 
+    def log_teacher_metrics(self, trial_id: str, metrics: Mapping[str, float]) -> None:
+        """Teacher metrics that arrived after the trial's run was made (its probe runs beside
+        the trials), at step 0 like :meth:`start_trial`'s: those the run lacks. No run yet:
+        nothing (its start logs them)."""
+        run_id = self.trial_runs.get(trial_id)
+        if run_id is None or not metrics:
+            return
+        known = set(self.client.get_run(run_id).data.metrics)
+        fresh = {N.teacher_metric(k): v for k, v in metrics.items()
+                 if N.teacher_metric(k) not in known}
+        if fresh:
+            self.log_metrics(trial_id, fresh, step=0)
+
     def set_trial_tags(self, trial_id: str, tags: Mapping[str, str]) -> None:
         self.client.log_batch(self.trial_runs[trial_id],
                               tags=[RunTag(k, str(v)) for k, v in tags.items()])

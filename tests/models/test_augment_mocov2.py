@@ -20,10 +20,13 @@ from torchvision import tv_tensors
 from models.augment import (
     AUGMENT_PRESETS,
     AugmentConfig,
+    PhotometricParams,
+    _photometric_batched_,
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
+    apply_photometric,
     augment,
     blur_kernel_size,
     colour_jitter,
@@ -277,3 +280,70 @@ def test_geometric_with_one_generator_draws_sample_after_sample() -> None:
     assert torch.equal(batch, torch.stack([random_geometric(img, MOCO, g) for img in x]))
     with pytest.raises(ValueError, match="generators"):
         geometric(x, MOCO, [torch.Generator()] * 3)
+
+
+def _mixed_params(n: int, kernel: int, seed: int = 0) -> PhotometricParams:
+    """Drawn factors and orders with hand-set coins covering every jitter/gray/blur mix, and
+    sigmas from tiny (no blur tap beyond the centre) to the top of the range."""
+    p = sample_photometric(n, 40, MOCO, torch.Generator().manual_seed(seed), torch.device("cpu"))
+    i = torch.arange(n)
+    shuffle = torch.randperm(n, generator=torch.Generator().manual_seed(1))
+    sigma = torch.linspace(0.1, 2.0, n)[shuffle]
+    return dataclasses.replace(p, jitter_on=i % 2 == 0, gray_on=i % 3 == 0,
+                               blur_on=(i // 2) % 2 == 0, sigma=sigma, kernel=kernel)
+
+
+@pytest.mark.parametrize(("h", "w", "kernel"), [(40, 36, 23), (33, 48, 5), (32, 32, 3)])
+def test_cpu_photometric_equals_batched_formulas(h: int, w: int, kernel: int) -> None:
+    """The CPU path (image by image, fast formulas, banded-product blur, sides not multiples
+    of its block) equals the whole-batch formulas and the single reference ops."""
+    x = _images(n=12, h=h, w=w).float() / 255
+    p = _mixed_params(len(x), kernel)
+    got = apply_photometric(x, p)
+    last = apply_photometric(x.contiguous(memory_format=torch.channels_last), p)
+    assert (last - got).abs().max() <= 1e-6
+    batched = x.clone()
+    _photometric_batched_(batched, p)
+    assert (got - batched).abs().max() <= 1e-5
+    ops = [adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue]
+    for i in range(len(x)):
+        want = x[i:i + 1]
+        if p.jitter_on[i]:
+            for op in p.order[i].tolist():
+                want = ops[op](want, p.factors[i:i + 1, op])
+        if p.gray_on[i]:
+            want = rgb_to_grayscale(want)
+        if p.blur_on[i]:
+            want = gaussian_blur(want, kernel, p.sigma[i:i + 1])
+        assert (got[i] - want[0]).abs().max() <= 1e-5, i
+
+
+def test_cpu_photometric_does_not_depend_on_the_batch() -> None:
+    """Each image's result is its own: a batch equals its samples one at a time, bit for bit,
+    and the uint8 batch (converted image by image) equals the float one."""
+    x = _images(n=8, h=48, w=48)
+    got = photometric(x, MOCO, torch.Generator().manual_seed(9))
+    p = sample_photometric(len(x), 48, MOCO, torch.Generator().manual_seed(9), x.device)
+    xf = x.float() / 255
+    assert torch.equal(got, apply_photometric(xf, p))
+    for i in range(len(x)):
+        one = PhotometricParams(p.jitter_on[i:i + 1], p.factors[i:i + 1], p.order[i:i + 1],
+                                p.gray_on[i:i + 1], p.blur_on[i:i + 1], p.sigma[i:i + 1],
+                                p.kernel, p.active)
+        assert torch.equal(apply_photometric(xf[i:i + 1], one)[0], got[i])
+
+
+def test_cpu_hue_at_the_edges_of_its_range() -> None:
+    """The CPU hue (sign/lerp sector choice, frac-based wheel) against adjust_hue for factors
+    up to +-0.5, on grey pixels, ties, black, white and saturated colours."""
+    x = _images(n=6, h=20, w=20).float() / 255
+    x[2, :, :2] = 0.0
+    x[2, :, 2:4] = 1.0
+    x[3, 0], x[3, 1], x[3, 2] = 1.0, 0.0, 0.0  # pure red
+    x[4, 2] = x[4, 0]  # r = b ties
+    for f in (-0.5, -0.31, -0.1, 0.0, 0.07, 0.1, 0.5):
+        factors = torch.zeros(len(x), 4)
+        factors[:, 3] = f
+        order = torch.tensor([[3, 0, 1, 2]]).expand(len(x), 4)
+        got = colour_jitter(x, factors, order, active=(False, False, False, True))
+        assert (got - adjust_hue(x, factors[:, 3])).abs().max() <= 1e-5, f

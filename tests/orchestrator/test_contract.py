@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, cast
 
@@ -11,8 +12,10 @@ import yaml
 
 import models.pretrain as pretrain_module
 from orchestrator.progress import SweepProgress
-from orchestrator.runtime.callback import MEMBER_KEY, SweepCallback
+from orchestrator.runtime.callback import SweepCallback
 from orchestrator.runtime.driver import SweepOutcome, teacher_line
+from orchestrator.runtime.stage_tasks import ReferenceTasks
+from orchestrator.runtime.trainable import MEMBER_KEY
 from orchestrator.spec.config import TeacherReport
 from orchestrator.spec.grid import expand
 from orchestrator.spec.load import load_spec
@@ -95,3 +98,36 @@ def test_the_display_and_the_teacher_line_use_the_first_configured_k(tmp_path: P
     assert "knn/top1_k20 77.50" in progress._line(progress.trials[trial.trial_id])
     report = TeacherReport("k", "t", str(tmp_path), {"top1_k20": 81.25, "top5_k20": 99.0})
     assert "knn/top1_k20 81.25%" in teacher_line(report, spec.eval.headline)
+
+
+def test_teacher_metrics_that_arrive_after_a_run_began_are_logged_once_at_step_0(
+        tmp_path: Path) -> None:
+    """The teacher's probe runs beside the trials (orchestrator/runtime/stage_tasks.py): a
+    trial's run made before it ended gets its metrics at step 0 when they arrive, once; the
+    trial's config carries them from then on (a later start logs them itself)."""
+    spec = _spec(tmp_path, {"epochs": 1})
+    report = TeacherReport("k", "t", str(tmp_path), {"top1_k10": 80.0})
+    trial = expand(spec)[0].with_report(report)
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "ukd-late-teacher",
+                      tmp_path / "artifacts")
+    tracker.open_sweep("sweep", spec.name, {}, None)
+    tracker.start_trial(trial)
+    probe = {"linear/top1": 70.0, "linear/top5": 99.0}
+
+    class References:  # what the callback reads of ReferenceTasks
+        def __init__(self) -> None:
+            self.reports = {trial.teacher.key: dataclasses.replace(report, metrics=probe)}
+
+    callback = SweepCallback(tracker, {trial.trial_id: trial},
+                             SweepProgress(1, spec.eval.headline), SweepOutcome(1, 0), {},
+                             spec.eval.headline, cast(ReferenceTasks, References()))
+    callback.teacher_arrived(trial.teacher.key)
+    tracker.log_teacher_metrics(trial.trial_id, probe)  # again: the run has them already
+    run_id = tracker.trial_runs[trial.trial_id]
+    for key, value in probe.items():
+        history = tracker.client.get_metric_history(run_id, f"teacher_{key}")
+        assert [(m.step, m.value) for m in history] == [(0, value)]
+    assert [(m.step, m.value) for m in tracker.client.get_metric_history(
+        run_id, "teacher_knn/top1_k10")] == [(0, 80.0)]  # from the start, not again
+    updated = callback.by_id[trial.trial_id].teacher_report
+    assert updated is not None and updated.metrics == probe

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,19 +15,20 @@ import pytest
 import torch
 import yaml
 
+from common import faults
 from models.augment import AUGMENT_PRESETS
 from orchestrator.data.batches import BatchStream
 from orchestrator.data.datasets import DatasetBundle, Split
 from orchestrator.data.datasets import load_dataset as real_load_dataset
 from orchestrator.engine import group as group_module
 from orchestrator.engine import member as member_module
-from orchestrator.engine.group import group_key, make_groups
+from orchestrator.engine.group import MemberOutcome, group_key, make_groups
 from orchestrator.engine.knn import load_neighbour_graph
 from orchestrator.engine.member import build_member
 from orchestrator.engine.precision import memory_format
 from orchestrator.engine.stacked import Stack, plan_stacks
 from orchestrator.engine.teacher_pass import SharedTeacher
-from orchestrator.runtime import callback as callback_module
+from orchestrator.runtime import trainable as trainable_module
 from orchestrator.spec.config import TrialConfig
 from orchestrator.spec.grid import expand
 from orchestrator.spec.load import load_spec
@@ -212,20 +215,99 @@ def test_a_retried_group_reports_finished_members_without_rerunning_them(
     trials = _moved(_trials(tmp_path)[:2], tmp_path / "retry")
     done, other = trials
     Path(done.runtime.trial_dir).mkdir(parents=True)
-    (Path(done.runtime.trial_dir) / callback_module.FINAL_FILE).write_text(
+    (Path(done.runtime.trial_dir) / trainable_module.FINAL_FILE).write_text(
         json.dumps({"kind": "final", "epoch": 2, "knn/top1_k10": 12.5}))
     seen: list[dict[str, Any]] = []
     ran: list[list[str]] = []
-    monkeypatch.setattr(callback_module.tune, "report", seen.append)
+    monkeypatch.setattr(trainable_module.tune, "report", seen.append)
     def run_group(todo: list[TrialConfig], report: Any) -> dict[str, Any]:
         ran.append([t.trial_id for t in todo])
         return {}
 
-    monkeypatch.setattr(callback_module, "run_group", run_group)
-    callback_module.group_trainable({callback_module.GROUP_KEY: [t.to_dict() for t in trials]})
+    monkeypatch.setattr(trainable_module, "run_group", run_group)
+    trainable_module.group_trainable({trainable_module.GROUP_KEY: [t.to_dict() for t in trials]})
     assert ran == [[other.trial_id]]
-    assert seen == [{callback_module.MEMBER_KEY: done.trial_id, "kind": "final", "epoch": 2,
+    assert seen == [{trainable_module.MEMBER_KEY: done.trial_id, "kind": "final", "epoch": 2,
                      "knn/top1_k10": 12.5}]
+
+
+def _reporting_group(trained: threading.Event, fail: bool = False) -> Any:
+    """A stand-in for run_group: an epoch row and a final row per member, then ``trained``
+    set (or, with ``fail``, an error after the epoch rows)."""
+
+    def run_group(todo: list[TrialConfig], report: Any) -> dict[str, MemberOutcome]:
+        for t in todo:
+            report(t.trial_id, {"kind": "epoch", "epoch": 1, "loss": 0.5})
+        if fail:
+            raise ValueError("cannot decode /data/train/a/x.jpg")
+        for t in todo:
+            report(t.trial_id, {"kind": "final", "epoch": 1, "knn/top1_k10": 50.0})
+        trained.set()
+        return {t.trial_id: MemberOutcome(t.trial_id) for t in todo}
+
+    return run_group
+
+
+def test_the_group_trains_on_while_the_driver_takes_its_reports(
+        small_data: DatasetBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tune.report blocks until the driver has logged the result; the group's training does
+    not wait for it: a driver that takes nothing until the group has trained still gets
+    every report, in order."""
+    trials = _moved(_trials(tmp_path)[:2], tmp_path / "async")
+    trained = threading.Event()
+    sent: list[dict[str, Any]] = []
+
+    def busy_driver(metrics: dict[str, Any]) -> None:
+        assert trained.wait(timeout=120), "the group waited for tune.report"
+        sent.append(metrics)
+
+    monkeypatch.setattr(trainable_module.tune, "report", busy_driver)
+    monkeypatch.setattr(trainable_module, "run_group", _reporting_group(trained))
+    trainable_module.group_trainable({trainable_module.GROUP_KEY: [t.to_dict() for t in trials]})
+    key = trainable_module.MEMBER_KEY
+    assert [(m[key], m["kind"]) for m in sent] == (
+        [(t.trial_id, "epoch") for t in trials] + [(t.trial_id, "final") for t in trials])
+    for t in trials:  # final.json written before the final row was handed on
+        assert json.loads((Path(t.runtime.trial_dir) / trainable_module.FINAL_FILE)
+                          .read_text())["knn/top1_k10"] == 50.0
+
+
+def test_under_a_fault_point_a_report_returns_once_tune_has_it(
+        small_data: DatasetBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The crash tests' "reported" (faults.EPOCH_REPORTED) means tune.report took it."""
+    trials = _moved(_trials(tmp_path)[:1], tmp_path / "armed")
+    monkeypatch.setenv(faults.FAULT_ENV, faults.RUN_FINISHED)  # a driver point: never here
+    sent: list[dict[str, Any]] = []
+    seen_at_return: list[int] = []
+
+    def run_group(todo: list[TrialConfig], report: Any) -> dict[str, MemberOutcome]:
+        for epoch in (1, 2):
+            report(todo[0].trial_id, {"kind": "epoch", "epoch": epoch})
+            seen_at_return.append(len(sent))
+        return {todo[0].trial_id: MemberOutcome(todo[0].trial_id)}
+
+    monkeypatch.setattr(trainable_module.tune, "report", sent.append)
+    monkeypatch.setattr(trainable_module, "run_group", run_group)
+    trainable_module.group_trainable({trainable_module.GROUP_KEY: [t.to_dict() for t in trials]})
+    assert seen_at_return == [1, 2]
+
+
+def test_a_group_that_breaks_sends_its_reports_then_fails_every_member(
+        small_data: DatasetBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trials = _moved(_trials(tmp_path)[:2], tmp_path / "broken")
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(trainable_module.tune, "report", sent.append)
+    monkeypatch.setattr(trainable_module, "run_group",
+                        _reporting_group(threading.Event(), fail=True))
+    with pytest.raises(RuntimeError, match=re.escape(
+            "group failed: ValueError: cannot decode /data/train/a/x.jpg")):
+        trainable_module.group_trainable(
+            {trainable_module.GROUP_KEY: [t.to_dict() for t in trials]})
+    assert [m["kind"] for m in sent] == ["epoch", "epoch"]
+    for t in trials:
+        failure = json.loads((Path(t.runtime.trial_dir) / trainable_module.FAILURE_FILE)
+                             .read_text())
+        assert failure["reason"] == "ValueError: cannot decode /data/train/a/x.jpg"
 
 
 def test_groups_follow_the_batch_stream_and_the_cap(small_data: DatasetBundle,

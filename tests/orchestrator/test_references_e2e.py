@@ -93,6 +93,10 @@ def test_trials_log_the_linear_probe_and_the_teachers(sweep: dict[str, Any]) -> 
         assert {"linear/top1", "linear/top5", "linear/top1_best", "linear/top1_best_epoch",
                 "knn/top1_k10_best", "teacher_linear/top1", "teacher_knn/top1_k10"} <= set(metrics)
         assert run.data.params["linear.epochs"] == "5"
+        # The teacher's probe runs beside the trials: logged once, at step 0, whether it
+        # ended before the trial's run began or after.
+        assert [m.step for m in client.get_metric_history(
+            run.info.run_id, "teacher_linear/top1")] == [0]
         history = client.get_metric_history(run.info.run_id, "linear/top1")
         assert sorted(m.step for m in history) == [1, 2]  # every epoch, step = epoch
         assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["digits"]

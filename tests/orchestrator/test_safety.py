@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -153,6 +154,32 @@ def test_local_ray_listens_on_localhost_only() -> None:
             os.environ.pop("RAY_AUTH_MODE", None)
         else:
             os.environ["RAY_AUTH_MODE"] = auth_mode
+    try:
+        assert watcher.wait_gone(60) == {}
+    finally:
+        watcher.kill_leftovers()
+
+
+def test_a_local_session_ends_its_monitor_and_leaves_no_process() -> None:
+    """ray_session's end kills the local Ray's autoscaler monitor itself (Ray's shutdown
+    would wait a second for it to ignore SIGTERM), and every process of that Ray ends."""
+    from ray._private import ray_constants, worker
+
+    from orchestrator.runtime.ray_runtime import ray_session
+
+    assert not ray.is_initialized()
+    watcher = ProcessWatcher(os.getpid())
+    try:
+        with ray_session(None) as started:
+            assert started
+            node: Any = worker._global_node
+            assert node is not None
+            monitor = node.all_processes[ray_constants.PROCESS_TYPE_MONITOR][0].process
+            assert monitor.poll() is None
+            watcher.sample()
+        assert monitor.poll() is not None and not ray.is_initialized()
+    finally:
+        watcher.stop()
     try:
         assert watcher.wait_gone(60) == {}
     finally:
