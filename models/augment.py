@@ -661,7 +661,7 @@ def _saturation_image_(x: Tensor, f: float) -> None:
         _clamp_(x.lerp_(_luma_plane(x), 1.0 - f), f)
 
 
-def _hue_image_(x: Tensor, f: float, shifts: Tensor) -> None:
+def _hue_image_(x: Tensor, shifts: Tensor) -> None:
     """:func:`adjust_hue` of one 3 x H x W float image, in place, in about 20 passes of fast
     kernels. ``h6 = num / chroma``, numerator picked by which channel is the maximum (red,
     then green, then blue) via ``lerp`` with the 0/1 weights ``sign(v - r)``, ``sign(v - g)``
@@ -670,7 +670,10 @@ def _hue_image_(x: Tensor, f: float, shifts: Tensor) -> None:
     ``clamp(2 - 6 u, 0, 1)`` with u the distance from ``t = (k - 2) / 6`` to the nearest
     integer, ``u = |frac(t + 1/2) - 1/2|`` (no ``remainder``; the argument gets a further
     +1, so it is positive for |f| <= 1/2 and ``frac`` is the fractional part). ``shifts``:
-    3 x 1 x 1, ``(n_c - 2) / 6 + f + 3/2``."""
+    3 x 1 x 1, ``(n_c - 2) / 6 + f + 3/2`` (the factor is in them); 1-channel input stays
+    as is."""
+    if x.shape[0] != 3:
+        return
     r, g, b = x.unbind(0)
     v = x.amax(dim=0, keepdim=True)
     chroma = v - x.amin(dim=0, keepdim=True)
@@ -685,20 +688,22 @@ def _hue_image_(x: Tensor, f: float, shifts: Tensor) -> None:
     torch.addcmul(torch.add(v, chroma, alpha=-2), chroma, u, value=6, out=x)
 
 
+# One image's jitter ops by ColorJitter's index (0 brightness, 1 contrast, 2 saturation, 3 hue),
+# each called with the image, its factor and its hue offsets.
+_IMAGE_JITTER_OPS: tuple[Callable[[Tensor, float, Tensor], None], ...] = (
+    lambda x, f, _shifts: _brightness_image_(x, f),
+    lambda x, f, _shifts: _contrast_image_(x, f),
+    lambda x, f, _shifts: _saturation_image_(x, f),
+    lambda x, _f, shifts: _hue_image_(x, shifts),
+)
+
+
 def _jitter_image_(x: Tensor, factors: list[float], order: list[int], shifts: Tensor,
                    active: tuple[bool, bool, bool, bool]) -> None:
     """One image's ColorJitter: its ops in its order, each with its factor."""
     for op in order:
-        if not active[op]:
-            continue
-        if op == 0:
-            _brightness_image_(x, factors[0])
-        elif op == 1:
-            _contrast_image_(x, factors[1])
-        elif op == 2:
-            _saturation_image_(x, factors[2])
-        elif x.shape[0] == 3:
-            _hue_image_(x, factors[3], shifts)
+        if active[op]:
+            _IMAGE_JITTER_OPS[op](x, factors[op], shifts)
 
 
 def _hue_shifts(factors: Tensor) -> Tensor:

@@ -219,8 +219,9 @@ def _run_logged(spec: SweepSpec, trials: list[TrialConfig], started: float,
             if opening.exception() is None:
                 # Runs this process opened and did not end (an interrupted fit) are not left
                 # RUNNING.
-                opening.result()[0].kill_unfinished()
-                opening.result()[0].close_sweep(status)
+                opened = opening.result()[0]
+                opened.kill_unfinished()
+                opened.close_sweep(status)
     if ray_up:
         outcome.mark("shutdown", mark)
     outcome.wall_s = time.perf_counter() - started
@@ -257,7 +258,8 @@ def _run_trials(spec: SweepSpec, trials: list[TrialConfig], to_run: list[TrialCo
 
     parent = tracker.parent_run_id
     assert parent is not None
-    names = {t.trial_id: describe(t, varying_axes(trials)) for t in trials}
+    axes = varying_axes(trials)
+    names = {t.trial_id: describe(t, axes) for t in trials}
     for t in to_run:
         view.add(t.trial_id, f"{t.index:03d} {t.label}", t.train.epochs)
     tracker.client.set_tag(parent, N.TAG_RAY_ADDRESS, ray.get_runtime_context().gcs_address)
