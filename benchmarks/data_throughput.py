@@ -18,6 +18,11 @@ ImageNet's ~110 KB), in an ImageFolder layout of 4 classes, written once to ``--
     antialiased resize, uint8); the photometric half (jitter with hue, grayscale, blur) runs
     batched on the device.
 
+(c) on CUDA, ukd's ``dataset.decode: gpu``: the whole ``mocov2`` view on the GPU (files read
+    ahead by a thread, batched nvJPEG decode, batched crops, batched photometric half,
+    normalised) through the real BatchStream, and each stage alone on one batch; the JSON's
+    ``gpu_decode_mocov2_img_s`` (the issue's target on one H200: 10 k images/s).
+
 Per core = images/s divided by the processes that do the work: the loader workers for (a);
 for (b) the decode workers, the photometric half being the device's. Without a GPU the
 "device" is this CPU: ``ukd_cpu_only_img_s_per_core`` then charges (b) the photometric's
@@ -156,12 +161,90 @@ def ukd_stream(root: Path, workers: int, batch: int, epochs: int,
     return geo_rate, done / (time.perf_counter() - start)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rate(fn: Any, images: int, device: torch.device, repeat: int = 3) -> float:
+    """Images/s of ``fn()`` (warmed up once, best of ``repeat`` synchronised runs)."""
+    fn()
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return images / best
+
+
+def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.device,
+               repeats: int = 3) -> dict[str, float]:
+    """``dataset.decode: gpu``: ukd's whole ``mocov2`` view on CUDA -- the files read ahead
+    by a thread, one batched nvJPEG decode, every crop + flip by the batched resize
+    (models.augment.resized_crops), the photometric half batched, normalised -- through
+    the real BatchStream (images/s over ``epochs`` epochs after one warm-up epoch,
+    ``repeats`` times: ``whole_0``, ``whole_1``, ...), and its stages alone on one batch:
+    decode, crops (and the per-view resize they replace), photometric."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from models.augment import AUGMENT_PRESETS, crop_resize_flip, photometric, resized_crops
+    from orchestrator.data.batches import BatchStream
+    from orchestrator.data.datasets import load_dataset
+    from orchestrator.data.folders import _geometry, read_files
+    from orchestrator.data.streams import generator
+    from orchestrator.spec.config import DatasetConfig
+
+    bundle = load_dataset(DatasetConfig(name="imagefolder", root=str(root), image_size=SIZE,
+                                        storage="stream", workers=workers, prefetch=2,
+                                        decode="gpu"))
+    cfg = AUGMENT_PRESETS["mocov2"]
+    stream = BatchStream(bundle.training_images.to(device), None, bundle.mean, bundle.std, cfg,
+                         seed=0, batch_size=batch, num_views=1)
+    for b in stream.epoch(0):  # warm-up: nvJPEG's buffers, cuDNN's blur, the page cache
+        b.view(0)
+    out: dict[str, float] = {}
+    for repeat in range(repeats):
+        _sync(device)
+        start, count = time.perf_counter(), 0
+        for epoch in range(1, epochs + 1):
+            for b in stream.epoch(repeat * epochs + epoch):
+                b.view(0)
+                count += int(b.indices.shape[0])
+        _sync(device)
+        out[f"whole_{repeat}"] = count / (time.perf_counter() - start)
+
+    files = sorted(str(f) for f in (root / "train").rglob("*.jpg"))[:batch]
+    n = len(files)
+    datas = read_files(files)
+    decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+    drawn = [_geometry(im.shape[-2], im.shape[-1], cfg, i) for i, im in enumerate(decoded)]
+    boxes, flips = [d[0] for d in drawn], [d[1] for d in drawn]
+    crops = resized_crops(decoded, list(range(n)), boxes, flips, SIZE)
+    gen = generator(0, "view", 0, 0, 0)
+    out["decode"] = _rate(lambda: decode_jpeg(datas, mode=ImageReadMode.RGB, device=device),
+                          n, device)
+    out["crops"] = _rate(lambda: resized_crops(decoded, list(range(n)), boxes, flips, SIZE),
+                         n, device)
+    out["crops_per_view"] = _rate(
+        lambda: [crop_resize_flip(im, bx, SIZE, fl)
+                 for im, bx, fl in zip(decoded, boxes, flips, strict=True)], n, device)
+    out["photometric"] = _rate(lambda: photometric(crops, cfg, gen), n, device)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--gpu-batch", type=int, nargs="+", default=[256, 1024],
+                        help="batches of the GPU-decode path (CUDA only); the JSON's figure "
+                             "is the last (experiments/imagenet.yaml's step: 4 devices x 256)")
+    parser.add_argument("--gpu-path-on-cpu", action="store_true",
+                        help="run (c)'s code on the CPU too (a smoke test, not a figure)")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/ukd-data-throughput"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -195,6 +278,20 @@ def main() -> None:
     else:  # the photometric half on the GPU: the CPU cores only decode and crop
         full = b_core
         out["ukd_gpu_photometric_img_s"] = round(photo, 1)
+    if device.type == "cuda" or args.gpu_path_on_cpu:
+        rates: dict[str, float] = {}
+        for gpu_batch in args.gpu_batch:
+            gpu = gpu_decode(root, gpu_batch, args.epochs, args.workers, device)
+            whole = sorted(v for k, v in gpu.items() if k.startswith("whole_"))
+            print(f"(c) ukd decode: gpu, whole mocov2 view on {device} (batch {gpu_batch}): "
+                  + " / ".join(f"{w:.0f}" for w in whole) + " img/s; alone: nvJPEG decode "
+                  f"{gpu['decode']:.0f}, batched crops {gpu['crops']:.0f} (one resize per "
+                  f"view: {gpu['crops_per_view']:.0f}), photometric {gpu['photometric']:.0f}")
+            rates[str(gpu_batch)] = round(whole[len(whole) // 2], 1)  # the median
+            out[f"gpu_stages_img_s_batch_{gpu_batch}"] = {
+                k: round(v, 1) for k, v in gpu.items() if not k.startswith("whole_")}
+        out["gpu_decode_mocov2_img_s_by_batch"] = rates
+        out["gpu_decode_mocov2_img_s"] = rates[str(args.gpu_batch[-1])]
     # ukd's whole pipeline (decode, crop and photometric) per CPU core of this machine.
     out.update(ukd_img_s_per_core=round(full, 1), ratio=round(full / a_core, 2))
     print(json.dumps(out))

@@ -24,10 +24,15 @@ verdict ``pass``, ``fail`` or ``n/a`` (cannot run on this device):
   (orchestrator/engine/device.py ``cap_memory``), an allocation within the share succeeds, and in a
   group of two the member that asks for more than its share fails with CUDA's out-of-memory
   error while the other finishes its epoch;
-- ``gpu_decode`` (CUDA): nvJPEG (``torchvision.io.decode_jpeg(device="cuda")``) against
-  libjpeg on the CPU on a generated JPEG: two conforming decoders of one file agree to within
-  the IDCT's accuracy (IEEE 1180: about one grey level), so PSNR >= 40 dB and mean absolute
-  difference <= 1 level;
+- ``gpu_decode`` (CUDA): nvJPEG (``torchvision.io.decode_jpeg([...], device="cuda")``, the
+  batched call ukd makes) against libjpeg-turbo on the CPU, on one generated image coded
+  with 4:4:4 and with 4:2:0 chroma: two conforming decoders agree to within the IDCT's
+  accuracy (IEEE 1180: about one grey level; PSNR >= 40 dB, mean absolute difference <= 1
+  level) in RGB at 4:4:4 and in luma at 4:2:0 (the standard leaves chroma upsampling to the
+  decoder; the 4:2:0 RGB agreement is reported);
+- ``augment_devices`` (CUDA): the ``mocov2`` view's batched crops on the GPU equal one
+  resize per view within one grey level, and its photometric half, drawn from one CPU
+  generator, equals the CPU's to float rounding (2e-3);
 - ``compile`` (not in ``--quick``: inductor's C++ compile takes minutes on a small CPU): a
   ``train.compile`` member (CUDA graphs on CUDA) steps with finite loss terms within bf16
   tolerance of the eager member.
@@ -352,24 +357,90 @@ def generated_jpeg(side: int, seed: int, quality: int = 90) -> Tensor:
     return encoded
 
 
+def _pil_jpeg(image: Tensor, subsampling: int, quality: int = 90) -> Tensor:
+    """``image`` (3 x H x W uint8) as a JPEG by Pillow's libjpeg with the given chroma
+    subsampling (0: 4:4:4, 2: 4:2:0)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, "JPEG", quality=quality,
+                                                         subsampling=subsampling)
+    return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+
+
+def _agreement(a: Tensor, b: Tensor) -> dict[str, float]:
+    diff = (a.float() - b.float()).abs()
+    mse = float((diff ** 2).mean())
+    return {"psnr_db": math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse),
+            "mean_abs": float(diff.mean()), "max_abs": float(diff.max())}
+
+
+def _luma(rgb: Tensor) -> Tensor:
+    """JFIF's Y of an RGB image: the decoders' shared luma plane, whatever their chroma."""
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+    return (rgb.float() * weights).sum(0)
+
+
 def check_gpu_decode(s: Settings, tmp: Path) -> dict[str, Any]:
+    """nvJPEG against libjpeg-turbo (torchvision's CPU decode) on one generated image coded
+    twice. With full-resolution chroma (4:4:4) the two decoders must agree in RGB; with
+    4:2:0 (ImageNet's) they must agree in luma -- the JPEG standard leaves the upsampling of
+    subsampled chroma to the decoder (libjpeg-turbo interpolates, the hardware decoder that
+    torchvision's batched nvJPEG uses need not), so their RGB is reported, not checked."""
     from torchvision.io import decode_jpeg
 
     if s.torch_device.type != "cuda":
         return {"verdict": NA, "why": "nvJPEG needs a CUDA device"}
-    data = generated_jpeg(256, 0)
-    cpu = decode_jpeg(data).float()
-    gpu = decode_jpeg(data, device=s.torch_device).cpu().float()
-    if cpu.shape != gpu.shape:
-        return {"verdict": FAIL, "why": f"shapes {tuple(cpu.shape)} != {tuple(gpu.shape)}"}
-    diff = (cpu - gpu).abs()
-    mse = float((diff ** 2).mean())
-    psnr = math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
-    mean_abs = float(diff.mean())
-    ok = psnr >= DECODE_MIN_PSNR_DB and mean_abs <= DECODE_MAX_MEAN_ABS
-    return {"verdict": PASS if ok else FAIL, "psnr_db": psnr, "mean_abs": mean_abs,
-            "max_abs": float(diff.max()), "min_psnr_db": DECODE_MIN_PSNR_DB,
-            "max_mean_abs": DECODE_MAX_MEAN_ABS}
+    image = decode_jpeg(generated_jpeg(256, 0, quality=100))
+    out: dict[str, Any] = {"min_psnr_db": DECODE_MIN_PSNR_DB, "max_mean_abs": DECODE_MAX_MEAN_ABS}
+    ok = True
+    for name, subsampling in (("444", 0), ("420", 2)):
+        data = _pil_jpeg(image, subsampling)
+        cpu = decode_jpeg(data)
+        gpu = decode_jpeg([data], device=s.torch_device)[0].cpu()  # the batched call ukd makes
+        if cpu.shape != gpu.shape:
+            return {"verdict": FAIL, "why": f"{name}: shapes {tuple(cpu.shape)} != "
+                                            f"{tuple(gpu.shape)}"}
+        rgb, luma = _agreement(cpu, gpu), _agreement(_luma(cpu), _luma(gpu))
+        out[f"rgb_{name}"], out[f"luma_{name}"] = rgb, luma
+        checked = rgb if subsampling == 0 else luma
+        ok = ok and checked["psnr_db"] >= DECODE_MIN_PSNR_DB \
+            and checked["mean_abs"] <= DECODE_MAX_MEAN_ABS
+    return {"verdict": PASS if ok else FAIL, **out}
+
+
+def check_augment_devices(s: Settings, tmp: Path) -> dict[str, Any]:
+    """The ``mocov2`` view's two halves on CUDA against the CPU: the batched resized crops
+    (models.augment.resized_crops) against one ``crop_resize_flip`` per view on the GPU
+    (within one grey level), and the photometric half with its draws from one CPU
+    generator (the same parameters on either device) against the CPU's (float rounding)."""
+    from models.augment import AUGMENT_PRESETS, crop_resize_flip, photometric, resized_crops
+    from orchestrator.data.folders import _geometry
+
+    if s.torch_device.type != "cuda":
+        return {"verdict": NA, "why": "compares CUDA with the CPU"}
+    cfg = AUGMENT_PRESETS["mocov2"]
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(375, 500), (500, 375), (333, 500), (375, 500), (480, 640), (200, 300)]
+    images = [torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8)
+              .to(s.torch_device) for h, w in shapes]
+    drawn = [_geometry(h, w, cfg, 7 * i + k) for i, (h, w) in enumerate(shapes)
+             for k in range(2)]
+    owners = [i for i in range(len(shapes)) for _ in range(2)]
+    boxes, flips = [d[0] for d in drawn], [d[1] for d in drawn]
+    got = resized_crops(images, owners, boxes, flips, 224)
+    want = torch.stack([crop_resize_flip(images[o].float(), b, 224, f)
+                        for o, b, f in zip(owners, boxes, flips, strict=True)])
+    crop_diff = (got.float() - want.round().clamp(0, 255)).abs()
+    on_gpu = photometric(got, cfg, torch.Generator().manual_seed(1)).cpu()
+    on_cpu = photometric(got.cpu(), cfg, torch.Generator().manual_seed(1))
+    photo_diff = float((on_gpu - on_cpu).abs().max())
+    ok = float(crop_diff.max()) <= 1 and photo_diff <= 2e-3
+    return {"verdict": PASS if ok else FAIL, "crop_max_abs": float(crop_diff.max()),
+            "crop_share_off": float((crop_diff > 0).float().mean()),
+            "photometric_max_abs": photo_diff}
 
 
 def check_compile(s: Settings, tmp: Path) -> dict[str, Any]:
@@ -389,6 +460,7 @@ CHECKS: dict[str, Callable[[Settings, Path], dict[str, Any]]] = {
     "stacked": check_stacked,
     "non_finite": check_non_finite,
     "gpu_decode": check_gpu_decode,
+    "augment_devices": check_augment_devices,
     "compile": check_compile,
 }
 
@@ -461,6 +533,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings (CI on CPU): the code paths, not the figures")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--only", nargs="+", choices=tuple(CHECKS),
+                        help="run these checks alone, without the figures")
     parser.add_argument("--memory-cap-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_cap_child:
@@ -480,6 +554,8 @@ def main() -> int:
     checks: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="ukd-gpu-check-") as tmp:
         for check, run in CHECKS.items():
+            if args.only and check not in args.only:
+                continue
             t0 = time.perf_counter()
             try:
                 checks[check] = run(s, Path(tmp))
@@ -491,7 +567,8 @@ def main() -> int:
                       if k not in ("verdict", "group", "stack")}
             print(f"check {check:<12} {checks[check]['verdict']:<5} {json.dumps(detail)}",
                   flush=True)
-    figures = {"data_pipeline": data_pipeline(s), "trial_throughput": throughput(s)}
+    figures = {} if args.only else {"data_pipeline": data_pipeline(s),
+                                    "trial_throughput": throughput(s)}
     verdicts = {k: v["verdict"] for k, v in checks.items()}
     failed = [k for k, v in verdicts.items() if v == FAIL]
     print(f"\nverdicts: {json.dumps(verdicts)}; wall {time.perf_counter() - started:.1f} s")

@@ -33,6 +33,10 @@ image at decode time on CPU and the photometric part batched on the device:
   -> Tensor``: crop, antialiased bilinear resize to ``size`` x ``size``, optional horizontal
   flip; CHW or NCHW, keeps the dtype (uint8 rounded; native uint8 resize on AVX2 CPUs, as
   torchvision).
+- ``resized_crops(images: Sequence[Tensor], owners: Sequence[int], boxes: Sequence[Box],
+  flips: Sequence[bool], size: int) -> Tensor``: many ``crop_resize_flip`` calls (view v of
+  image ``owners[v]``; uint8 CHW images of any sizes) as a few batched float64 matrix
+  products, within one grey level of the per-view resize (the GPU decode's crops).
 - ``random_geometric(image: Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None,
   size: int | None = None) -> Tensor``: one CHW image (any size) -> its random resized crop
   at ``size`` (else ``cfg.size``, else the side of a square image), flipped with p 0.5: the
@@ -44,9 +48,11 @@ image at decode time on CPU and the photometric part batched on the device:
   a batch reproduces per-image calls with the same generators, tensor for tensor on the
   same device.
 - ``photometric(batch: Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None) ->
-  Tensor``: uint8 or float [0, 1] NCHW batch (on any device; ``gen`` on that device) ->
-  float [0, 1]: colour jitter, grayscale, blur. It is ``sample_photometric(n, side, cfg, gen,
-  device) -> PhotometricParams`` (all draws, one vector per parameter) followed by
+  Tensor``: uint8 or float [0, 1] NCHW batch (on any device) -> float [0, 1]: colour
+  jitter, grayscale, blur. The draws come from ``gen`` on its own device (a CPU generator
+  gives a CUDA batch the CPU's parameters, without a host sync). It is
+  ``sample_photometric(n, side, cfg, gen, device) -> PhotometricParams`` (all draws, one
+  vector per parameter) followed by
   ``apply_photometric(x, params) -> Tensor``.
 - The single ops, each with one factor per sample, on float [0, 1] or uint8 (torchvision's
   uint8 rounding): ``adjust_brightness(x, f)``, ``adjust_contrast(x, f)``,
@@ -60,6 +66,7 @@ path); :func:`normalise` comes after.
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 from collections.abc import Callable, Sequence
@@ -193,7 +200,7 @@ def _geometric(x: Tensor, cfg: AugmentConfig, gen: torch.Generator | None) -> Te
 def _gray(x: Tensor) -> Tensor:
     if x.shape[1] == 1:
         return x
-    w = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
+    w = _constant((0.299, 0.587, 0.114), x.device, torch.float32).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True).expand_as(x)
 
 
@@ -226,6 +233,22 @@ def _colour(x: Tensor, cfg: AugmentConfig, gen: torch.Generator | None) -> Tenso
 # factor per sample (a length-N tensor). Float input is in [0, 1]; uint8 input follows
 # torchvision's uint8 kernels (grayscale floored inside contrast/saturation, outputs truncated,
 # the blur rounded), so each op equals torchvision's for either dtype.
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A small constant tensor made once per device (a fresh host-to-device copy each call
+    would wait for the GPU's queue to drain)."""
+    return torch.tensor(values, device=device, dtype=dtype)
+
+
+def to_device(t: Tensor, device: torch.device | str) -> Tensor:
+    """A CPU tensor on ``device`` without a host sync: through pinned memory,
+    ``non_blocking`` (a pageable copy to a GPU waits for its queue to drain)."""
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _per_sample(f: Tensor) -> Tensor:
@@ -310,7 +333,7 @@ def adjust_hue(x: Tensor, factor: Tensor) -> Tensor:
         return x
     y = x if x.is_floating_point() else x.float() / 255
     h6, chroma, v = _hue_sextant(y)
-    offsets = torch.tensor(_RGB_OFFSETS, device=x.device, dtype=y.dtype)
+    offsets = _constant(tuple(_RGB_OFFSETS), x.device, y.dtype)
     shift = (factor.to(y.dtype).view(-1, 1) * 6 + offsets).view(-1, 3, 1, 1)
     k = (h6.unsqueeze(1) + shift).remainder_(6)
     w = torch.minimum(k, 4 - k).clamp_(0, 1)
@@ -403,6 +426,119 @@ def crop_resize_flip(image: Tensor, box: Box, size: int, flip: bool) -> Tensor:
     return x.squeeze(0) if squeeze else x
 
 
+# Pixels (per channel) that one batched resized-crop product may pad its images to (2^25:
+# 0.8 GB of float64 for 3 channels): a few outsized images (ImageNet has some of 4000 x
+# 3000) go in groups of their own, and a big batch in several groups.
+_CROP_GROUP_PIXELS = 2**25
+
+
+def _aa_weights(starts: Tensor, lengths: Tensor, size: int, extent: int, flip: Tensor
+                ) -> Tensor:
+    """``n x size x extent`` float64 rows of the antialiased bilinear resize of the segment
+    [start, start + length) of an axis of ``extent`` pixels to ``size`` (align_corners False):
+    PyTorch's ``_upsample_bilinear2d_aa`` weights (support ``max(scale, 1)``, a triangle
+    filter of ``1 / max(scale, 1)`` width, truncated as it truncates, normalised per row),
+    rows reversed where ``flip``."""
+    dev = starts.device
+    scale = (lengths.double() / size).view(-1, 1, 1)
+    support = scale.clamp(min=1.0)
+    centre = scale * (torch.arange(size, device=dev, dtype=torch.float64).view(1, -1, 1) + 0.5)
+    lo = (centre - support + 0.5).floor().clamp(min=0)
+    hi = torch.minimum((centre + support + 0.5).floor(), lengths.double().view(-1, 1, 1))
+    rel = torch.arange(extent, device=dev, dtype=torch.float64).view(1, 1, -1) \
+        - starts.double().view(-1, 1, 1)
+    w = (1 - ((rel - centre + 0.5) / support).abs()).clamp(min=0)
+    w = torch.where((rel >= lo) & (rel < hi), w, 0.0)
+    w = w / w.sum(dim=2, keepdim=True)
+    return torch.where(flip.view(-1, 1, 1), w.flip(1), w)
+
+
+def _crop_groups(shapes: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Image indices in groups of similar size (sorted by size; a group ends where padding
+    every member to the group's largest height and width would waste over a quarter of
+    the pixels or pass :data:`_CROP_GROUP_PIXELS`)."""
+    order = sorted(range(len(shapes)), key=lambda i: shapes[i])
+    groups: list[list[int]] = []
+    area = top_h = top_w = 0
+    for i in order:
+        h, w = shapes[i]
+        grown_h, grown_w = max(top_h, h), max(top_w, w)
+        padded = grown_h * grown_w * (len(groups[-1]) + 1) if groups else 0
+        if not groups or padded > 1.25 * (area + h * w) or padded > _CROP_GROUP_PIXELS:
+            groups.append([i])
+            area, top_h, top_w = h * w, h, w
+        else:
+            groups[-1].append(i)
+            area, top_h, top_w = area + h * w, grown_h, grown_w
+    return groups
+
+
+def resized_crops(images: Sequence[Tensor], owners: Sequence[int], boxes: Sequence[Box],
+                  flips: Sequence[bool], size: int) -> Tensor:
+    """Many :func:`crop_resize_flip` calls as a few batched matrix products: view v is
+    ``crop_resize_flip(images[owners[v]], boxes[v], size, flips[v])`` of uint8 CHW images
+    of any sizes (``len(boxes) x C x size x size`` uint8). The separable resize is
+    ``W_y @ image @ W_x^T`` with :func:`_aa_weights` (zero outside the box; a flip reverses
+    ``W_x``'s rows), in float64 (whatever a trial's TF32 setting, and nothing global to
+    switch while other threads run), rounded once: what ``crop_resize_flip`` computes on a
+    GPU in float32, to its rounding (within one grey level, tested). On a GPU the products
+    are a small share of the view's time (benchmarks/data_throughput.py).
+    Kernel launches per batch: a few per size group and per image shape, not a resize's
+    several per view; no host sync on CUDA."""
+    views = len(boxes)
+    channels = images[0].shape[0] if images else 3
+    device = images[0].device if images else torch.device("cpu")
+    out = torch.empty((views, channels, size, size), dtype=torch.uint8, device=device)
+    by_image: list[list[int]] = [[] for _ in images]
+    for v, owner in enumerate(owners):
+        by_image[owner].append(v)
+    for group in _crop_groups([(int(im.shape[-2]), int(im.shape[-1])) for im in images]):
+        members = [v for i in group for v in by_image[i]]
+        if not members:
+            continue
+        padded = _padded([images[i] for i in group])
+        slot = {i: j for j, i in enumerate(group)}
+        row_list = [slot[owners[v]] for v in members]
+        # The group's view parameters in one transfer: top, left, height, width, flip, view.
+        table = to_device(torch.tensor([(*boxes[v], int(flips[v]), v) for v in members],
+                                       dtype=torch.int64), device)
+        height, width = padded.shape[-2:]
+        flipped = table[:, 4].bool()
+        wy = _aa_weights(table[:, 0], table[:, 2], size, height, torch.zeros_like(flipped))
+        wx = _aa_weights(table[:, 1], table[:, 3], size, width, flipped)
+        # One view per image (the usual case) needs no gather of the padded images.
+        x = padded if row_list == list(range(len(group))) else \
+            padded[to_device(torch.tensor(row_list), device)]
+        y = torch.matmul(torch.matmul(wy.unsqueeze(1), x), wx.transpose(1, 2).unsqueeze(1))
+        out.index_copy_(0, table[:, 5], y.round_().clamp_(0, 255).to(torch.uint8))
+    return out
+
+
+def _padded(images: Sequence[Tensor]) -> Tensor:
+    """``n x C x H x W`` float64 of CHW images, each at the top left, zeros around it (H, W
+    the largest). Images of one shape are stacked in one copy (ImageNet's are mostly a few
+    shapes), so the launches grow with the shapes, not the images."""
+    shapes: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        shapes.setdefault(tuple(image.shape), []).append(i)
+    if len(shapes) == 1:
+        return torch.stack(list(images)).double()
+    channels = images[0].shape[0]
+    height = max(int(im.shape[-2]) for im in images)
+    width = max(int(im.shape[-1]) for im in images)
+    out = torch.zeros((len(images), channels, height, width), dtype=torch.float64,
+                      device=images[0].device)
+    order = 0
+    for (_, h, w), members in shapes.items():
+        block = torch.stack([images[i] for i in members])
+        if members == list(range(order, order + len(members))):
+            out[order:order + len(members), :, :h, :w] = block
+        else:
+            out[to_device(torch.tensor(members), out.device), :, :h, :w] = block.double()
+        order += len(members)
+    return out
+
+
 def _output_side(image: Tensor, cfg: AugmentConfig, size: int | None) -> int:
     side = size if size is not None else cfg.size
     if side is not None:
@@ -451,9 +587,10 @@ def geometric(images: Tensor, cfg: AugmentConfig,
 @dataclass(frozen=True)
 class PhotometricParams:
     """One batch's draws for ``colour="torchvision"``: ``jitter_on``/``gray_on``/``blur_on``
-    (bool, N); ``factors`` N x 4 (brightness, contrast, saturation, hue; an op whose range is
-    empty is skipped, as ColorJitter skips ``None``); ``order`` N x 4, a permutation of
-    0..3 per sample (ColorJitter's ``fn_idx``); ``sigma`` (N) and ``kernel`` for the blur."""
+    (bool, N, on the CPU); ``factors`` N x 4 (brightness, contrast, saturation, hue; an op
+    whose range is empty is skipped, as ColorJitter skips ``None``); ``order`` N x 4, a
+    permutation of 0..3 per sample (ColorJitter's ``fn_idx``, on the CPU); ``sigma`` (N) and
+    ``kernel`` for the blur."""
 
     jitter_on: Tensor
     factors: Tensor
@@ -469,18 +606,24 @@ def sample_photometric(n: int, side: int, cfg: AugmentConfig, gen: torch.Generat
                        device: torch.device) -> PhotometricParams:
     """ColorJitter's distributions: brightness, contrast, saturation ~ U(max(0, 1 - j), 1 + j),
     hue ~ U(-hue, hue); the order a uniform permutation (argsort of N x 4 uniforms); then the
-    grayscale coin and the blur coin with sigma ~ U(blur_sigma)."""
+    grayscale coin and the blur coin with sigma ~ U(blur_sigma). Drawn on ``gen``'s device
+    (else ``device``); the coins and the order are kept on the CPU, where the batched path
+    indexes by them (a CPU generator: no host sync for a CUDA batch), the factors and sigmas
+    on ``device``."""
+    on = gen.device if gen is not None else device
     lo, hi = max(0.0, 1 - cfg.jitter), 1 + cfg.jitter
-    jitter_on = torch.rand(n, generator=gen, device=device) < cfg.jitter_p
-    factors = torch.stack([_uniform(n, lo, hi, gen, device) for _ in range(3)]
-                          + [_uniform(n, -cfg.hue, cfg.hue, gen, device)], dim=1)
-    order = torch.rand(n, 4, generator=gen, device=device).argsort(dim=1)
-    gray_on = torch.rand(n, generator=gen, device=device) < cfg.grayscale_p
-    blur_on = torch.rand(n, generator=gen, device=device) < cfg.blur_p
-    sigma = _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], gen, device)
+    jitter_on = torch.rand(n, generator=gen, device=on) < cfg.jitter_p
+    factors = torch.stack([_uniform(n, lo, hi, gen, on) for _ in range(3)]
+                          + [_uniform(n, -cfg.hue, cfg.hue, gen, on)], dim=1)
+    order = torch.rand(n, 4, generator=gen, device=on).argsort(dim=1)
+    gray_on = torch.rand(n, generator=gen, device=on) < cfg.grayscale_p
+    blur_on = torch.rand(n, generator=gen, device=on) < cfg.blur_p
+    sigma = _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], gen, on)
     kernel = cfg.blur_kernel or blur_kernel_size(side)
     active = (cfg.jitter > 0, cfg.jitter > 0, cfg.jitter > 0, cfg.hue > 0)
-    return PhotometricParams(jitter_on, factors, order, gray_on, blur_on, sigma, kernel, active)
+    return PhotometricParams(jitter_on.cpu(), to_device(factors, device), order.cpu(),
+                             gray_on.cpu(), blur_on.cpu(), to_device(sigma, device), kernel,
+                             active)
 
 
 _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
@@ -521,7 +664,7 @@ def _brightness_(x: Tensor, f: Tensor) -> None:
 
 def _contrast_(x: Tensor, f: Tensor) -> None:
     # The grayscale's mean is the luma-weighted mean of the channel means (linear): one pass.
-    luma = torch.tensor(_LUMA, device=x.device, dtype=x.dtype)
+    luma = _constant(_LUMA, x.device, x.dtype)
     mean = (x.mean(dim=(2, 3)) * luma).sum(1) if x.shape[1] == 3 else x.mean(dim=(1, 2, 3))
     x.lerp_(_per_sample(mean), _per_sample(1 - f)).clamp_(0, 1)  # f x + (1 - f) mean
 
@@ -548,7 +691,7 @@ def _jitter_(x: Tensor, factors: Tensor, order: Tensor,
     codes = (order.cpu() * torch.tensor(_ORDER_CODE)).sum(1)
     _, perm = codes.sort(stable=True)
     order_sorted = order.cpu()[perm]
-    perm = perm.to(x.device)
+    perm = to_device(perm, x.device)
     y = x[perm]
     f = factors[perm]
     weights = torch.tensor(_ORDER_CODE)
@@ -592,17 +735,17 @@ def _photometric_batched_(x: Tensor, params: PhotometricParams) -> None:
     if any(params.active):
         idx = _on_indices(params.jitter_on)
         if idx:
-            sub = torch.tensor(idx, device=x.device)
+            sub = to_device(torch.tensor(idx), x.device)
             y = x[sub]
-            _jitter_(y, params.factors[sub], params.order[sub], params.active)
+            _jitter_(y, params.factors[sub], params.order[idx], params.active)
             x[sub] = y
     idx = _on_indices(params.gray_on)
     if idx and x.shape[1] == 3:
-        sub = torch.tensor(idx, device=x.device)
+        sub = to_device(torch.tensor(idx), x.device)
         x[sub] = _luma(x[sub]).expand(-1, 3, -1, -1)
     idx = _on_indices(params.blur_on)
     if idx:
-        sub = torch.tensor(idx, device=x.device)
+        sub = to_device(torch.tensor(idx), x.device)
         x[sub] = gaussian_blur(x[sub], params.kernel, params.sigma[sub])
 
 
@@ -847,4 +990,5 @@ def augment(images: Tensor, cfg: AugmentConfig, gen: torch.Generator | None = No
 
 
 def normalise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    return (x - mean.view(1, -1, 1, 1).to(x.device)) / std.view(1, -1, 1, 1).to(x.device)
+    mean, std = to_device(mean, x.device), to_device(std, x.device)
+    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)

@@ -74,12 +74,16 @@ class Batch:
         """The ``k``-th augmented view (normalised float batch), made once per step."""
         if k not in self._views:
             stream = self.stream
-            gen = generator(stream.seed, "view", self.epoch, self.step, k, device=stream.device)
             if stream.decode_time:
+                # The photometric draws on the CPU: the same on every device, and a CUDA batch
+                # is indexed by them without waiting for the GPU.
+                gen = generator(stream.seed, "view", self.epoch, self.step, k)
                 x = photometric(self.geometric(k + 1)[:, k], stream.augment, gen)
                 self._views[k] = normalise(x, stream.mean, stream.std).contiguous(
                     memory_format=stream.memory_format)
             else:
+                gen = generator(stream.seed, "view", self.epoch, self.step, k,
+                                device=stream.device)
                 self._views[k] = stream.augment_images(self.raw(), gen)
         return self._views[k]
 

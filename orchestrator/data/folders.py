@@ -14,6 +14,7 @@ is decoded alone, by the same code), so neither do the batches.
 from __future__ import annotations
 
 import atexit
+import collections
 import concurrent.futures as cf
 import multiprocessing
 import os
@@ -28,7 +29,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.augment import AugmentConfig, Box, crop_resize_flip, sample_crop
+from models.augment import (
+    AugmentConfig,
+    Box,
+    crop_resize_flip,
+    resized_crops,
+    sample_crop,
+    to_device,
+)
 from orchestrator.data.imagefiles import (
     IMG_EXTENSIONS,
     UnreadableImageError,
@@ -36,7 +44,9 @@ from orchestrator.data.imagefiles import (
     decode_fit_many,
     decode_rgb,
     iter_images,
+    jpeg_frame,
     list_images,
+    read_file,
 )
 from orchestrator.errors import UserInputError
 
@@ -141,6 +151,18 @@ def decode_pool(workers: int) -> cf.ProcessPoolExecutor | None:
     return _POOLS[workers]
 
 
+@lru_cache(maxsize=1)
+def _reader() -> cf.ThreadPoolExecutor:
+    """The thread that reads a GPU decode's files ahead (file reads release the GIL)."""
+    return cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ukd-read")
+
+
+# The last read buffers stay referenced: nvJPEG copies from them asynchronously on its own
+# stream, which PyTorch's pinned-memory cache does not see; torchvision waits for a batch's
+# decode before it starts the next one, so a buffer three batches old is free to reuse.
+_IN_FLIGHT: collections.deque[list[Tensor]] = collections.deque(maxlen=3)
+
+
 def _worker_init() -> None:
     torch.set_num_threads(1)  # one decode worker, one core
 
@@ -186,51 +208,113 @@ def decode_views(path: str, seeds: Sequence[int], cfg: AugmentConfig, size: int,
     return out
 
 
-def decode_views_on(paths: Sequence[str], seeds: Sequence[Sequence[int]], cfg: AugmentConfig,
-                    size: int, device: torch.device | str) -> Tensor:
-    """:func:`decode_views` for a batch of files with one batched decode on ``device``:
-    ``torchvision.io.decode_jpeg(list, device=...)`` (nvJPEG on CUDA) for RGB and grey
-    JPEGs, :func:`orchestrator.data.imagefiles.decode_rgb` for the others; every view's crop and
-    flip on ``device``. No reduced-scale decode. On the CPU this equals :func:`decode_views`
-    with ``draft=False`` (tested); on CUDA the resize runs in float (models/augment.py)."""
-    from PIL import Image
-    from torchvision.io import ImageReadMode, decode_jpeg
+@dataclass(frozen=True)
+class ViewPlan:
+    """A file's views drawn before it is decoded (:func:`plan_views`): whether the batched
+    JPEG decode takes it (an RGB or grey JPEG), and each view's crop box and flip."""
 
-    images: list[Tensor | None] = [None] * len(paths)
-    jpegs: list[int] = []
-    datas: list[Tensor] = []
-    for i, path in enumerate(paths):
+    batched: bool
+    boxes: tuple[Box, ...]
+    flips: tuple[bool, ...]
+
+
+def plan_views(path: str, seeds: Sequence[int], cfg: AugmentConfig) -> ViewPlan:
+    """Each view's crop + flip of one file, drawn from its seed on the full image's size as
+    :func:`decode_views` draws them; the size from the JPEG frame header
+    (:func:`jpeg_frame`), else from Pillow's header read (which names an unreadable file)."""
+    frame = jpeg_frame(memoryview(read_file(path).data))
+    if frame is not None and frame[0] in (1, 3):
+        batched, (height, width) = True, frame[1:]
+    else:
+        from PIL import Image
+
         try:
             with Image.open(path) as probe:
-                batched = probe.format == "JPEG" and probe.mode in ("RGB", "L")
+                width, height = probe.size
         except Exception as exc:
             raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
-        if batched:
-            jpegs.append(i)
-            datas.append(torch.from_numpy(np.fromfile(path, dtype=np.uint8)))
-        else:
-            array = np.ascontiguousarray(decode_rgb(path).transpose(2, 0, 1))
-            images[i] = torch.from_numpy(array).to(device)
-    if datas:
+        batched = False
+    drawn = [_geometry(height, width, cfg, seed) for seed in seeds]
+    return ViewPlan(batched, tuple(d[0] for d in drawn), tuple(d[1] for d in drawn))
+
+
+def plan_views_many(paths: Sequence[str], seeds: Sequence[Sequence[int]], cfg: AugmentConfig
+                    ) -> list[ViewPlan]:
+    """:func:`plan_views` of a chunk of files (one decode worker's task)."""
+    return [plan_views(p, s, cfg) for p, s in zip(paths, seeds, strict=True)]
+
+
+def read_files(paths: Sequence[str]) -> list[Tensor]:
+    """The files' bytes as slices of one buffer, pinned when there is a GPU (nvJPEG then
+    copies them asynchronously): a GPU decode's read-ahead, in a thread."""
+    try:
+        sizes = [os.path.getsize(p) for p in paths]
+    except OSError as exc:
+        raise UnreadableImageError(str(exc.filename), f"{type(exc).__name__}: {exc}") from None
+    buffer = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=torch.cuda.is_available())
+    view = buffer.numpy()
+    out, start = [], 0
+    for path, size in zip(paths, sizes, strict=True):
         try:
-            decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+            with open(path, "rb") as f:
+                got = f.readinto(view[start:start + size].data)
+        except OSError as exc:
+            raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
+        if got != size:
+            raise UnreadableImageError(path, "the file changed while it was read")
+        out.append(buffer[start:start + size])
+        start += size
+    return out
+
+
+def decode_views_on(paths: Sequence[str], seeds: Sequence[Sequence[int]], cfg: AugmentConfig,
+                    size: int, device: torch.device | str,
+                    encoded: Sequence[Tensor] | None = None,
+                    plans: Sequence[ViewPlan] | None = None) -> Tensor:
+    """:func:`decode_views` for a batch of files with one batched decode on ``device``:
+    ``torchvision.io.decode_jpeg(list, device=...)`` (nvJPEG on CUDA) for RGB and grey
+    JPEGs, :func:`orchestrator.data.imagefiles.decode_rgb` for the others; every view's crop
+    and flip from the full-size image (no reduced-scale decode) by
+    :func:`models.augment.resized_crops`, a few batched products for the whole batch.
+    ``encoded`` (:func:`read_files`) and ``plans`` (:func:`plan_views_many`): the files'
+    bytes and views when already read and drawn ahead, elsewhere. Equals
+    :func:`decode_views` with ``draft=False`` within one grey level (the resize in float32
+    rather than uint8 arithmetic; tested on the CPU)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    views = len(seeds[0]) if seeds else 0
+    if not paths:
+        return torch.empty((0, views, 3, size, size), dtype=torch.uint8, device=device)
+    plans = list(plans) if plans is not None else plan_views_many(paths, seeds, cfg)
+    images: list[Tensor | None] = [None] * len(paths)
+    jpegs = [i for i, plan in enumerate(plans) if plan.batched]
+    for i, plan in enumerate(plans):
+        if not plan.batched:
+            array = np.ascontiguousarray(decode_rgb(paths[i]).transpose(2, 0, 1))
+            images[i] = to_device(torch.from_numpy(array), device)
+    if jpegs:
+        datas = list(encoded) if encoded is not None else read_files([paths[i] for i in jpegs])
+        batch = [datas[i] for i in jpegs] if encoded is not None else datas
+        _IN_FLIGHT.append(batch)
+        try:
+            decoded = decode_jpeg(batch, mode=ImageReadMode.RGB, device=device)
         except RuntimeError:  # name the file: decode them one by one
             decoded = []
-            for i, data in zip(jpegs, datas, strict=True):
+            for i, one in zip(jpegs, batch, strict=True):
                 try:
-                    decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+                    decoded.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=device))
                 except RuntimeError as exc:
-                    raise UnreadableImageError(paths[i], f"RuntimeError: {exc}") from None
+                    first = (str(exc).strip().splitlines() or [""])[0][:200]
+                    raise UnreadableImageError(paths[i], f"RuntimeError: {first}") from None
         for i, image in zip(jpegs, decoded, strict=True):
             images[i] = image
-    views = len(seeds[0]) if seeds else 0
-    out = torch.empty((len(paths), views, 3, size, size), dtype=torch.uint8, device=device)
-    for i, image in enumerate(images):
-        assert image is not None
-        for k, seed in enumerate(seeds[i]):
-            box, flip = _geometry(image.shape[-2], image.shape[-1], cfg, seed)
-            out[i, k] = crop_resize_flip(image, box, size, flip)
-    return out
+    whole = [image for image in images if image is not None]
+    assert len(whole) == len(paths)
+    owners = [i for i, plan in enumerate(plans) for _ in plan.boxes]
+    boxes = [box for plan in plans for box in plan.boxes]
+    flips = [flip for plan in plans for flip in plan.flips]
+    crops = resized_crops(whole, owners, boxes, flips, size)
+    return crops.view(len(paths), views, 3, size, size)
 
 
 def decode_views_many(paths: list[str], seeds: list[list[int]], cfg: AugmentConfig,
@@ -331,7 +415,18 @@ class FolderImages:
         items = [(self.files[i], s) for i, s in zip(positions, seeds, strict=True)]
         return self._run(decode_views_many, items, cfg, self.decode.crop, self.decode.draft)
 
-    def _add_pending(self, key: Any, result: Callable[[], np.ndarray], count: int) -> None:
+    def _submit_plans(self, positions: np.ndarray, seeds: list[list[int]],
+                      cfg: AugmentConfig) -> Callable[[], list[ViewPlan]]:
+        paths = [self.files[i] for i in positions]
+        pool = decode_pool(self.workers)
+        if pool is None:
+            return lambda: plan_views_many(paths, seeds, cfg)
+        per = max(1, -(-len(paths) // (2 * self.workers)))
+        futures = [pool.submit(plan_views_many, paths[i:i + per], seeds[i:i + per], cfg)
+                   for i in range(0, len(paths), per)]
+        return lambda: [plan for f in futures for plan in f.result()]
+
+    def _add_pending(self, key: Any, result: Callable[[], Any], count: int) -> None:
         self._pending[key] = (result, count)
         self.peak_pending_images = max(self.peak_pending_images,
                                        sum(n for _, n in self._pending.values()))
@@ -351,11 +446,17 @@ class FolderImages:
 
     def prefetch_views(self, key: Any, indices: Tensor, seeds: list[list[int]],
                        cfg: AugmentConfig) -> None:
-        """Start decoding the views of a batch (:meth:`views` with the same ``key``); a
-        GPU decode is not read ahead (it runs when the batch is read)."""
-        if self._on_gpu or key in self._pending or len(self._pending) >= self.depth:
+        """Start decoding the views of a batch (:meth:`views` with the same ``key``). With a
+        GPU decode the workers draw the views from the files' headers and a thread reads the
+        files (into pinned memory); the decode runs when the batch is read."""
+        if key in self._pending or len(self._pending) >= self.depth:
             return
         positions = self._positions(indices)
+        if self._on_gpu:  # views drawn by the workers, files read by the reader thread
+            plans = self._submit_plans(positions, seeds, cfg)
+            read = _reader().submit(read_files, [self.files[i] for i in positions])
+            self._add_pending(key, lambda: (read.result(), plans()), len(positions))
+            return
         self._add_pending(key, self._submit_views(positions, seeds, cfg), len(positions))
 
     def views(self, key: Any, indices: Tensor, seeds: list[list[int]],
@@ -364,10 +465,12 @@ class FolderImages:
         random resized crop + flip from ``seeds[i][k]`` (:func:`decode_views`), each file
         decoded once for all its views (``gpu_decode`` on CUDA: one batched nvJPEG decode,
         :func:`decode_views_on`)."""
+        hit = self._pending.pop(key, None)
         if self._on_gpu:
             paths = [self.files[i] for i in self._positions(indices)]
-            return decode_views_on(paths, seeds, cfg, self.decode.crop, self.device)
-        hit = self._pending.pop(key, None)
+            encoded, plans = hit[0]() if hit is not None else (None, None)
+            return decode_views_on(paths, seeds, cfg, self.decode.crop, self.device, encoded,
+                                   plans)
         result = hit[0] if hit is not None else self._submit_views(
             self._positions(indices), seeds, cfg)
         return torch.from_numpy(result()).to(self.device)

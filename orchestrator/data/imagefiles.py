@@ -48,6 +48,49 @@ def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     return int(size * width / height), size
 
 
+# Start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic).
+_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
+                  0xCF))
+
+
+def jpeg_frame(data: memoryview) -> tuple[int, int, int] | None:
+    """(components, height, width) of a JPEG's frame (components 1 grey, 3 YCbCr, 4 CMYK or
+    YCCK) from its start-of-frame header; None when ``data`` is no JPEG, ends before that
+    header or leaves the height to a later marker. Reads a few header bytes: a file can be
+    routed and its crops drawn without decoding it."""
+    if bytes(data[:2]) != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if marker in _SOF:
+            if i + 10 > n:
+                return None
+            height = (data[i + 5] << 8) | data[i + 6]
+            width = (data[i + 7] << 8) | data[i + 8]
+            return (int(data[i + 9]), height, width) if height and width else None
+        if marker == 0xDA:  # a scan before any frame header
+            return None
+        i += 2 + ((data[i + 2] << 8) | data[i + 3])
+    return None
+
+
+def read_file(path: str) -> np.ndarray:
+    """A file's bytes as a uint8 array (named in the error when it cannot be read)."""
+    try:
+        return np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
+
+
 def decode_rgb(path: str, shorter: int | None = None) -> np.ndarray:
     """The file as an ``H x W x 3`` uint8 RGB array (``shorter``: see :func:`open_rgb`)."""
     try:

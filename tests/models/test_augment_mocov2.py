@@ -17,6 +17,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 from torchvision import tv_tensors
 
+import models.augment as augment_module
 from models.augment import (
     AUGMENT_PRESETS,
     AugmentConfig,
@@ -35,6 +36,7 @@ from models.augment import (
     geometric,
     photometric,
     random_geometric,
+    resized_crops,
     rgb_to_grayscale,
     sample_crop,
     sample_photometric,
@@ -347,3 +349,79 @@ def test_cpu_hue_at_the_edges_of_its_range() -> None:
         order = torch.tensor([[3, 0, 1, 2]]).expand(len(x), 4)
         got = colour_jitter(x, factors, order, active=(False, False, False, True))
         assert (got - adjust_hue(x, factors[:, 3])).abs().max() <= 1e-5, f
+
+
+@pytest.mark.parametrize("group_pixels", [2**25, 3000])
+def test_batched_resized_crops_equal_one_resize_per_view(group_pixels: int,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """The batched product path: images of several sizes (padded in size groups; a small
+    pixel budget forces one group per image), two views of some images, flips, crops that
+    shrink and crops that enlarge, against one float ``crop_resize_flip`` per view (the
+    path a GPU takes), rounded: within one grey level, and equal but for values that fall
+    on a half (an enlarging crop's 1/4 - 3/4 weights on integers), which float sums in
+    another order may round either way: about 0.2 % of the pixels here."""
+    monkeypatch.setattr(augment_module, "_CROP_GROUP_PIXELS", group_pixels)
+    g = torch.Generator().manual_seed(4)
+    shapes = [(37, 50), (50, 37), (37, 50), (64, 64), (21, 30)]
+    images = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+              for h, w in shapes]
+    owners, boxes, flips = [], [], []
+    for i, (h, w) in enumerate(shapes):
+        for k in range(1 + i % 2):
+            owners.append(i)
+            boxes.append(sample_crop(h, w, (0.05, 1.0), (3 / 4, 4 / 3), g))
+            flips.append(bool((i + k) % 2))
+    boxes[0] = (0, 0, shapes[0][0], shapes[0][1])  # the whole image
+    size = 24
+    got = resized_crops(images, owners, boxes, flips, size)
+    assert got.shape == (len(boxes), 3, size, size) and got.dtype == torch.uint8
+    diffs = []
+    for v, (owner, box, flip) in enumerate(zip(owners, boxes, flips, strict=True)):
+        want = crop_resize_flip(images[owner].float(), box, size, flip)
+        want = want.round().clamp(0, 255).to(torch.uint8)
+        diffs.append((got[v].int() - want.int()).abs())
+    every = torch.cat([d.flatten() for d in diffs])
+    assert int(every.max()) <= 1
+    assert float((every > 0).float().mean()) < 1e-2
+
+
+def test_batched_resized_crops_ignore_the_tf32_setting() -> None:
+    """The products run in float64, so a trial's TF32 setting changes nothing, and no
+    global setting is switched (the GPU path cuts crops in a thread beside the training)."""
+    image = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8)
+    want = resized_crops([image], [0], [(3, 2, 30, 33)], [False], 16)
+    torch.set_float32_matmul_precision("medium")
+    try:
+        got = resized_crops([image], [0], [(3, 2, 30, 33)], [False], 16)
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert torch.equal(got, want)
+    one = crop_resize_flip(image.float(), (3, 2, 30, 33), 16, False).round().to(torch.uint8)
+    assert int((got[0].int() - one.int()).abs().max()) <= 1
+
+
+def test_photometric_draws_stay_on_the_generators_device() -> None:
+    """The coins and the op order come back on the CPU (the batched path indexes by them
+    without a device sync); factors and sigmas on the batch's device."""
+    p = sample_photometric(8, 32, MOCO, torch.Generator().manual_seed(0), torch.device("cpu"))
+    for t in (p.jitter_on, p.gray_on, p.blur_on, p.order):
+        assert t.device.type == "cpu"
+    again = sample_photometric(8, 32, MOCO, torch.Generator().manual_seed(0),
+                               torch.device("cpu"))
+    assert torch.equal(p.factors, again.factors) and torch.equal(p.order, again.order)
+
+
+def test_padded_places_every_image_at_the_top_left() -> None:
+    """Images of interleaved shapes (stacked per shape) land at the top left of their own
+    slot, zeros around them."""
+    g = torch.Generator().manual_seed(5)
+    shapes = [(3, 4), (5, 2), (3, 4), (5, 2), (1, 1)]
+    images = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+              for h, w in shapes]
+    out = augment_module._padded(images)
+    assert out.shape == (5, 3, 5, 4) and out.dtype == torch.float64
+    for i, (h, w) in enumerate(shapes):
+        assert torch.equal(out[i, :, :h, :w], images[i].double())
+        assert float(out[i].sum()) == float(images[i].double().sum())

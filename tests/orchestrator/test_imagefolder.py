@@ -299,14 +299,70 @@ def test_data_check_lists_unreadable_files(small_dir: Path) -> None:
 
 def test_batched_decode_path_equals_the_worker_path_on_cpu(mixed_dir: Path) -> None:
     """``dataset.decode: gpu`` decodes a batch with one ``decode_jpeg(list, device=...)``
-    call; no GPU here, so the same code runs on the CPU and must equal what the decode
-    workers give at full scale (JPEG, PNG, CMYK, palette, RGBA files alike)."""
-    from orchestrator.data.folders import decode_views, decode_views_on
+    call and cuts every view with the batched resize; no GPU here, so the same code runs on
+    the CPU and must give what the decode workers give at full scale, within one grey level
+    (float32 products against the uint8 resize), for JPEG, PNG, CMYK, palette and RGBA
+    files alike; and the same whether the files were read ahead or not."""
+    from orchestrator.data.folders import (
+        decode_views,
+        decode_views_on,
+        plan_views_many,
+        read_files,
+    )
 
     files = scan(str(mixed_dir)).train_files[:10]
     seeds = [[11 * i + k for k in range(2)] for i in range(len(files))]
     cfg = AUGMENT_PRESETS["mocov2"]
     batched = decode_views_on(files, seeds, cfg, 20, "cpu")
+    ahead = decode_views_on(files, seeds, cfg, 20, "cpu", read_files(files),
+                            plan_views_many(files, seeds, cfg))
+    assert torch.equal(ahead, batched)
     for i, path in enumerate(files):
         alone = torch.from_numpy(decode_views(path, seeds[i], cfg, 20, draft=False))
-        assert torch.equal(batched[i], alone)
+        assert (batched[i].int() - alone.int()).abs().max() <= 1
+
+
+def test_jpeg_frame_reads_the_frame_header(tmp_path: Path) -> None:
+    """Grey, RGB (baseline and progressive) and CMYK JPEGs give 1, 3, 3 and 4 components and
+    their size (the GPU decode takes 1 and 3); a PNG, an empty file and a cut header give
+    None."""
+    from PIL import Image
+
+    from orchestrator.data.imagefiles import jpeg_frame, read_file
+
+    rgb = Image.new("RGB", (40, 30), (200, 30, 90))
+    cases: dict[str, tuple[Image.Image, dict[str, Any], int | None]] = {
+        "grey.jpg": (rgb.convert("L"), {}, 1), "rgb.jpg": (rgb, {}, 3),
+        "progressive.jpg": (rgb, {"progressive": True}, 3),
+        "cmyk.jpg": (rgb.convert("CMYK"), {}, 4), "rgb.png": (rgb, {}, None)}
+    for name, (image, options, want) in cases.items():
+        image.save(tmp_path / name, **options)
+        frame = jpeg_frame(memoryview(read_file(str(tmp_path / name)).data))
+        assert frame == (None if want is None else (want, 30, 40)), name
+    data = read_file(str(tmp_path / "rgb.jpg"))
+    assert jpeg_frame(memoryview(data[:0].data)) is None
+    assert jpeg_frame(memoryview(data[:30].data)) is None
+
+
+def test_gpu_decode_read_ahead_gives_the_batched_decode(mixed_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU decode's read-ahead (views drawn by the workers, files read by a thread)
+    gives what one :func:`decode_views_on` call gives, batch for batch, whatever the
+    workers; run here on the CPU with the GPU route forced."""
+    from orchestrator.data.folders import FolderImages, as_tensor, decode_views_on
+
+    monkeypatch.setattr(FolderImages, "_on_gpu", property(lambda self: True))
+    cfg = AUGMENT_PRESETS["mocov2"]
+    for workers in (0, 2):
+        bundle = _data(mixed_dir, "stream", workers=workers)
+        images: Any = bundle.training_images  # a FolderImages standing in for the tensor
+        assert isinstance(images, FolderImages)
+        stream = BatchStream(as_tensor(images), None, bundle.mean, bundle.std, cfg, seed=3,
+                             batch_size=8, num_views=2)
+        for batch in stream.epoch(1):
+            got = batch.geometric(2)
+            paths = [images.files[i] for i in batch.indices.tolist()]
+            seeds = stream.view_seeds(1, batch.step, len(paths), 2)
+            want = decode_views_on(paths, seeds, cfg, images.decode.crop, "cpu")
+            assert torch.equal(got, want)
+        assert images.peak_pending_images == 16  # two batches were read ahead
