@@ -278,7 +278,7 @@ def decode_views_on(paths: Sequence[str], seeds: Sequence[Sequence[int]], cfg: A
     :func:`models.augment.resized_crops`, a few batched products for the whole batch.
     ``encoded`` (:func:`read_files`) and ``plans`` (:func:`plan_views_many`): the files'
     bytes and views when already read and drawn ahead, elsewhere. Equals
-    :func:`decode_views` with ``draft=False`` within one grey level (the resize in float32
+    :func:`decode_views` with ``draft=False`` within one grey level (the resize in float64
     rather than uint8 arithmetic; tested on the CPU)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
