@@ -46,6 +46,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.trial_throughput import sync
+
 SIZE = 224
 
 
@@ -161,20 +163,15 @@ def ukd_stream(root: Path, workers: int, batch: int, epochs: int,
     return geo_rate, done / (time.perf_counter() - start)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _rate(fn: Any, images: int, device: torch.device, repeat: int = 3) -> float:
     """Images/s of ``fn()`` (warmed up once, best of ``repeat`` synchronised runs)."""
     fn()
-    _sync(device)
+    sync(device)
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return images / best
 
@@ -192,7 +189,7 @@ def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.
     from models.augment import AUGMENT_PRESETS, crop_resize_flip, photometric, resized_crops
     from orchestrator.data.batches import BatchStream
     from orchestrator.data.datasets import load_dataset
-    from orchestrator.data.folders import _geometry, read_files
+    from orchestrator.data.folders import plan_views_many, read_files
     from orchestrator.data.streams import generator
     from orchestrator.spec.config import DatasetConfig
 
@@ -206,21 +203,21 @@ def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.
         b.view(0)
     out: dict[str, float] = {}
     for repeat in range(repeats):
-        _sync(device)
+        sync(device)
         start, count = time.perf_counter(), 0
         for epoch in range(1, epochs + 1):
             for b in stream.epoch(repeat * epochs + epoch):
                 b.view(0)
                 count += int(b.indices.shape[0])
-        _sync(device)
+        sync(device)
         out[f"whole_{repeat}"] = count / (time.perf_counter() - start)
 
     files = sorted(str(f) for f in (root / "train").rglob("*.jpg"))[:batch]
     n = len(files)
     datas = read_files(files)
     decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
-    drawn = [_geometry(im.shape[-2], im.shape[-1], cfg, i) for i, im in enumerate(decoded)]
-    boxes, flips = [d[0] for d in drawn], [d[1] for d in drawn]
+    plans = plan_views_many(files, [[i] for i in range(n)], cfg)
+    boxes, flips = [p.boxes[0] for p in plans], [p.flips[0] for p in plans]
     crops = resized_crops(decoded, list(range(n)), boxes, flips, SIZE)
     gen = generator(0, "view", 0, 0, 0)
     out["decode"] = _rate(lambda: decode_jpeg(datas, mode=ImageReadMode.RGB, device=device),

@@ -333,7 +333,7 @@ def adjust_hue(x: Tensor, factor: Tensor) -> Tensor:
         return x
     y = x if x.is_floating_point() else x.float() / 255
     h6, chroma, v = _hue_sextant(y)
-    offsets = _constant(tuple(_RGB_OFFSETS), x.device, y.dtype)
+    offsets = _constant(_RGB_OFFSETS, x.device, y.dtype)
     shift = (factor.to(y.dtype).view(-1, 1) * 6 + offsets).view(-1, 3, 1, 1)
     k = (h6.unsqueeze(1) + shift).remainder_(6)
     w = torch.minimum(k, 4 - k).clamp_(0, 1)
@@ -688,9 +688,10 @@ def _jitter_(x: Tensor, factors: Tensor, order: Tensor,
     """:func:`colour_jitter` in place on a float batch. The samples are gathered once in
     the order of their op sequences, so at every step the samples applying one op form
     contiguous runs, each done in place on a slice; scattered back once."""
-    codes = (order.cpu() * torch.tensor(_ORDER_CODE)).sum(1)
+    order = order.cpu()
+    codes = (order * torch.tensor(_ORDER_CODE)).sum(1)
     _, perm = codes.sort(stable=True)
-    order_sorted = order.cpu()[perm]
+    order_sorted = order[perm]
     perm = to_device(perm, x.device)
     y = x[perm]
     f = factors[perm]

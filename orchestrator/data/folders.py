@@ -208,6 +208,11 @@ def decode_views(path: str, seeds: Sequence[int], cfg: AugmentConfig, size: int,
     return out
 
 
+# Bytes read for a file's JPEG frame header: it comes after the metadata segments (EXIF,
+# ICC), rarely beyond a few kilobytes.
+_HEADER_BYTES = 1 << 16
+
+
 @dataclass(frozen=True)
 class ViewPlan:
     """A file's views drawn before it is decoded (:func:`plan_views`): whether the batched
@@ -222,7 +227,10 @@ def plan_views(path: str, seeds: Sequence[int], cfg: AugmentConfig) -> ViewPlan:
     """Each view's crop + flip of one file, drawn from its seed on the full image's size as
     :func:`decode_views` draws them; the size from the JPEG frame header
     (:func:`jpeg_frame`), else from Pillow's header read (which names an unreadable file)."""
-    frame = jpeg_frame(memoryview(read_file(path).data))
+    head = read_file(path, _HEADER_BYTES)  # the reader thread reads the whole file
+    frame = jpeg_frame(memoryview(head.data))
+    if frame is None and len(head) == _HEADER_BYTES:  # a frame header behind large metadata
+        frame = jpeg_frame(memoryview(read_file(path).data))
     if frame is not None and frame[0] in (1, 3):
         batched, (height, width) = True, frame[1:]
     else:
@@ -293,8 +301,8 @@ def decode_views_on(paths: Sequence[str], seeds: Sequence[Sequence[int]], cfg: A
             array = np.ascontiguousarray(decode_rgb(paths[i]).transpose(2, 0, 1))
             images[i] = to_device(torch.from_numpy(array), device)
     if jpegs:
-        datas = list(encoded) if encoded is not None else read_files([paths[i] for i in jpegs])
-        batch = [datas[i] for i in jpegs] if encoded is not None else datas
+        batch = [encoded[i] for i in jpegs] if encoded is not None else \
+            read_files([paths[i] for i in jpegs])
         _IN_FLIGHT.append(batch)
         try:
             decoded = decode_jpeg(batch, mode=ImageReadMode.RGB, device=device)

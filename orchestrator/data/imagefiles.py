@@ -83,10 +83,11 @@ def jpeg_frame(data: memoryview) -> tuple[int, int, int] | None:
     return None
 
 
-def read_file(path: str) -> np.ndarray:
-    """A file's bytes as a uint8 array (named in the error when it cannot be read)."""
+def read_file(path: str, count: int = -1) -> np.ndarray:
+    """A file's bytes (its first ``count`` when given) as a uint8 array (named in the error
+    when it cannot be read)."""
     try:
-        return np.fromfile(path, dtype=np.uint8)
+        return np.fromfile(path, dtype=np.uint8, count=count)
     except OSError as exc:
         raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
 

@@ -366,3 +366,20 @@ def test_gpu_decode_read_ahead_gives_the_batched_decode(mixed_dir: Path,
             want = decode_views_on(paths, seeds, cfg, images.decode.crop, "cpu")
             assert torch.equal(got, want)
         assert images.peak_pending_images == 16  # two batches were read ahead
+
+
+def test_plan_views_finds_a_frame_header_behind_large_metadata(tmp_path: Path) -> None:
+    """A JPEG whose frame header sits behind more metadata than the header read (a 100 KB
+    ICC profile) is still routed to the batched decode, its crops drawn on its real size."""
+    from PIL import Image
+
+    from orchestrator.data.folders import _HEADER_BYTES, _geometry, plan_views
+
+    path = tmp_path / "icc.jpg"
+    Image.new("RGB", (50, 40), (10, 200, 30)).save(path, icc_profile=b"\0" * 100_000)
+    assert path.stat().st_size > _HEADER_BYTES
+    cfg = AUGMENT_PRESETS["mocov2"]
+    plan = plan_views(str(path), [5, 6], cfg)
+    assert plan.batched
+    assert list(zip(plan.boxes, plan.flips, strict=True)) == [_geometry(40, 50, cfg, s)
+                                                              for s in (5, 6)]
