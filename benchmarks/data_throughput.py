@@ -22,6 +22,12 @@ ImageNet's ~110 KB), in an ImageFolder layout of 4 classes, written once to ``--
     ahead by a thread, batched nvJPEG decode, batched crops, batched photometric half,
     normalised) through the real BatchStream, and each stage alone on one batch; the JSON's
     ``gpu_decode_mocov2_img_s`` (the issue's target on one H200: 10 k images/s).
+(d) on any machine, (c)'s device-side work counted in ops: the aten ops that compute (each a
+    kernel launch on a GPU, near enough; views and scalar reads left out) of one batch's
+    crops (models.augment.resized_crops) and photometric half (the batched path a GPU runs),
+    per ``--gpu-batch``. A GPU view is host-bound (a launch costs microseconds of host time;
+    9 us on average under the profiler on the H200, torch 2.11), so
+    this count is the part of (c)'s cost that a CPU-only machine can measure.
 
 Per core = images/s divided by the processes that do the work: the loader workers for (a);
 for (b) the decode workers, the photometric half being the device's. Without a GPU the
@@ -231,6 +237,49 @@ def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.
     return out
 
 
+def device_ops(root: Path, batch: int) -> dict[str, int]:
+    """(d): ops of one batch's crops (the generated files, decoded here) and batched
+    photometric half, counted by a dispatch mode."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from models.augment import (
+        AUGMENT_PRESETS,
+        _photometric_batched_,
+        resized_crops,
+        sample_photometric,
+    )
+    from orchestrator.data.folders import plan_views_many, read_files
+
+    free = {"view", "select", "slice", "unbind", "expand", "unsqueeze", "squeeze", "t",
+            "transpose", "permute", "detach", "alias", "_unsafe_view", "as_strided",
+            "_local_scalar_dense", "lift_fresh", "empty"}
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
+                               kwargs: Any = None) -> Any:
+            self.count += func.overloadpacket.__name__ not in free
+            return func(*args, **(kwargs or {}))
+
+    cfg = AUGMENT_PRESETS["mocov2"]
+    files = sorted(str(f) for f in (root / "train").rglob("*.jpg"))
+    files = (files * -(-batch // len(files)))[:batch]
+    decoded = decode_jpeg(read_files(files), mode=ImageReadMode.RGB)
+    plans = plan_views_many(files, [[i] for i in range(batch)], cfg)
+    with Count() as crops:
+        views = resized_crops(decoded, list(range(batch)), [p.boxes[0] for p in plans],
+                              [p.flips[0] for p in plans], SIZE)
+    x = views.float().div_(255)
+    params = sample_photometric(batch, SIZE, cfg, torch.Generator().manual_seed(0), x.device)
+    with Count() as photo:
+        _photometric_batched_(x, params)
+    return {"crops": crops.count, "photometric": photo.count}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=256)
@@ -289,6 +338,11 @@ def main() -> None:
                 k: round(v, 1) for k, v in gpu.items() if not k.startswith("whole_")}
         out["gpu_decode_mocov2_img_s_by_batch"] = rates
         out["gpu_decode_mocov2_img_s"] = rates[str(args.gpu_batch[-1])]
+    counts = {str(b): device_ops(root, b) for b in args.gpu_batch}
+    print("(d) (c)'s device-side ops per batch (kernel launches on a GPU): " + "; ".join(
+        f"batch {b}: crops {c['crops']}, photometric {c['photometric']}"
+        for b, c in counts.items()))
+    out["gpu_path_ops_per_batch"] = counts
     # ukd's whole pipeline (decode, crop and photometric) per CPU core of this machine.
     out.update(ukd_img_s_per_core=round(full, 1), ratio=round(full / a_core, 2))
     print(json.dumps(out))

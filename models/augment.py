@@ -492,49 +492,62 @@ def resized_crops(images: Sequence[Tensor], owners: Sequence[int], boxes: Sequen
     by_image: list[list[int]] = [[] for _ in images]
     for v, owner in enumerate(owners):
         by_image[owner].append(v)
-    for group in _crop_groups([(int(im.shape[-2]), int(im.shape[-1])) for im in images]):
-        members = [v for i in group for v in by_image[i]]
+    groups = _crop_groups([(int(im.shape[-2]), int(im.shape[-1])) for im in images])
+    ordered = [[v for i in group for v in by_image[i]] for group in groups]
+    # Every view's parameters in one transfer, grouped: top, left, height, width, flip, view.
+    table = to_device(torch.tensor([(*boxes[v], int(flips[v]), v)
+                                    for members in ordered for v in members],
+                                   dtype=torch.int64).view(-1, 6), device)
+    first = 0
+    for group, members in zip(groups, ordered, strict=True):
         if not members:
             continue
+        rows = table[first:first + len(members)]
+        first += len(members)
         padded = _padded([images[i] for i in group])
+        height, width = padded.shape[1], padded.shape[3]
+        # The rows' and the columns' weights in one call: the views' y segments, then x.
+        weights = _aa_weights(rows[:, 0:2].t().reshape(-1), rows[:, 2:4].t().reshape(-1),
+                              size, max(height, width),
+                              torch.cat([torch.zeros_like(rows[:, 4]), rows[:, 4]]).bool())
+        wy, wx = weights[:len(members), :, :height], weights[len(members):, :, :width]
         slot = {i: j for j, i in enumerate(group)}
         row_list = [slot[owners[v]] for v in members]
-        # The group's view parameters in one transfer: top, left, height, width, flip, view.
-        table = to_device(torch.tensor([(*boxes[v], int(flips[v]), v) for v in members],
-                                       dtype=torch.int64), device)
-        height, width = padded.shape[-2:]
-        flipped = table[:, 4].bool()
-        wy = _aa_weights(table[:, 0], table[:, 2], size, height, torch.zeros_like(flipped))
-        wx = _aa_weights(table[:, 1], table[:, 3], size, width, flipped)
         # One view per image (the usual case) needs no gather of the padded images.
         x = padded if row_list == list(range(len(group))) else \
             padded[to_device(torch.tensor(row_list), device)]
-        y = torch.matmul(torch.matmul(wy.unsqueeze(1), x), wx.transpose(1, 2).unsqueeze(1))
-        out.index_copy_(0, table[:, 5], y.round_().clamp_(0, 255).to(torch.uint8))
+        m = len(members)
+        # Rows first: (size x H) @ (H x C W), then columns: (size C x W) @ (W x size); two
+        # plain batched products (no weights broadcast over the channels, so no copies).
+        y = torch.bmm(wy, x.view(m, height, channels * width))
+        y = torch.bmm(y.view(m, size * channels, width), wx.transpose(1, 2))
+        y = y.view(m, size, channels, size).permute(0, 2, 1, 3)
+        out.index_copy_(0, rows[:, 5], y.round_().clamp_(0, 255).to(torch.uint8))
     return out
 
 
 def _padded(images: Sequence[Tensor]) -> Tensor:
-    """``n x C x H x W`` float64 of CHW images, each at the top left, zeros around it (H, W
-    the largest). Images of one shape are stacked in one copy (ImageNet's are mostly a few
-    shapes), so the launches grow with the shapes, not the images."""
+    """``n x H x C x W`` float64 of CHW images (each row's channels side by side: the
+    layout :func:`resized_crops`' row product reads as one matrix), each image at the top
+    left, zeros around it (H, W the largest). Images of one shape are stacked in one copy
+    (ImageNet's are mostly a few shapes), so the launches grow with the shapes, not the
+    images."""
     shapes: dict[tuple[int, ...], list[int]] = {}
     for i, image in enumerate(images):
         shapes.setdefault(tuple(image.shape), []).append(i)
-    if len(shapes) == 1:
-        return torch.stack(list(images)).double()
     channels = images[0].shape[0]
     height = max(int(im.shape[-2]) for im in images)
     width = max(int(im.shape[-1]) for im in images)
-    out = torch.zeros((len(images), channels, height, width), dtype=torch.float64,
-                      device=images[0].device)
+    make = torch.empty if len(shapes) == 1 else torch.zeros
+    out = make((len(images), height, channels, width), dtype=torch.float64,
+               device=images[0].device)
     order = 0
     for (_, h, w), members in shapes.items():
-        block = torch.stack([images[i] for i in members])
+        block = torch.stack([images[i] for i in members]).permute(0, 2, 1, 3)
         if members == list(range(order, order + len(members))):
-            out[order:order + len(members), :, :h, :w] = block
+            out[order:order + len(members), :h, :, :w] = block
         else:
-            out[to_device(torch.tensor(members), out.device), :, :h, :w] = block.double()
+            out[to_device(torch.tensor(members), out.device), :h, :, :w] = block.double()
         order += len(members)
     return out
 
@@ -658,54 +671,44 @@ def colour_jitter(x: Tensor, factors: Tensor, order: Tensor,
 # full-batch pass or fresh allocation (page faults) shows.
 
 
-def _brightness_(x: Tensor, f: Tensor) -> None:
-    x.mul_(_per_sample(f)).clamp_(0, 1)
-
-
-def _contrast_(x: Tensor, f: Tensor) -> None:
-    # The grayscale's mean is the luma-weighted mean of the channel means (linear): one pass.
-    luma = _constant(_LUMA, x.device, x.dtype)
-    mean = (x.mean(dim=(2, 3)) * luma).sum(1) if x.shape[1] == 3 else x.mean(dim=(1, 2, 3))
-    x.lerp_(_per_sample(mean), _per_sample(1 - f)).clamp_(0, 1)  # f x + (1 - f) mean
-
-
-def _saturation_(x: Tensor, f: Tensor) -> None:
-    if x.shape[1] == 3:
-        x.lerp_(_luma(x), _per_sample(1 - f)).clamp_(0, 1)  # f x + (1 - f) gray
-
-
-def _hue_(x: Tensor, f: Tensor) -> None:
-    x.copy_(adjust_hue(x, f))
-
-
-_JITTER_OPS_ = (_brightness_, _contrast_, _saturation_, _hue_)
-# Base-4 digits of a sample's op order: samples sorted by it share their first k ops in runs.
-_ORDER_CODE = (64, 16, 4, 1)
+# ColorJitter's ops as columns of the order: the three blends, then the hue.
+_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
 
 
 def _jitter_(x: Tensor, factors: Tensor, order: Tensor,
              active: tuple[bool, bool, bool, bool]) -> None:
-    """:func:`colour_jitter` in place on a float batch. The samples are gathered once in
-    the order of their op sequences, so at every step the samples applying one op form
-    contiguous runs, each done in place on a slice; scattered back once."""
+    """:func:`colour_jitter` in place on a float batch, with as many kernel launches for
+    any batch and any mix of op orders. Brightness, contrast and saturation are one formula,
+    torchvision's blend ``f x + (1 - f) other`` with ``other`` zero, the grayscale's mean or
+    the grayscale: so step k blends every sample at once, with ``other`` and ``1 - f``
+    chosen per sample by its k-th op (a sample whose k-th op is the hue blends with weight
+    0, which leaves it as it is), and the hue shifts the samples whose k-th op it is, one
+    gather for them all. (Grouping the samples by op sequence instead costs dozens of runs
+    per step, each several launches: on a GPU, where launches cost more than these
+    memory-bound passes, that was most of the photometric half's time.)"""
     order = order.cpu()
-    codes = (order * torch.tensor(_ORDER_CODE)).sum(1)
-    _, perm = codes.sort(stable=True)
-    order_sorted = order[perm]
-    perm = to_device(perm, x.device)
-    y = x[perm]
-    f = factors[perm]
-    weights = torch.tensor(_ORDER_CODE)
+    blend = (order != _HUE) & torch.tensor([active[op] for op in range(4)])[order]
+    if x.shape[1] != 3:  # torchvision leaves a 1-channel image's saturation as it is
+        blend &= order != _SATURATION
+    # Per sample and step: the blend's weight 1 - f (0: no blend), and which ``other``.
+    picks = torch.stack([blend, order == _CONTRAST, order == _SATURATION]).to(x.dtype)
+    picks = to_device(picks, x.device)
+    f = factors.to(x.dtype).gather(1, to_device(order, x.device))
+    weight = picks[0] * (1 - f)
+    luma = _constant(_LUMA, x.device, x.dtype).view(1, -1, 1, 1)
+    hue_steps = (order == _HUE) if active[_HUE] and x.shape[1] == 3 else None
     for step in range(4):
-        prefix = (order_sorted[:, : step + 1] * weights[: step + 1]).sum(1)
-        _, counts = prefix.unique_consecutive(return_counts=True)
-        start = 0
-        for count in counts.tolist():
-            op = int(order_sorted[start, step])
-            if active[op]:
-                _JITTER_OPS_[op](y[start:start + count], f[start:start + count, op])
-            start += count
-    x[perm] = y
+        if bool(blend[:, step].any()):
+            gray = (x * luma).sum(1, keepdim=True) if x.shape[1] == 3 else x.mean(1, True)
+            mean = gray.mean(dim=(2, 3), keepdim=True)
+            other = torch.addcmul(mean * _per_sample(picks[1, :, step]), gray,
+                                  _per_sample(picks[2, :, step]))
+            x.lerp_(other, _per_sample(weight[:, step])).clamp_(0, 1)
+        if hue_steps is not None:
+            idx = hue_steps[:, step].nonzero().squeeze(1)
+            if idx.numel():
+                sub = to_device(idx, x.device)
+                x[sub] = adjust_hue(x[sub], factors[sub, _HUE])
 
 
 def _where_on(x: Tensor, on: Tensor, fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:

@@ -24,7 +24,7 @@ from torch import Tensor
 from losses import NeighbourBatches
 from models.augment import AugmentConfig, augment, geometric, normalise, photometric
 from orchestrator.data.sampling import neighbour_batches, random_batches
-from orchestrator.data.streams import PURPOSES, derive_seed, generator
+from orchestrator.data.streams import PURPOSES, derive_seeds, generator
 
 ROTATED = -1  # the rotated batch's key among a batch's views (and its generator's part)
 
@@ -223,8 +223,10 @@ class BatchStream:
     def view_seeds(self, epoch: int, step: int, size: int, views: int) -> list[list[int]]:
         """Seed of view k of the i-th image of a step: (seed, epoch, step, k, i) of the data
         stream, whoever reads the image."""
-        base = (self.seed, PURPOSES["view"], epoch, step)
-        return [[derive_seed(*base, k, i) for k in range(views)] for i in range(size)]
+        per_view = [derive_seeds(self.seed, PURPOSES["view"], epoch, step, k, last=size)
+                    for k in range(views)]
+        return [list(seeds) for seeds in zip(*per_view, strict=True)] if views else \
+            [[] for _ in range(size)]
 
     def geometric_views(self, indices: Tensor, epoch: int, step: int, views: int) -> Tensor:
         """``B x V x C x S x S`` uint8: per image and view, :func:`models.augment.geometric`

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 _MASK = (1 << 64) - 1
@@ -34,6 +35,27 @@ def derive_seed(seed: int, *parts: int) -> int:
     for part in parts:
         x = _splitmix(x ^ (part & _MASK))
     return x & ((1 << 63) - 1)
+
+
+def _splitmix_array(x: np.ndarray) -> np.ndarray:
+    """:func:`_splitmix` of every element of a uint64 array (numpy's uint64 arithmetic wraps
+    modulo 2^64, as the masks do)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    out: np.ndarray = x ^ (x >> np.uint64(31))
+    return out
+
+
+def derive_seeds(seed: int, *parts: int, last: int) -> list[int]:
+    """``[derive_seed(seed, *parts, i) for i in range(last)]``, the common chain mixed once
+    and the last step for all ``i`` at once (a batch's view seeds: thousands per step)."""
+    x = _splitmix(seed & _MASK)
+    for part in parts:
+        x = _splitmix(x ^ (part & _MASK))
+    out = _splitmix_array(np.uint64(x) ^ np.arange(last, dtype=np.uint64))
+    seeds: list[int] = (out & np.uint64((1 << 63) - 1)).tolist()
+    return seeds
 
 
 def generator(seed: int, purpose: str, *parts: int,

@@ -15,6 +15,7 @@ import torch
 import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision import tv_tensors
 
 import models.augment as augment_module
@@ -320,6 +321,37 @@ def test_cpu_photometric_equals_batched_formulas(h: int, w: int, kernel: int) ->
         assert (got[i] - want[0]).abs().max() <= 1e-5, i
 
 
+class _OpCount(TorchDispatchMode):
+    """Counts the aten ops that compute (a GPU's kernel launches, near enough)."""
+
+    _FREE = frozenset({"view", "select", "slice", "unbind", "expand", "unsqueeze", "squeeze",
+                       "t", "transpose", "permute", "detach", "alias", "_unsafe_view",
+                       "as_strided", "_local_scalar_dense", "lift_fresh", "empty"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.count += func.overloadpacket.__name__ not in self._FREE
+        return func(*args, **(kwargs or {}))
+
+
+def test_batched_photometric_ops_do_not_grow_with_the_batch() -> None:
+    """The device path's ops per batch are fixed (each jitter step one blend for every
+    sample and one hue shift for its samples), whatever the batch's size and mix of op
+    orders: on a GPU each op is a kernel launch, and launches were most of its time."""
+    counts = []
+    for n in (48, 480):
+        x = torch.rand(n, 3, 24, 24)
+        p = sample_photometric(n, 24, MOCO, torch.Generator().manual_seed(n), x.device)
+        assert all(bool((p.order[p.jitter_on] == op).any(0).all()) for op in range(4))
+        with _OpCount() as ops:
+            _photometric_batched_(x, p)
+        counts.append(ops.count)
+    assert counts[0] == counts[1] < 250, counts
+
+
 def test_cpu_photometric_does_not_depend_on_the_batch() -> None:
     """Each image's result is its own: a batch equals its samples one at a time, bit for bit,
     and the uint8 batch (converted image by image) equals the float one."""
@@ -415,13 +447,13 @@ def test_photometric_draws_stay_on_the_generators_device() -> None:
 
 def test_padded_places_every_image_at_the_top_left() -> None:
     """Images of interleaved shapes (stacked per shape) land at the top left of their own
-    slot, zeros around them."""
+    slot, zeros around them, each row's channels side by side."""
     g = torch.Generator().manual_seed(5)
     shapes = [(3, 4), (5, 2), (3, 4), (5, 2), (1, 1)]
     images = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
               for h, w in shapes]
     out = augment_module._padded(images)
-    assert out.shape == (5, 3, 5, 4) and out.dtype == torch.float64
+    assert out.shape == (5, 5, 3, 4) and out.dtype == torch.float64  # n x H x C x W
     for i, (h, w) in enumerate(shapes):
-        assert torch.equal(out[i, :, :h, :w], images[i].double())
+        assert torch.equal(out[i, :h, :, :w], images[i].permute(1, 0, 2).double())
         assert float(out[i].sum()) == float(images[i].double().sum())

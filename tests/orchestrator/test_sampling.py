@@ -128,3 +128,15 @@ def test_images_per_epoch_line_for_the_dry_run(tmp_path: Path) -> None:
     assert "1 x N images" in images_per_epoch(earlier)
     assert images_per_epoch(plain, 1437) == (
         "plain batches of 128: an epoch shows N images (N = 1,437: 11 steps, 1,408 images)")
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**63 + 11, -3])
+def test_derive_seeds_equals_the_chain_seed_by_seed(seed: int) -> None:
+    """The batch form of the view seeds (the common chain once, the last mix vectorised)
+    equals the scalar chain for every index, in 63 bits: streams do not change."""
+    from orchestrator.data.streams import derive_seed, derive_seeds
+
+    for parts in ((2, 0, 0, 0), (2, 3, 41, 1), (2, 2**40, 7, 5)):
+        got = derive_seeds(seed, *parts, last=700)
+        assert got == [derive_seed(seed, *parts, i) for i in range(700)]
+        assert all(type(s) is int and 0 <= s < 2**63 for s in got)
