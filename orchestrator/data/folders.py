@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures as cf
+import io
 import multiprocessing
 import os
 import re
@@ -48,6 +49,7 @@ from orchestrator.data.imagefiles import (
     list_images,
     read_file,
 )
+from orchestrator.data.sharedbatch import SharedBatch, rows_into
 from orchestrator.errors import UserInputError
 
 LAYOUT = "allowed: a folder holding train/<class>/<image> and val/<class>/<image>"
@@ -139,9 +141,10 @@ def decode_pool(workers: int) -> cf.ProcessPoolExecutor | None:
     """One pool of ``workers`` decode processes per process (None: decode here).
 
     Forked: a spawned child re-runs the parent's main script (``ukd`` is an unguarded
-    console script) and imports torch, seconds per worker. The children run only Pillow and
-    numpy code (:mod:`orchestrator.data.imagefiles`), never torch or CUDA, so the parent's threads
-    do not matter to them."""
+    console script) and imports torch, seconds per worker. The children run CPU code only
+    (Pillow, numpy and torch's CPU ops on one thread, :func:`_worker_init`; never CUDA), so
+    the parent's threads do not matter to them. They write their results into the parent's
+    batch (:mod:`orchestrator.data.sharedbatch`)."""
     if workers <= 0:
         return None
     if workers not in _POOLS:
@@ -177,6 +180,22 @@ def _geometry(height: int, width: int, cfg: AugmentConfig, seed: int) -> tuple[B
     return box, flip
 
 
+def _image_size(path: str, data: np.ndarray) -> tuple[int, int]:
+    """(height, width) from a JPEG's frame header, else from Pillow's header read (which
+    names an unreadable file)."""
+    frame = jpeg_frame(memoryview(data.data))
+    if frame is not None:
+        return frame[1], frame[2]
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as probe:
+            width, height = probe.size
+    except Exception as exc:
+        raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
+    return height, width
+
+
 def decode_views(path: str, seeds: Sequence[int], cfg: AugmentConfig, size: int,
                  draft: bool = True) -> np.ndarray:
     """One file decoded once into ``len(seeds)`` views (``V x 3 x size x size`` uint8): each
@@ -184,18 +203,14 @@ def decode_views(path: str, seeds: Sequence[int], cfg: AugmentConfig, size: int,
     (torchvision's rule); a JPEG is decoded at the smallest DCT scale that keeps every crop
     at least ``size`` pixels on each side, the boxes scaled to it (at scale 1 -- every crop of
     a small image -- this is exactly ``random_geometric`` of the decoded image)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as probe:
-            width, height = probe.size
-    except Exception as exc:
-        raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
+    data = read_file(path)  # read once: the frame header, then the decode
+    height, width = _image_size(path, data)
     drawn = [_geometry(height, width, cfg, s) for s in seeds]
     smallest = min(min(box[2], box[3]) for box, _ in drawn)
     factor = max(1, smallest // size) if draft else 1
     shorter = None if factor == 1 else -(-min(width, height) // factor)
-    image = torch.from_numpy(np.ascontiguousarray(decode_rgb(path, shorter).transpose(2, 0, 1)))
+    # Channels last, as decoded: the uint8 resize works in that layout (no planar copy).
+    image = torch.from_numpy(decode_rgb(path, shorter, data)).permute(2, 0, 1)
     sy, sx = image.shape[1] / height, image.shape[2] / width
     out = np.empty((len(seeds), 3, size, size), dtype=np.uint8)
     for k, ((top, left, h, w), flip) in enumerate(drawn):
@@ -234,14 +249,9 @@ def plan_views(path: str, seeds: Sequence[int], cfg: AugmentConfig) -> ViewPlan:
     if frame is not None and frame[0] in (1, 3):
         batched, (height, width) = True, frame[1:]
     else:
-        from PIL import Image
-
-        try:
-            with Image.open(path) as probe:
-                width, height = probe.size
-        except Exception as exc:
-            raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
         batched = False
+        whole = head if len(head) < _HEADER_BYTES else read_file(path)
+        height, width = _image_size(path, whole)
     drawn = [_geometry(height, width, cfg, seed) for seed in seeds]
     return ViewPlan(batched, tuple(d[0] for d in drawn), tuple(d[1] for d in drawn))
 
@@ -399,29 +409,51 @@ class FolderImages:
             return key.detach().to("cpu", torch.int64).numpy().reshape(-1)
         return np.asarray(key, dtype=np.int64).reshape(-1)
 
-    def _run(self, job: Callable[..., np.ndarray], items: list[Any], *args: Any
-             ) -> Callable[[], np.ndarray]:
-        """``job(items, *args)`` split over the workers (~2 chunks each), results in order;
-        in this process (when read) without workers."""
+    def _run(self, job: Callable[..., np.ndarray], items: list[Any], row: tuple[int, ...],
+             *args: Any) -> Callable[[], np.ndarray]:
+        """``job(items, *args)`` (an array of one ``row`` per item) split over the workers
+        (~2 chunks each), which write their chunks into one shared batch
+        (:mod:`orchestrator.data.sharedbatch`), in order; in this process (when read)
+        without workers."""
         columns = [list(c) for c in zip(*items, strict=True)] if items else []
         pool = decode_pool(self.workers)
+        shape = (len(items), *row)
         if pool is None or not items:
-            return lambda: job(*columns, *args) if items else \
-                np.empty((0, 3, self.decode.crop, self.decode.crop), np.uint8)
+            return lambda: job(*columns, *args) if items else np.empty(shape, np.uint8)
         per = max(1, -(-len(items) // (2 * self.workers)))
-        futures = [pool.submit(job, *(c[i:i + per] for c in columns), *args)
-                   for i in range(0, len(items), per)]
-        return lambda: np.concatenate([f.result() for f in futures])
+        starts = range(0, len(items), per)
+        batch = SharedBatch.create(shape)
+        if batch is None:  # no shared memory here: the chunks come back through the pipe
+            futures = [pool.submit(job, *(c[i:i + per] for c in columns), *args)
+                       for i in starts]
+            return lambda: np.concatenate([f.result() for f in futures])
+        shared = [(i, pool.submit(rows_into, batch.path, i, batch.row_bytes, job,
+                                  *(c[i:i + per] for c in columns), *args)) for i in starts]
+
+        def result() -> np.ndarray:
+            try:
+                for i, future in shared:
+                    rows = future.result()
+                    if rows is not None:  # the worker could not open the shared batch
+                        batch.fill(i, rows)
+                return batch.array()
+            finally:
+                batch.close()
+
+        return result
 
     def _submit(self, positions: np.ndarray) -> Callable[[], np.ndarray]:
         d = self.decode
         return self._run(decode_fit_many, [(self.files[i],) for i in positions],
-                         d.resize, d.crop, d.resample, d.draft)
+                         (3, d.crop, d.crop), d.resize, d.crop, d.resample, d.draft)
 
     def _submit_views(self, positions: np.ndarray, seeds: list[list[int]],
                       cfg: AugmentConfig) -> Callable[[], np.ndarray]:
         items = [(self.files[i], s) for i, s in zip(positions, seeds, strict=True)]
-        return self._run(decode_views_many, items, cfg, self.decode.crop, self.decode.draft)
+        views = len(seeds[0]) if seeds else 0
+        row = (views, 3, self.decode.crop, self.decode.crop)
+        return self._run(decode_views_many, items, row, cfg, self.decode.crop,
+                         self.decode.draft)
 
     def _submit_plans(self, positions: np.ndarray, seeds: list[list[int]],
                       cfg: AugmentConfig) -> Callable[[], list[ViewPlan]]:

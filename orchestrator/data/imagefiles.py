@@ -13,6 +13,7 @@ RGBA alike), ``Resize(size)`` scales the shorter side to ``size`` (the longer on
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,32 +93,38 @@ def read_file(path: str, count: int = -1) -> np.ndarray:
         raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
 
 
-def decode_rgb(path: str, shorter: int | None = None) -> np.ndarray:
-    """The file as an ``H x W x 3`` uint8 RGB array (``shorter``: see :func:`open_rgb`)."""
+def decode_rgb(path: str, shorter: int | None = None, data: np.ndarray | None = None
+               ) -> np.ndarray:
+    """The file as an ``H x W x 3`` uint8 RGB array (``shorter``: see :func:`open_rgb`;
+    ``data``: the file's bytes when already read). An RGB or grey JPEG with no reduced scale
+    to gain is decoded from its bytes by ``torchvision.io.decode_jpeg`` (its frame header
+    read by :func:`jpeg_frame`, not by Pillow), the rest by Pillow."""
+    if data is None:
+        data = read_file(path)
+    frame = jpeg_frame(memoryview(data.data))
+    if frame is not None and frame[0] in (1, 3) and (
+            shorter is None or min(frame[1:]) < 2 * shorter):  # no reduced scale to gain
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            image = decode_jpeg(torch.from_numpy(data), mode=ImageReadMode.RGB)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise UnreadableImageError(str(path), f"{type(exc).__name__}: {first}") from None
+        out: np.ndarray = image.permute(1, 2, 0).numpy()
+        return out
+    return np.array(open_rgb(path, shorter, data), dtype=np.uint8)  # writable, for torch
+
+
+def open_rgb(path: str, shorter: int | None = None, data: np.ndarray | None = None
+             ) -> Image.Image:
+    """The decoded RGB image (from ``data``, the file's bytes, when given). ``shorter``: the
+    size its shorter side will be resized to; a JPEG is then decoded at the smallest DCT
+    scale (1, 1/2, 1/4, 1/8) that keeps the image at least that large (libjpeg's scaled
+    decode, PIL's ``draft``): far fewer pixels to decode and to resize."""
     try:
-        with Image.open(path) as img:
-            fast = img.format == "JPEG" and img.mode in ("RGB", "L") and (
-                shorter is None or min(img.size) < 2 * shorter)  # no reduced scale to gain
-        if fast:
-            import torch
-            from torchvision.io import ImageReadMode, decode_jpeg
-
-            data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
-            out: np.ndarray = decode_jpeg(data, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
-            return out
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise UnreadableImageError(str(path), f"{type(exc).__name__}: {first}") from None
-    return np.asarray(open_rgb(path, shorter), dtype=np.uint8)
-
-
-def open_rgb(path: str, shorter: int | None = None) -> Image.Image:
-    """The decoded RGB image. ``shorter``: the size its shorter side will be resized to; a
-    JPEG is then decoded at the smallest DCT scale (1, 1/2, 1/4, 1/8) that keeps the image at
-    least that large (libjpeg's scaled decode, PIL's ``draft``): far fewer pixels to decode
-    and to resize."""
-    try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data.tobytes()) if data is not None else path) as img:
             if shorter is not None and img.format == "JPEG":
                 img.draft("RGB", resized_size(*img.size, shorter))
             return img.convert("RGB")
