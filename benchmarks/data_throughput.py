@@ -183,13 +183,15 @@ def _rate(fn: Any, images: int, device: torch.device, repeat: int = 3) -> float:
 
 
 def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.device,
-               repeats: int = 3) -> dict[str, float]:
+               repeats: int = 3, profile: bool = False) -> dict[str, float]:
     """``dataset.decode: gpu``: ukd's whole ``mocov2`` view on CUDA -- the files read ahead
     by a thread, one batched nvJPEG decode, every crop + flip by the batched resize
     (models.augment.resized_crops), the photometric half batched, normalised -- through
     the real BatchStream (images/s over ``epochs`` epochs after one warm-up epoch,
     ``repeats`` times: ``whole_0``, ``whole_1``, ...), and its stages alone on one batch:
-    decode, crops (and the per-view resize they replace), photometric."""
+    decode, crops (and the per-view resize they replace), photometric. ``profile``: one
+    more epoch of the whole view under torch's profiler, its top ops printed (host time
+    first: the view is host-bound)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     from models.augment import AUGMENT_PRESETS, crop_resize_flip, photometric, resized_crops
@@ -217,6 +219,23 @@ def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.
                 count += int(b.indices.shape[0])
         sync(device)
         out[f"whole_{repeat}"] = count / (time.perf_counter() - start)
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
+
+        activities = [ProfilerActivity.CPU] + (
+            [ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profiler(activities=activities) as prof:
+            for b in stream.epoch(repeats * epochs + 1):
+                b.view(0)
+            sync(device)
+        table = prof.key_averages()
+        print(f"profile of one epoch of the whole view (batch {batch}):")
+        print(table.table(sort_by="self_cpu_time_total", row_limit=20,
+                          max_name_column_width=48))
+        if device.type == "cuda":
+            print(table.table(sort_by="self_cuda_time_total", row_limit=12,
+                              max_name_column_width=48))
 
     files = sorted(str(f) for f in (root / "train").rglob("*.jpg"))[:batch]
     n = len(files)
@@ -240,9 +259,9 @@ def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.
 def device_ops(root: Path, batch: int) -> dict[str, int]:
     """(d): ops of one batch's crops (the generated files, decoded here) and batched
     photometric half, counted by a dispatch mode."""
-    from torch.utils._python_dispatch import TorchDispatchMode
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    from common.opcount import OpCount
     from models.augment import (
         AUGMENT_PRESETS,
         _photometric_batched_,
@@ -251,31 +270,17 @@ def device_ops(root: Path, batch: int) -> dict[str, int]:
     )
     from orchestrator.data.folders import plan_views_many, read_files
 
-    free = {"view", "select", "slice", "unbind", "expand", "unsqueeze", "squeeze", "t",
-            "transpose", "permute", "detach", "alias", "_unsafe_view", "as_strided",
-            "_local_scalar_dense", "lift_fresh", "empty"}
-
-    class Count(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.count = 0
-
-        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
-                               kwargs: Any = None) -> Any:
-            self.count += func.overloadpacket.__name__ not in free
-            return func(*args, **(kwargs or {}))
-
     cfg = AUGMENT_PRESETS["mocov2"]
     files = sorted(str(f) for f in (root / "train").rglob("*.jpg"))
     files = (files * -(-batch // len(files)))[:batch]
     decoded = decode_jpeg(read_files(files), mode=ImageReadMode.RGB)
     plans = plan_views_many(files, [[i] for i in range(batch)], cfg)
-    with Count() as crops:
+    with OpCount() as crops:
         views = resized_crops(decoded, list(range(batch)), [p.boxes[0] for p in plans],
                               [p.flips[0] for p in plans], SIZE)
     x = views.float().div_(255)
     params = sample_photometric(batch, SIZE, cfg, torch.Generator().manual_seed(0), x.device)
-    with Count() as photo:
+    with OpCount() as photo:
         _photometric_batched_(x, params)
     return {"crops": crops.count, "photometric": photo.count}
 
@@ -291,6 +296,9 @@ def main() -> None:
                              "is the last (experiments/imagenet.yaml's step: 4 devices x 256)")
     parser.add_argument("--gpu-path-on-cpu", action="store_true",
                         help="run (c)'s code on the CPU too (a smoke test, not a figure)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one epoch of (c)'s whole view at the last --gpu-batch "
+                             "(torch's profiler: where its host time goes)")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/ukd-data-throughput"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -327,7 +335,8 @@ def main() -> None:
     if device.type == "cuda" or args.gpu_path_on_cpu:
         rates: dict[str, float] = {}
         for gpu_batch in args.gpu_batch:
-            gpu = gpu_decode(root, gpu_batch, args.epochs, args.workers, device)
+            gpu = gpu_decode(root, gpu_batch, args.epochs, args.workers, device,
+                             profile=args.profile and gpu_batch == args.gpu_batch[-1])
             whole = sorted(v for k, v in gpu.items() if k.startswith("whole_"))
             print(f"(c) ukd decode: gpu, whole mocov2 view on {device} (batch {gpu_batch}): "
                   + " / ".join(f"{w:.0f}" for w in whole) + " img/s; alone: nvJPEG decode "

@@ -15,10 +15,10 @@ import torch
 import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision import tv_tensors
 
 import models.augment as augment_module
+from common.opcount import OpCount
 from models.augment import (
     AUGMENT_PRESETS,
     AugmentConfig,
@@ -321,22 +321,6 @@ def test_cpu_photometric_equals_batched_formulas(h: int, w: int, kernel: int) ->
         assert (got[i] - want[0]).abs().max() <= 1e-5, i
 
 
-class _OpCount(TorchDispatchMode):
-    """Counts the aten ops that compute (a GPU's kernel launches, near enough)."""
-
-    _FREE = frozenset({"view", "select", "slice", "unbind", "expand", "unsqueeze", "squeeze",
-                       "t", "transpose", "permute", "detach", "alias", "_unsafe_view",
-                       "as_strided", "_local_scalar_dense", "lift_fresh", "empty"})
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        self.count += func.overloadpacket.__name__ not in self._FREE
-        return func(*args, **(kwargs or {}))
-
-
 def test_batched_photometric_ops_do_not_grow_with_the_batch() -> None:
     """The device path's ops per batch are fixed (each jitter step one blend for every
     sample and one hue shift for its samples), whatever the batch's size and mix of op
@@ -346,7 +330,7 @@ def test_batched_photometric_ops_do_not_grow_with_the_batch() -> None:
         x = torch.rand(n, 3, 24, 24)
         p = sample_photometric(n, 24, MOCO, torch.Generator().manual_seed(n), x.device)
         assert all(bool((p.order[p.jitter_on] == op).any(0).all()) for op in range(4))
-        with _OpCount() as ops:
+        with OpCount() as ops:
             _photometric_batched_(x, p)
         counts.append(ops.count)
     assert counts[0] == counts[1] < 250, counts
