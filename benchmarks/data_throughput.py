@@ -21,7 +21,9 @@ ImageNet's ~110 KB), in an ImageFolder layout of 4 classes, written once to ``--
 (c) on CUDA, ukd's ``dataset.decode: gpu``: the whole ``mocov2`` view on the GPU (files read
     ahead by a thread, batched nvJPEG decode, batched crops, batched photometric half,
     normalised) through the real BatchStream, and each stage alone on one batch; the JSON's
-    ``gpu_decode_mocov2_img_s`` (the issue's target on one H200: 10 k images/s).
+    ``gpu_decode_mocov2_img_s`` (the issue's target on one H200: 10 k images/s). And the
+    other route on the same GPU, ``decode: cpu``: the ``--workers`` decode and crop, the GPU
+    runs the photometric half (``cpu_decode_gpu_mocov2_img_s``, at the last batch).
 (d) on any machine, (c)'s device-side work counted in ops: the aten ops that compute (each a
     kernel launch on a GPU, near enough; views and scalar reads left out) of one batch's
     crops (models.augment.resized_crops) and photometric half (the batched path a GPU runs),
@@ -182,34 +184,27 @@ def _rate(fn: Any, images: int, device: torch.device, repeat: int = 3) -> float:
     return images / best
 
 
-def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.device,
-               repeats: int = 3, profile: bool = False) -> dict[str, float]:
-    """``dataset.decode: gpu``: ukd's whole ``mocov2`` view on CUDA -- the files read ahead
-    by a thread, one batched nvJPEG decode, every crop + flip by the batched resize
-    (models.augment.resized_crops), the photometric half batched, normalised -- through
-    the real BatchStream (images/s over ``epochs`` epochs after one warm-up epoch,
-    ``repeats`` times: ``whole_0``, ``whole_1``, ...), and its stages alone on one batch:
-    decode, crops (and the per-view resize they replace), photometric. ``profile``: one
-    more epoch of the whole view under torch's profiler, its top ops printed (host time
-    first: the view is host-bound)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    from models.augment import AUGMENT_PRESETS, crop_resize_flip, photometric, resized_crops
+def whole_view(root: Path, batch: int, epochs: int, workers: int, device: torch.device,
+               decode: str, repeats: int = 3, profile: bool = False) -> list[float]:
+    """Images/s of ukd's whole ``mocov2`` view on ``device`` through the real BatchStream
+    with ``dataset.decode: decode`` -- ``gpu``: files read ahead by a thread, one batched
+    nvJPEG decode, the batched crops; ``cpu``: ``workers`` processes decode and crop --, the
+    photometric half batched on the device, normalised: over ``epochs`` epochs after one
+    warm-up epoch, ``repeats`` times. ``profile``: one more epoch under torch's profiler,
+    its top ops printed (host time first: the view is host-bound)."""
+    from models.augment import AUGMENT_PRESETS
     from orchestrator.data.batches import BatchStream
     from orchestrator.data.datasets import load_dataset
-    from orchestrator.data.folders import plan_views_many, read_files
-    from orchestrator.data.streams import generator
     from orchestrator.spec.config import DatasetConfig
 
     bundle = load_dataset(DatasetConfig(name="imagefolder", root=str(root), image_size=SIZE,
                                         storage="stream", workers=workers, prefetch=2,
-                                        decode="gpu"))
-    cfg = AUGMENT_PRESETS["mocov2"]
-    stream = BatchStream(bundle.training_images.to(device), None, bundle.mean, bundle.std, cfg,
-                         seed=0, batch_size=batch, num_views=1)
+                                        decode=decode))
+    stream = BatchStream(bundle.training_images.to(device), None, bundle.mean, bundle.std,
+                         AUGMENT_PRESETS["mocov2"], seed=0, batch_size=batch, num_views=1)
     for b in stream.epoch(0):  # warm-up: nvJPEG's buffers, cuDNN's blur, the page cache
         b.view(0)
-    out: dict[str, float] = {}
+    rates = []
     for repeat in range(repeats):
         sync(device)
         start, count = time.perf_counter(), 0
@@ -218,7 +213,7 @@ def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.
                 b.view(0)
                 count += int(b.indices.shape[0])
         sync(device)
-        out[f"whole_{repeat}"] = count / (time.perf_counter() - start)
+        rates.append(count / (time.perf_counter() - start))
     if profile:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as profiler
@@ -230,13 +225,29 @@ def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.
                 b.view(0)
             sync(device)
         table = prof.key_averages()
-        print(f"profile of one epoch of the whole view (batch {batch}):")
+        print(f"profile of one epoch of the whole view (decode: {decode}, batch {batch}):")
         print(table.table(sort_by="self_cpu_time_total", row_limit=20,
                           max_name_column_width=48))
         if device.type == "cuda":
             print(table.table(sort_by="self_cuda_time_total", row_limit=12,
                               max_name_column_width=48))
+    return rates
 
+
+def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.device,
+               repeats: int = 3, profile: bool = False) -> dict[str, float]:
+    """``dataset.decode: gpu``'s whole view (:func:`whole_view`: ``whole_0``, ``whole_1``,
+    ...) and its stages alone on one batch: decode, crops (and the per-view resize they
+    replace), photometric."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from models.augment import AUGMENT_PRESETS, crop_resize_flip, photometric, resized_crops
+    from orchestrator.data.folders import plan_views_many, read_files
+    from orchestrator.data.streams import generator
+
+    cfg = AUGMENT_PRESETS["mocov2"]
+    rates = whole_view(root, batch, epochs, workers, device, "gpu", repeats, profile)
+    out = {f"whole_{i}": rate for i, rate in enumerate(rates)}
     files = sorted(str(f) for f in (root / "train").rglob("*.jpg"))[:batch]
     n = len(files)
     datas = read_files(files)
@@ -347,6 +358,14 @@ def main() -> None:
                 k: round(v, 1) for k, v in gpu.items() if not k.startswith("whole_")}
         out["gpu_decode_mocov2_img_s_by_batch"] = rates
         out["gpu_decode_mocov2_img_s"] = rates[str(args.gpu_batch[-1])]
+        # The other route on the same GPU: the workers decode and crop, the GPU does the
+        # photometric half (decode: cpu); the faster one is the machine's figure.
+        last = args.gpu_batch[-1]
+        cpu_route = sorted(whole_view(root, last, args.epochs, args.workers, device, "cpu"))
+        print(f"(c) ukd decode: cpu ({args.workers} workers), photometric half on {device}, "
+              f"whole mocov2 view (batch {last}): "
+              + " / ".join(f"{w:.0f}" for w in cpu_route) + " img/s")
+        out["cpu_decode_gpu_mocov2_img_s"] = round(cpu_route[len(cpu_route) // 2], 1)
     counts = {str(b): device_ops(root, b) for b in args.gpu_batch}
     print("(d) (c)'s device-side ops per batch (kernel launches on a GPU): " + "; ".join(
         f"batch {b}: crops {c['crops']}, photometric {c['photometric']}"
