@@ -677,15 +677,15 @@ _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
 
 def _jitter_(x: Tensor, factors: Tensor, order: Tensor,
              active: tuple[bool, bool, bool, bool]) -> None:
-    """:func:`colour_jitter` in place on a float batch, with as many kernel launches for
-    any batch and any mix of op orders. Brightness, contrast and saturation are one formula,
+    """:func:`colour_jitter` in place on a float batch, with the same kernel launches whatever the
+    batch's size and mix of op orders. Brightness, contrast and saturation are one formula,
     torchvision's blend ``f x + (1 - f) other`` with ``other`` zero, the grayscale's mean or
-    the grayscale: so step k blends every sample at once, with ``other`` and ``1 - f``
-    chosen per sample by its k-th op (a sample whose k-th op is the hue blends with weight
-    0, which leaves it as it is), and the hue shifts the samples whose k-th op it is, one
-    gather for them all. (Grouping the samples by op sequence instead costs dozens of runs
-    per step, each several launches: on a GPU, where launches cost more than these
-    memory-bound passes, that was most of the photometric half's time.)"""
+    the grayscale: so step k blends every sample at once, with ``other`` and ``1 - f`` chosen
+    per sample by its k-th op (a sample whose k-th op is the hue blends with weight 0, which
+    leaves it as it is), and the hue shifts the samples whose k-th op it is, one gather for
+    them all. (Grouping the samples by op sequence instead costs dozens of runs per step, each
+    several launches: on a GPU, where launches cost more than these memory-bound passes, that
+    was most of the photometric half's time.)"""
     order = order.cpu()
     blend = (order != _HUE) & torch.tensor([active[op] for op in range(4)])[order]
     if x.shape[1] != 3:  # torchvision leaves a 1-channel image's saturation as it is
