@@ -131,22 +131,46 @@ def official(root: Path, workers: int, batch: int, epochs: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def _mocov2_stream(root: Path, workers: int, batch: int, device: torch.device, decode: str,
+                   prefetch: int) -> Any:
+    """The real BatchStream over the folder streamed (``dataset.decode: decode``), one
+    ``mocov2`` view per image."""
+    from models.augment import AUGMENT_PRESETS
+    from orchestrator.data.batches import BatchStream
+    from orchestrator.data.datasets import load_dataset
+    from orchestrator.spec.config import DatasetConfig
+
+    bundle = load_dataset(DatasetConfig(name="imagefolder", root=str(root), image_size=SIZE,
+                                        storage="stream", workers=workers, prefetch=prefetch,
+                                        decode=decode))
+    return BatchStream(bundle.training_images.to(device), None, bundle.mean, bundle.std,
+                       AUGMENT_PRESETS["mocov2"], seed=0, batch_size=batch, num_views=1)
+
+
+def _one_view_each(files: list[str], device: torch.device | str = "cpu"
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[Any], list[bool]]:
+    """The files' bytes, their batched decode on ``device`` and one ``mocov2`` view's crop
+    box and flip each, as the GPU-decode path draws them."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from models.augment import AUGMENT_PRESETS
+    from orchestrator.data.folders import plan_views_many, read_files
+
+    datas = read_files(files)
+    decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+    plans = plan_views_many(files, [[i] for i in range(len(files))], AUGMENT_PRESETS["mocov2"])
+    return datas, decoded, [p.boxes[0] for p in plans], [p.flips[0] for p in plans]
+
+
 def ukd_stream(root: Path, workers: int, batch: int, epochs: int,
                device: torch.device) -> tuple[float, float]:
     """(images/s of the decode + crop stream, images/s of the photometric half on
     ``device``), with the real BatchStream and FolderImages."""
     from models.augment import AUGMENT_PRESETS, photometric
-    from orchestrator.data.datasets import load_dataset
     from orchestrator.data.streams import generator
-    from orchestrator.spec.config import DatasetConfig
-
-    bundle = load_dataset(DatasetConfig(name="imagefolder", root=str(root), image_size=SIZE,
-                                        storage="stream", workers=workers, prefetch=4))
-    from orchestrator.data.batches import BatchStream
 
     cfg = AUGMENT_PRESETS["mocov2"]
-    stream = BatchStream(bundle.training_images.to(device), None, bundle.mean, bundle.std, cfg,
-                         seed=0, batch_size=batch, num_views=1)
+    stream = _mocov2_stream(root, workers, batch, device, decode="cpu", prefetch=4)
     for b in stream.epoch(0):  # warm up (workers forked, page cache)
         b.geometric(1)
     crops = []
@@ -192,16 +216,7 @@ def whole_view(root: Path, batch: int, epochs: int, workers: int, device: torch.
     photometric half batched on the device, normalised: over ``epochs`` epochs after one
     warm-up epoch, ``repeats`` times. ``profile``: one more epoch under torch's profiler,
     its top ops printed (host time first: the view is host-bound)."""
-    from models.augment import AUGMENT_PRESETS
-    from orchestrator.data.batches import BatchStream
-    from orchestrator.data.datasets import load_dataset
-    from orchestrator.spec.config import DatasetConfig
-
-    bundle = load_dataset(DatasetConfig(name="imagefolder", root=str(root), image_size=SIZE,
-                                        storage="stream", workers=workers, prefetch=2,
-                                        decode=decode))
-    stream = BatchStream(bundle.training_images.to(device), None, bundle.mean, bundle.std,
-                         AUGMENT_PRESETS["mocov2"], seed=0, batch_size=batch, num_views=1)
+    stream = _mocov2_stream(root, workers, batch, device, decode, prefetch=2)
     for b in stream.epoch(0):  # warm-up: nvJPEG's buffers, cuDNN's blur, the page cache
         b.view(0)
     rates = []
@@ -242,7 +257,6 @@ def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.
     from torchvision.io import ImageReadMode, decode_jpeg
 
     from models.augment import AUGMENT_PRESETS, crop_resize_flip, photometric, resized_crops
-    from orchestrator.data.folders import plan_views_many, read_files
     from orchestrator.data.streams import generator
 
     cfg = AUGMENT_PRESETS["mocov2"]
@@ -250,10 +264,7 @@ def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.
     out = {f"whole_{i}": rate for i, rate in enumerate(rates)}
     files = sorted(str(f) for f in (root / "train").rglob("*.jpg"))[:batch]
     n = len(files)
-    datas = read_files(files)
-    decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
-    plans = plan_views_many(files, [[i] for i in range(n)], cfg)
-    boxes, flips = [p.boxes[0] for p in plans], [p.flips[0] for p in plans]
+    datas, decoded, boxes, flips = _one_view_each(files, device)
     crops = resized_crops(decoded, list(range(n)), boxes, flips, SIZE)
     gen = generator(0, "view", 0, 0, 0)
     out["decode"] = _rate(lambda: decode_jpeg(datas, mode=ImageReadMode.RGB, device=device),
@@ -270,8 +281,6 @@ def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.
 def device_ops(root: Path, batch: int) -> dict[str, int]:
     """(d): ops of one batch's crops (the generated files, decoded here) and batched
     photometric half, counted by a dispatch mode."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     from common.opcount import OpCount
     from models.augment import (
         AUGMENT_PRESETS,
@@ -279,16 +288,12 @@ def device_ops(root: Path, batch: int) -> dict[str, int]:
         resized_crops,
         sample_photometric,
     )
-    from orchestrator.data.folders import plan_views_many, read_files
 
     cfg = AUGMENT_PRESETS["mocov2"]
     files = sorted(str(f) for f in (root / "train").rglob("*.jpg"))
-    files = (files * -(-batch // len(files)))[:batch]
-    decoded = decode_jpeg(read_files(files), mode=ImageReadMode.RGB)
-    plans = plan_views_many(files, [[i] for i in range(batch)], cfg)
+    _, decoded, boxes, flips = _one_view_each((files * -(-batch // len(files)))[:batch])
     with OpCount() as crops:
-        views = resized_crops(decoded, list(range(batch)), [p.boxes[0] for p in plans],
-                              [p.flips[0] for p in plans], SIZE)
+        views = resized_crops(decoded, list(range(batch)), boxes, flips, SIZE)
     x = views.float().div_(255)
     params = sample_photometric(batch, SIZE, cfg, torch.Generator().manual_seed(0), x.device)
     with OpCount() as photo:

@@ -180,12 +180,13 @@ def _geometry(height: int, width: int, cfg: AugmentConfig, seed: int) -> tuple[B
     return box, flip
 
 
-def _image_size(path: str, data: np.ndarray) -> tuple[int, int]:
-    """(height, width) from a JPEG's frame header, else from Pillow's header read (which
-    names an unreadable file)."""
+def _header(path: str, data: np.ndarray) -> tuple[int | None, int, int]:
+    """(components, height, width) of a file from its bytes: a JPEG's from its frame header
+    (:func:`jpeg_frame`), else (None, height, width) from Pillow's header read (which names
+    an unreadable file)."""
     frame = jpeg_frame(memoryview(data.data))
     if frame is not None:
-        return frame[1], frame[2]
+        return frame
     from PIL import Image
 
     try:
@@ -193,7 +194,7 @@ def _image_size(path: str, data: np.ndarray) -> tuple[int, int]:
             width, height = probe.size
     except Exception as exc:
         raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
-    return height, width
+    return None, height, width
 
 
 def decode_views(path: str, seeds: Sequence[int], cfg: AugmentConfig, size: int,
@@ -204,7 +205,7 @@ def decode_views(path: str, seeds: Sequence[int], cfg: AugmentConfig, size: int,
     at least ``size`` pixels on each side, the boxes scaled to it (at scale 1 -- every crop of
     a small image -- this is exactly ``random_geometric`` of the decoded image)."""
     data = read_file(path)  # read once: the frame header, then the decode
-    height, width = _image_size(path, data)
+    _, height, width = _header(path, data)
     drawn = [_geometry(height, width, cfg, s) for s in seeds]
     smallest = min(min(box[2], box[3]) for box, _ in drawn)
     factor = max(1, smallest // size) if draft else 1
@@ -242,18 +243,14 @@ def plan_views(path: str, seeds: Sequence[int], cfg: AugmentConfig) -> ViewPlan:
     """Each view's crop + flip of one file, drawn from its seed on the full image's size as
     :func:`decode_views` draws them; the size from the JPEG frame header
     (:func:`jpeg_frame`), else from Pillow's header read (which names an unreadable file)."""
-    head = read_file(path, _HEADER_BYTES)  # the reader thread reads the whole file
-    frame = jpeg_frame(memoryview(head.data))
-    if frame is None and len(head) == _HEADER_BYTES:  # a frame header behind large metadata
-        frame = jpeg_frame(memoryview(read_file(path).data))
-    if frame is not None and frame[0] in (1, 3):
-        batched, (height, width) = True, frame[1:]
-    else:
-        batched = False
-        whole = head if len(head) < _HEADER_BYTES else read_file(path)
-        height, width = _image_size(path, whole)
+    data = read_file(path, _HEADER_BYTES)  # the reader thread reads the whole file
+    frame = jpeg_frame(memoryview(data.data))
+    if frame is None and len(data) == _HEADER_BYTES:  # a header behind metadata, or no JPEG
+        data = read_file(path)
+    components, height, width = frame if frame is not None else _header(path, data)
     drawn = [_geometry(height, width, cfg, seed) for seed in seeds]
-    return ViewPlan(batched, tuple(d[0] for d in drawn), tuple(d[1] for d in drawn))
+    return ViewPlan(components in (1, 3), tuple(d[0] for d in drawn),
+                    tuple(d[1] for d in drawn))
 
 
 def plan_views_many(paths: Sequence[str], seeds: Sequence[Sequence[int]], cfg: AugmentConfig
@@ -322,8 +319,7 @@ def decode_views_on(paths: Sequence[str], seeds: Sequence[Sequence[int]], cfg: A
                 try:
                     decoded.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=device))
                 except RuntimeError as exc:
-                    first = (str(exc).strip().splitlines() or [""])[0][:200]
-                    raise UnreadableImageError(paths[i], f"RuntimeError: {first}") from None
+                    raise UnreadableImageError.from_decoder(paths[i], exc) from None
         for i, image in zip(jpegs, decoded, strict=True):
             images[i] = image
     whole = [image for image in images if image is not None]
@@ -409,6 +405,11 @@ class FolderImages:
             return key.detach().to("cpu", torch.int64).numpy().reshape(-1)
         return np.asarray(key, dtype=np.int64).reshape(-1)
 
+    def _chunks(self, count: int) -> list[slice]:
+        """``count`` items in about two chunks per worker (one worker task each)."""
+        per = max(1, -(-count // (2 * self.workers)))
+        return [slice(i, i + per) for i in range(0, count, per)]
+
     def _run(self, job: Callable[..., np.ndarray], items: list[Any], row: tuple[int, ...],
              *args: Any) -> Callable[[], np.ndarray]:
         """``job(items, *args)`` (an array of one ``row`` per item) split over the workers
@@ -420,22 +421,21 @@ class FolderImages:
         shape = (len(items), *row)
         if pool is None or not items:
             return lambda: job(*columns, *args) if items else np.empty(shape, np.uint8)
-        per = max(1, -(-len(items) // (2 * self.workers)))
-        starts = range(0, len(items), per)
         batch = SharedBatch.create(shape)
         if batch is None:  # no shared memory here: the chunks come back through the pipe
-            futures = [pool.submit(job, *(c[i:i + per] for c in columns), *args)
-                       for i in starts]
+            futures = [pool.submit(job, *(c[part] for c in columns), *args)
+                       for part in self._chunks(len(items))]
             return lambda: np.concatenate([f.result() for f in futures])
-        shared = [(i, pool.submit(rows_into, batch.path, i, batch.row_bytes, job,
-                                  *(c[i:i + per] for c in columns), *args)) for i in starts]
+        shared = [(part.start, pool.submit(rows_into, batch.path, part.start, batch.row_bytes,
+                                           job, *(c[part] for c in columns), *args))
+                  for part in self._chunks(len(items))]
 
         def result() -> np.ndarray:
             try:
-                for i, future in shared:
+                for first, future in shared:
                     rows = future.result()
                     if rows is not None:  # the worker could not open the shared batch
-                        batch.fill(i, rows)
+                        batch.fill(first, rows)
                 return batch.array()
             finally:
                 batch.close()
@@ -461,9 +461,8 @@ class FolderImages:
         pool = decode_pool(self.workers)
         if pool is None:
             return lambda: plan_views_many(paths, seeds, cfg)
-        per = max(1, -(-len(paths) // (2 * self.workers)))
-        futures = [pool.submit(plan_views_many, paths[i:i + per], seeds[i:i + per], cfg)
-                   for i in range(0, len(paths), per)]
+        futures = [pool.submit(plan_views_many, paths[part], seeds[part], cfg)
+                   for part in self._chunks(len(paths))]
         return lambda: [plan for f in futures for plan in f.result()]
 
     def _add_pending(self, key: Any, result: Callable[[], Any], count: int) -> None:

@@ -37,6 +37,13 @@ class UnreadableImageError(Exception):
     def __str__(self) -> str:
         return f"cannot decode image {self.path} ({self.reason})"
 
+    @classmethod
+    def from_decoder(cls, path: str, exc: BaseException) -> UnreadableImageError:
+        """A decoder's exception as the reason: its type and first line (decoders' messages
+        can run to many lines)."""
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return cls(str(path), f"{type(exc).__name__}: {first}")
+
 
 def is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
@@ -110,8 +117,7 @@ def decode_rgb(path: str, shorter: int | None = None, data: np.ndarray | None = 
         try:
             image = decode_jpeg(torch.from_numpy(data), mode=ImageReadMode.RGB)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise UnreadableImageError(str(path), f"{type(exc).__name__}: {first}") from None
+            raise UnreadableImageError.from_decoder(path, exc) from None
         out: np.ndarray = image.permute(1, 2, 0).numpy()
         return out
     return np.array(open_rgb(path, shorter, data), dtype=np.uint8)  # writable, for torch
@@ -129,8 +135,7 @@ def open_rgb(path: str, shorter: int | None = None, data: np.ndarray | None = No
                 img.draft("RGB", resized_size(*img.size, shorter))
             return img.convert("RGB")
     except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, ValueError...)
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise UnreadableImageError(str(path), f"{type(exc).__name__}: {first}") from None
+        raise UnreadableImageError.from_decoder(path, exc) from None
 
 
 def fit(img: Image.Image, resize: int, crop: int, resample: str) -> np.ndarray:
