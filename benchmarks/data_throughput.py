@@ -21,15 +21,24 @@ ImageNet's ~110 KB), in an ImageFolder layout of 4 classes, written once to ``--
 (c) on CUDA, ukd's ``dataset.decode: gpu``: the whole ``mocov2`` view on the GPU (files read
     ahead by a thread, batched nvJPEG decode, batched crops, batched photometric half,
     normalised) through the real BatchStream, and each stage alone on one batch; the JSON's
-    ``gpu_decode_mocov2_img_s`` (the issue's target on one H200: 10 k images/s). And the
-    other route on the same GPU, ``decode: cpu``: the ``--workers`` decode and crop, the GPU
-    runs the photometric half (``cpu_decode_gpu_mocov2_img_s``, at the last batch).
+    ``gpu_decode_mocov2_img_s`` (the issue's target on one H200: 10 k images/s). Each batch
+    is decoded and cropped ahead by the finisher thread (orchestrator.data.folders
+    ``_finish``) while the batch before is used; the reference in the same run decodes each
+    batch when it is read (``..._inline_...``). And the other route on the same GPU,
+    ``decode: cpu``: the ``--workers`` decode and crop, the GPU runs the photometric half
+    (``cpu_decode_gpu_mocov2_img_s``, at the last batch; inline: the copy to the GPU made
+    when the batch is read).
 (d) on any machine, (c)'s device-side work counted in ops: the aten ops that compute (each a
     kernel launch on a GPU, near enough; views and scalar reads left out) of one batch's
     crops (models.augment.resized_crops) and photometric half (the batched path a GPU runs),
     per ``--gpu-batch``. A GPU view is host-bound (a launch costs microseconds of host time;
     9 us on average under the profiler on the H200, torch 2.11), so
     this count is the part of (c)'s cost that a CPU-only machine can measure.
+(e) (run before (d)) the GPU route with a student's step on each view (ResNet-18 forward,
+    backward and SGD, bf16 on CUDA), the same two ways: the overlap a trial gets. Without a
+    GPU, a stand-in of the mechanism: the GPU route's code on the CPU (its decode and crops
+    in the finisher thread), the step at 112 px, with and without the step
+    (``stand_in_...``).
 
 Per core = images/s divided by the processes that do the work: the loader workers for (a);
 for (b) the decode workers, the photometric half being the device's. Without a GPU the
@@ -55,6 +64,7 @@ import numpy as np
 import torch
 
 from benchmarks.trial_throughput import sync
+from orchestrator.data.folders import FolderImages
 
 SIZE = 224
 
@@ -131,10 +141,22 @@ def official(root: Path, workers: int, batch: int, epochs: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+class _GpuRouteOnCpu(FolderImages):
+    """``decode: gpu``'s code on a CPU device (the stand-in of (e)): the batched decode and
+    crops of a prefetched batch run in the finisher thread, as on CUDA."""
+
+    @property
+    def _on_gpu(self) -> bool:
+        return self.gpu_decode
+
+
 def _mocov2_stream(root: Path, workers: int, batch: int, device: torch.device, decode: str,
-                   prefetch: int) -> Any:
+                   prefetch: int, finish_ahead: bool = True, stand_in: bool = False) -> Any:
     """The real BatchStream over the folder streamed (``dataset.decode: decode``), one
-    ``mocov2`` view per image."""
+    ``mocov2`` view per image; ``finish_ahead`` False: a batch's last leg onto the device
+    (nvJPEG's decode and the crops, or the copy of the workers' batch) runs when the batch
+    is read rather than in the finisher thread (the reference); ``stand_in``: the GPU route's
+    code on a CPU device (:class:`_GpuRouteOnCpu`)."""
     from models.augment import AUGMENT_PRESETS
     from orchestrator.data.batches import BatchStream
     from orchestrator.data.datasets import load_dataset
@@ -143,7 +165,12 @@ def _mocov2_stream(root: Path, workers: int, batch: int, device: torch.device, d
     bundle = load_dataset(DatasetConfig(name="imagefolder", root=str(root), image_size=SIZE,
                                         storage="stream", workers=workers, prefetch=prefetch,
                                         decode=decode))
-    return BatchStream(bundle.training_images.to(device), None, bundle.mean, bundle.std,
+    images: Any = bundle.training_images  # a FolderImages
+    if stand_in:
+        images = _GpuRouteOnCpu(images.files, images.decode, images.workers, images.depth,
+                                gpu_decode=True)
+    images.finish_ahead = finish_ahead
+    return BatchStream(images.to(device), None, bundle.mean, bundle.std,
                        AUGMENT_PRESETS["mocov2"], seed=0, batch_size=batch, num_views=1)
 
 
@@ -195,6 +222,14 @@ def ukd_stream(root: Path, workers: int, batch: int, epochs: int,
     return geo_rate, done / (time.perf_counter() - start)
 
 
+def _median(rates: list[float]) -> float:
+    return round(sorted(rates)[len(rates) // 2], 1)
+
+
+def _runs(rates: list[float]) -> str:
+    return " / ".join(f"{r:.0f}" for r in sorted(rates))
+
+
 def _rate(fn: Any, images: int, device: torch.device, repeat: int = 3) -> float:
     """Images/s of ``fn()`` (warmed up once, best of ``repeat`` synchronised runs)."""
     fn()
@@ -209,23 +244,32 @@ def _rate(fn: Any, images: int, device: torch.device, repeat: int = 3) -> float:
 
 
 def whole_view(root: Path, batch: int, epochs: int, workers: int, device: torch.device,
-               decode: str, repeats: int = 3, profile: bool = False) -> list[float]:
+               decode: str, repeats: int = 3, profile: bool = False,
+               finish_ahead: bool = True, step: Any = None, stand_in: bool = False
+               ) -> list[float]:
     """Images/s of ukd's whole ``mocov2`` view on ``device`` through the real BatchStream
     with ``dataset.decode: decode`` -- ``gpu``: files read ahead by a thread, one batched
     nvJPEG decode, the batched crops; ``cpu``: ``workers`` processes decode and crop --, the
     photometric half batched on the device, normalised: over ``epochs`` epochs after one
     warm-up epoch, ``repeats`` times. ``profile``: one more epoch under torch's profiler,
-    its top ops printed (host time first: the view is host-bound)."""
-    stream = _mocov2_stream(root, workers, batch, device, decode, prefetch=2)
+    its top ops printed (host time first: the view is host-bound). ``finish_ahead``: as
+    :func:`_mocov2_stream`, and ``stand_in``. ``step``: called on each view (a trial's work
+    on the batch, :func:`student_step`)."""
+    stream = _mocov2_stream(root, workers, batch, device, decode, prefetch=2,
+                            finish_ahead=finish_ahead, stand_in=stand_in)
+    def use(x: torch.Tensor) -> None:
+        if step is not None:
+            step(x)
+
     for b in stream.epoch(0):  # warm-up: nvJPEG's buffers, cuDNN's blur, the page cache
-        b.view(0)
+        use(b.view(0))
     rates = []
     for repeat in range(repeats):
         sync(device)
         start, count = time.perf_counter(), 0
         for epoch in range(1, epochs + 1):
             for b in stream.epoch(repeat * epochs + epoch):
-                b.view(0)
+                use(b.view(0))
                 count += int(b.indices.shape[0])
         sync(device)
         rates.append(count / (time.perf_counter() - start))
@@ -249,11 +293,59 @@ def whole_view(root: Path, batch: int, epochs: int, workers: int, device: torch.
     return rates
 
 
+def student_step(device: torch.device, pool: int = 1) -> Any:
+    """A ResNet-18 forward, backward and SGD step on a view (channels-last, bf16 autocast on
+    CUDA), average-pooled by ``pool`` first (the CPU stand-in's step at 112 px, as long as
+    its decode): the trial's work that a batch's decode, made ahead, can overlap."""
+    from torchvision.models import resnet18
+
+    net = resnet18(num_classes=128).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+    def step(x: torch.Tensor) -> None:
+        if pool > 1:
+            x = torch.nn.functional.avg_pool2d(x, pool)
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            loss = net(x.contiguous(memory_format=torch.channels_last)).float().square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def finisher_overlap(root: Path, batch: int, epochs: int, workers: int, device: torch.device
+                     ) -> dict[str, float]:
+    """(e): ``decode: gpu``'s view with a student's step on each (:func:`student_step`), each
+    batch's decode and crops made ahead by the finisher thread and, the reference, when it
+    is read. On CUDA the real route (the view alone is (c)'s); on a CPU the stand-in
+    (:class:`_GpuRouteOnCpu`, the step at 112 px), the view alone too: the mechanism, not a
+    GPU's figure."""
+    stand_in = device.type != "cuda"
+    step = student_step(device, pool=2 if stand_in else 1)
+    uses = {"resnet18_step": step, **({"view": None} if stand_in else {})}
+    prefix = "stand_in_" if stand_in else "gpu_decode_"
+    out: dict[str, float] = {}
+    for name, use in uses.items():
+        made = {ahead: whole_view(root, batch, epochs, workers, device, "gpu",
+                                  repeats=3 if not stand_in else 2, finish_ahead=ahead,
+                                  step=use, stand_in=stand_in)
+                for ahead in (True, False)}
+        print(f"(e) decode: gpu{' (its code on this CPU)' if stand_in else ''}, "
+              f"{'a ResNet-18 step per view' if use else 'the view alone'} on {device} "
+              f"(batch {batch}): {_runs(made[True])} img/s (each batch decoded when read: "
+              f"{_runs(made[False])}, {_median(made[True]) / _median(made[False]):.2f}x)")
+        out[f"{prefix}{name}_img_s"] = _median(made[True])
+        out[f"{prefix}{name}_inline_img_s"] = _median(made[False])
+    return out
+
+
 def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.device,
                repeats: int = 3, profile: bool = False) -> dict[str, float]:
     """``dataset.decode: gpu``'s whole view (:func:`whole_view`: ``whole_0``, ``whole_1``,
-    ...) and its stages alone on one batch: decode, crops (and the per-view resize they
-    replace), photometric."""
+    ...; ``inline_0``, ...: the reference with each batch's decode and crops run when it is
+    read, not ahead by the finisher thread) and its stages alone on one batch: decode, crops
+    (and the per-view resize they replace), photometric."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     from models.augment import AUGMENT_PRESETS, crop_resize_flip, photometric, resized_crops
@@ -262,6 +354,9 @@ def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.
     cfg = AUGMENT_PRESETS["mocov2"]
     rates = whole_view(root, batch, epochs, workers, device, "gpu", repeats, profile)
     out = {f"whole_{i}": rate for i, rate in enumerate(rates)}
+    inline = whole_view(root, batch, epochs, workers, device, "gpu", repeats,
+                        finish_ahead=False)
+    out.update({f"inline_{i}": rate for i, rate in enumerate(inline)})
     files = sorted(str(f) for f in (root / "train").rglob("*.jpg"))[:batch]
     n = len(files)
     datas, decoded, boxes, flips = _one_view_each(files, device)
@@ -350,27 +445,42 @@ def main() -> None:
         out["ukd_gpu_photometric_img_s"] = round(photo, 1)
     if device.type == "cuda" or args.gpu_path_on_cpu:
         rates: dict[str, float] = {}
+        inline_rates: dict[str, float] = {}
         for gpu_batch in args.gpu_batch:
             gpu = gpu_decode(root, gpu_batch, args.epochs, args.workers, device,
                              profile=args.profile and gpu_batch == args.gpu_batch[-1])
             whole = sorted(v for k, v in gpu.items() if k.startswith("whole_"))
+            inline = sorted(v for k, v in gpu.items() if k.startswith("inline_"))
+            rates[str(gpu_batch)] = _median(whole)
+            inline_rates[str(gpu_batch)] = _median(inline)
             print(f"(c) ukd decode: gpu, whole mocov2 view on {device} (batch {gpu_batch}): "
-                  + " / ".join(f"{w:.0f}" for w in whole) + " img/s; alone: nvJPEG decode "
-                  f"{gpu['decode']:.0f}, batched crops {gpu['crops']:.0f} (one resize per "
-                  f"view: {gpu['crops_per_view']:.0f}), photometric {gpu['photometric']:.0f}")
-            rates[str(gpu_batch)] = round(whole[len(whole) // 2], 1)  # the median
+                  + _runs(whole) + " img/s (each batch decoded when read: " + _runs(inline)
+                  + f", {rates[str(gpu_batch)] / inline_rates[str(gpu_batch)]:.2f}x); alone: "
+                  f"nvJPEG decode {gpu['decode']:.0f}, batched crops {gpu['crops']:.0f} "
+                  f"(one resize per view: {gpu['crops_per_view']:.0f}), photometric "
+                  f"{gpu['photometric']:.0f}")
             out[f"gpu_stages_img_s_batch_{gpu_batch}"] = {
-                k: round(v, 1) for k, v in gpu.items() if not k.startswith("whole_")}
+                k: round(v, 1) for k, v in gpu.items()
+                if not k.startswith(("whole_", "inline_"))}
         out["gpu_decode_mocov2_img_s_by_batch"] = rates
+        out["gpu_decode_inline_mocov2_img_s_by_batch"] = inline_rates
         out["gpu_decode_mocov2_img_s"] = rates[str(args.gpu_batch[-1])]
         # The other route on the same GPU: the workers decode and crop, the GPU does the
         # photometric half (decode: cpu); the faster one is the machine's figure.
         last = args.gpu_batch[-1]
         cpu_route = sorted(whole_view(root, last, args.epochs, args.workers, device, "cpu"))
+        cpu_inline = sorted(whole_view(root, last, args.epochs, args.workers, device, "cpu",
+                                       finish_ahead=False))
         print(f"(c) ukd decode: cpu ({args.workers} workers), photometric half on {device}, "
-              f"whole mocov2 view (batch {last}): "
-              + " / ".join(f"{w:.0f}" for w in cpu_route) + " img/s")
-        out["cpu_decode_gpu_mocov2_img_s"] = round(cpu_route[len(cpu_route) // 2], 1)
+              f"whole mocov2 view (batch {last}): {_runs(cpu_route)} img/s (each batch "
+              f"copied over when read: {_runs(cpu_inline)})")
+        out["cpu_decode_gpu_mocov2_img_s"] = _median(cpu_route)
+        out["cpu_decode_gpu_inline_mocov2_img_s"] = _median(cpu_inline)
+    # (e) before (d): (d)'s large crops on this thread leave its malloc heap grown, which
+    # makes the stand-in's inline reference (its f64 crops on the CPU) about 2x faster here
+    # than in the finisher thread -- the allocator's history, not the mechanism.
+    out.update(finisher_overlap(root, args.gpu_batch[-1] if device.type == "cuda"
+                                else args.batch, args.epochs, args.workers, device))
     counts = {str(b): device_ops(root, b) for b in args.gpu_batch}
     print("(d) (c)'s device-side ops per batch (kernel launches on a GPU): " + "; ".join(
         f"batch {b}: crops {c['crops']}, photometric {c['photometric']}"

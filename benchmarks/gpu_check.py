@@ -33,6 +33,8 @@ verdict ``pass``, ``fail`` or ``n/a`` (cannot run on this device):
 - ``augment_devices`` (CUDA): the ``mocov2`` view's batched crops on the GPU equal one
   resize per view within one grey level, and its photometric half, drawn from one CPU
   generator, equals the CPU's to float rounding (2e-3);
+- ``stream_ahead`` (CUDA): a streamed folder's batches made ahead by the finisher thread on
+  a side stream (both ``dataset.decode`` routes) equal those made when read;
 - ``compile`` (not in ``--quick``: inductor's C++ compile takes minutes on a small CPU): a
   ``train.compile`` member (CUDA graphs on CUDA) steps with finite loss terms within bf16
   tolerance of the eager member.
@@ -443,6 +445,45 @@ def check_augment_devices(s: Settings, tmp: Path) -> dict[str, Any]:
             "photometric_max_abs": photo_diff}
 
 
+def check_stream_ahead(s: Settings, tmp: Path) -> dict[str, Any]:
+    """A streamed folder's batches made ahead by the finisher thread on a side stream
+    (orchestrator.data.folders ``_finish``: nvJPEG's decode and the crops for ``decode:
+    gpu``, the copy of the workers' batch for ``decode: cpu``) against the same batches made
+    when read, on the caller's stream: the crops equal, the normalised views equal to float
+    rounding (the blur's cuDNN algorithm may differ between calls)."""
+    from models.augment import AUGMENT_PRESETS
+    from orchestrator.data.folders import Decode, FolderImages, as_tensor
+
+    if s.torch_device.type != "cuda":
+        return {"verdict": NA, "why": "the finisher thread runs for CUDA devices"}
+    folder = tmp / "stream_ahead"
+    folder.mkdir(exist_ok=True)
+    files = []
+    for i in range(40):  # 5 sizes: the batched crops group images by size
+        path = folder / f"{i:03d}.jpg"
+        path.write_bytes(generated_jpeg(96 + 16 * (i % 5), i).numpy().tobytes())
+        files.append(str(path))
+    zeros, ones = torch.zeros(3), torch.ones(3)
+    out: dict[str, Any] = {}
+    ok = True
+    for route in ("gpu", "cpu"):
+        made = {}
+        for ahead in (True, False):
+            images = FolderImages(tuple(files), Decode(72, 64), depth=2,
+                                  device=s.torch_device, gpu_decode=route == "gpu",
+                                  finish_ahead=ahead)
+            stream = BatchStream(as_tensor(images), None, zeros, ones,
+                                 AUGMENT_PRESETS["mocov2"], seed=5, batch_size=16, num_views=2)
+            made[ahead] = [(b.geometric(2).cpu(), b.view(0).cpu()) for b in stream.epoch(1)]
+        pairs = list(zip(made[True], made[False], strict=True))
+        crops_equal = all(torch.equal(a[0], b[0]) for a, b in pairs)
+        view_diff = max(float((a[1] - b[1]).abs().max()) for a, b in pairs)
+        out[route] = {"batches": len(pairs), "crops_equal": crops_equal,
+                      "view_max_abs": view_diff}
+        ok = ok and crops_equal and view_diff <= 1e-5
+    return {"verdict": PASS if ok else FAIL, **out}
+
+
 def check_compile(s: Settings, tmp: Path) -> dict[str, Any]:
     if s.quick:
         return {"verdict": NA, "why": "--quick (inductor's compile takes minutes on a CPU)"}
@@ -461,6 +502,7 @@ CHECKS: dict[str, Callable[[Settings, Path], dict[str, Any]]] = {
     "non_finite": check_non_finite,
     "gpu_decode": check_gpu_decode,
     "augment_devices": check_augment_devices,
+    "stream_ahead": check_stream_ahead,
     "compile": check_compile,
 }
 

@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,46 @@ def decode_pool(workers: int) -> cf.ProcessPoolExecutor | None:
 def _reader() -> cf.ThreadPoolExecutor:
     """The thread that reads a GPU decode's files ahead (file reads release the GIL)."""
     return cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ukd-read")
+
+
+@lru_cache(maxsize=1)
+def _finisher() -> cf.ThreadPoolExecutor:
+    """The thread that finishes prefetched batches on a CUDA device (:func:`_finish`)."""
+    return cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ukd-finish")
+
+
+@cache
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)
+
+
+def _finish(device: torch.device, make: Callable[[], Tensor]
+            ) -> tuple[Tensor, torch.cuda.Event | None]:
+    """``make()`` (a batch's last leg onto ``device``: nvJPEG's decode and the crops, or the
+    workers' batch copied over) and, on CUDA, an event its work on a side stream records.
+    Run by the finisher thread: nvJPEG's batched decode blocks its caller until the batch is
+    decoded (torchvision synchronises its stream), and a host-to-device copy from pageable
+    memory blocks too; in the thread (both release the GIL) they overlap the trial's work on
+    the batch before, on the GPU as on the host."""
+    if device.type != "cuda":
+        return make(), None
+    stream = _side_stream(device)
+    with torch.cuda.stream(stream):
+        out = make()
+        done = torch.cuda.Event()
+        done.record(stream)
+    return out, done
+
+
+def _joined(out: Tensor, done: torch.cuda.Event | None) -> Tensor:
+    """A finished batch (:func:`_finish`) ready on the caller's stream: the stream waits for
+    the side stream's work, and the allocator keeps the batch's memory until the caller's
+    stream is done with it."""
+    if done is not None:
+        current = torch.cuda.current_stream(out.device)
+        current.wait_event(done)
+        out.record_stream(current)
+    return out
 
 
 # The last read buffers stay referenced: nvJPEG copies from them asynchronously on its own
@@ -375,6 +415,7 @@ class FolderImages:
     depth: int = 2
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     gpu_decode: bool = False  # decode-time views decoded on a CUDA device (decode_views_on)
+    finish_ahead: bool = True  # False: a batch's last leg runs when it is read (a reference)
     _pending: dict[bytes, Any] = field(default_factory=dict, repr=False)
     peak_pending_images: int = 0  # the most images ever decoded ahead at once (tests read it)
 
@@ -470,6 +511,22 @@ class FolderImages:
         self.peak_pending_images = max(self.peak_pending_images,
                                        sum(n for _, n in self._pending.values()))
 
+    def _to_device(self, result: Callable[[], np.ndarray]) -> Callable[[], Tensor]:
+        """The workers' batch (``result``) as a tensor on :attr:`device`; on CUDA copied
+        over by the finisher thread (:func:`_finish`) as soon as the workers are done."""
+        def copied() -> Tensor:
+            return torch.from_numpy(result()).to(self.device)
+
+        return self._ahead(copied) if self.device.type == "cuda" else copied
+
+    def _ahead(self, make: Callable[[], Tensor]) -> Callable[[], Tensor]:
+        """``make`` run now by the finisher thread (:func:`_finish`); what it made, when
+        read."""
+        if not self.finish_ahead:
+            return make
+        future = _finisher().submit(_finish, self.device, make)
+        return lambda: _joined(*future.result())
+
     def prefetch(self, indices: Tensor) -> None:
         """Start decoding ``indices`` (a later ``self[indices]`` takes the result); ignored
         when ``depth`` batches are already pending."""
@@ -477,7 +534,7 @@ class FolderImages:
         key = positions.tobytes()
         if key in self._pending or len(self._pending) >= self.depth:
             return
-        self._add_pending(key, self._submit(positions), len(positions))
+        self._add_pending(key, self._to_device(self._submit(positions)), len(positions))
 
     @property
     def _on_gpu(self) -> bool:
@@ -486,17 +543,22 @@ class FolderImages:
     def prefetch_views(self, key: Any, indices: Tensor, seeds: list[list[int]],
                        cfg: AugmentConfig) -> None:
         """Start decoding the views of a batch (:meth:`views` with the same ``key``). With a
-        GPU decode the workers draw the views from the files' headers and a thread reads the
-        files (into pinned memory); the decode runs when the batch is read."""
+        GPU decode the workers draw the views from the files' headers, a thread reads the
+        files (into pinned memory) and the finisher thread decodes and crops them
+        (:func:`_finish`) while the batches before are used."""
         if key in self._pending or len(self._pending) >= self.depth:
             return
         positions = self._positions(indices)
         if self._on_gpu:  # views drawn by the workers, files read by the reader thread
+            paths = [self.files[i] for i in positions]
             plans = self._submit_plans(positions, seeds, cfg)
-            read = _reader().submit(read_files, [self.files[i] for i in positions])
-            self._add_pending(key, lambda: (read.result(), plans()), len(positions))
+            read = _reader().submit(read_files, paths)
+            self._add_pending(key, self._ahead(lambda: decode_views_on(
+                paths, seeds, cfg, self.decode.crop, self.device, read.result(), plans())),
+                len(positions))
             return
-        self._add_pending(key, self._submit_views(positions, seeds, cfg), len(positions))
+        self._add_pending(key, self._to_device(self._submit_views(positions, seeds, cfg)),
+                          len(positions))
 
     def views(self, key: Any, indices: Tensor, seeds: list[list[int]],
               cfg: AugmentConfig) -> Tensor:
@@ -505,13 +567,13 @@ class FolderImages:
         decoded once for all its views (``gpu_decode`` on CUDA: one batched nvJPEG decode,
         :func:`decode_views_on`)."""
         hit = self._pending.pop(key, None)
+        if hit is not None:
+            out: Tensor = hit[0]()
+            return out
         if self._on_gpu:
             paths = [self.files[i] for i in self._positions(indices)]
-            encoded, plans = hit[0]() if hit is not None else (None, None)
-            return decode_views_on(paths, seeds, cfg, self.decode.crop, self.device, encoded,
-                                   plans)
-        result = hit[0] if hit is not None else self._submit_views(
-            self._positions(indices), seeds, cfg)
+            return decode_views_on(paths, seeds, cfg, self.decode.crop, self.device)
+        result = self._submit_views(self._positions(indices), seeds, cfg)
         return torch.from_numpy(result()).to(self.device)
 
     def drop_pending(self) -> None:
@@ -526,8 +588,10 @@ class FolderImages:
     def __getitem__(self, key: Any) -> Tensor:
         positions = self._positions(key)
         hit = self._pending.pop(positions.tobytes(), None)  # a prefetched batch
-        result = hit[0] if hit is not None else self._submit(positions)
-        return torch.from_numpy(result()).to(self.device)
+        if hit is not None:
+            out: Tensor = hit[0]()
+            return out
+        return torch.from_numpy(self._submit(positions)()).to(self.device)
 
 
 def as_tensor(images: FolderImages) -> Tensor:

@@ -368,6 +368,38 @@ def test_gpu_decode_read_ahead_gives_the_batched_decode(mixed_dir: Path,
         assert images.peak_pending_images == 16  # two batches were read ahead
 
 
+def test_gpu_decode_runs_ahead_in_the_finisher_thread(mixed_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-ahead batch of the GPU route is decoded and cropped by the finisher thread
+    (on CUDA it overlaps the trial's work on the batch before), not by the thread that reads
+    it; with ``finish_ahead`` off, by the reader; the batches are the same either way."""
+    import threading
+
+    from orchestrator.data import folders
+
+    monkeypatch.setattr(FolderImages, "_on_gpu", property(lambda self: True))
+    decoded_by: list[int] = []
+    real = folders.decode_views_on
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        decoded_by.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(folders, "decode_views_on", spy)
+    got = {}
+    for ahead in (True, False):
+        images: Any = _data(mixed_dir, "stream").training_images
+        images.finish_ahead = ahead
+        stream = BatchStream(images, None, torch.zeros(3), torch.ones(3),
+                             AUGMENT_PRESETS["mocov2"], seed=3, batch_size=8, num_views=2)
+        decoded_by.clear()
+        got[ahead] = [batch.geometric(2) for batch in stream.epoch(1)]
+        assert len(decoded_by) == len(got[ahead]) > 1
+        here = threading.get_ident()
+        assert all((thread != here) == ahead for thread in decoded_by)
+    assert all(torch.equal(a, b) for a, b in zip(got[True], got[False], strict=True))
+
+
 def test_plan_views_finds_a_frame_header_behind_large_metadata(tmp_path: Path) -> None:
     """A JPEG whose frame header sits behind more metadata than the header read (a 100 KB
     ICC profile) is still routed to the batched decode, its crops drawn on its real size."""
