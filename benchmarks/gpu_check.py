@@ -451,11 +451,11 @@ def check_stream_ahead(s: Settings, tmp: Path) -> dict[str, Any]:
     gpu``, the copy of the workers' batch for ``decode: cpu``) against the same batches made
     when read, on the caller's stream: the crops equal, the normalised views equal to float
     rounding (the blur's cuDNN algorithm may differ between calls)."""
+    if s.torch_device.type != "cuda":
+        return {"verdict": NA, "why": "the finisher thread runs for CUDA devices"}
     from models.augment import AUGMENT_PRESETS
     from orchestrator.data.folders import Decode, FolderImages, as_tensor
 
-    if s.torch_device.type != "cuda":
-        return {"verdict": NA, "why": "the finisher thread runs for CUDA devices"}
     folder = tmp / "stream_ahead"
     folder.mkdir(exist_ok=True)
     files = []

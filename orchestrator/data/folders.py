@@ -527,6 +527,11 @@ class FolderImages:
         future = _finisher().submit(_finish, self.device, make)
         return lambda: _joined(*future.result())
 
+    def _taken(self, hit: tuple[Callable[[], Tensor], int]) -> Tensor:
+        """A prefetched batch on :attr:`device` (a copy made by :meth:`to` shares the
+        prefetches of the copy that started them, whatever its device)."""
+        return hit[0]().to(self.device)
+
     def prefetch(self, indices: Tensor) -> None:
         """Start decoding ``indices`` (a later ``self[indices]`` takes the result); ignored
         when ``depth`` batches are already pending."""
@@ -568,8 +573,7 @@ class FolderImages:
         :func:`decode_views_on`)."""
         hit = self._pending.pop(key, None)
         if hit is not None:
-            out: Tensor = hit[0]()
-            return out
+            return self._taken(hit)
         if self._on_gpu:
             paths = [self.files[i] for i in self._positions(indices)]
             return decode_views_on(paths, seeds, cfg, self.decode.crop, self.device)
@@ -589,8 +593,7 @@ class FolderImages:
         positions = self._positions(key)
         hit = self._pending.pop(positions.tobytes(), None)  # a prefetched batch
         if hit is not None:
-            out: Tensor = hit[0]()
-            return out
+            return self._taken(hit)
         return torch.from_numpy(self._submit(positions)()).to(self.device)
 
 

@@ -31,7 +31,7 @@ def test_quick_mode_runs_without_the_sweep_stack_and_reports_every_verdict() -> 
     assert result["verdicts"] == {"memory_cap": "n/a", "fused_group": "pass",
                                   "stacked": "pass", "non_finite": "pass",
                                   "gpu_decode": "n/a", "augment_devices": "n/a",
-                                  "compile": "n/a"}
+                                  "stream_ahead": "n/a", "compile": "n/a"}
     assert result["ok"] is True and result["device"] == "cpu" and result["quick"] is True
     checks = result["checks"]
     assert checks["fused_group"]["max_rel_diff"] == 0.0  # the group level on CPU: bit for bit
