@@ -27,7 +27,9 @@ ImageNet's ~110 KB), in an ImageFolder layout of 4 classes, written once to ``--
     batch when it is read (``..._inline_...``). And the other route on the same GPU,
     ``decode: cpu``: the ``--workers`` decode and crop, the GPU runs the photometric half
     (``cpu_decode_gpu_mocov2_img_s``, at the last batch; inline: the copy to the GPU made
-    when the batch is read).
+    when the batch is read). And both at once, ``dataset.gpu_share`` at each
+    ``--gpu-share``: nvJPEG decodes that share of each batch, the workers the rest;
+    ``best_mocov2_img_s`` is the fastest route's (``best_route``).
 (d) on any machine, (c)'s device-side work counted in ops: the aten ops that compute (each a
     kernel launch on a GPU, near enough; views and scalar reads left out) of one batch's
     crops (models.augment.resized_crops) and photometric half (the batched path a GPU runs),
@@ -57,6 +59,7 @@ import os
 import platform
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -150,13 +153,24 @@ class _GpuRouteOnCpu(FolderImages):
         return self.gpu_decode
 
 
-def _mocov2_stream(root: Path, workers: int, batch: int, device: torch.device, decode: str,
-                   prefetch: int, finish_ahead: bool = True, stand_in: bool = False) -> Any:
-    """The real BatchStream over the folder streamed (``dataset.decode: decode``), one
-    ``mocov2`` view per image; ``finish_ahead`` False: a batch's last leg onto the device
-    (nvJPEG's decode and the crops, or the copy of the workers' batch) runs when the batch
-    is read rather than in the finisher thread (the reference); ``stand_in``: the GPU route's
-    code on a CPU device (:class:`_GpuRouteOnCpu`)."""
+@dataclass(frozen=True)
+class Route:
+    """How the benchmark's stream reads its batches: ``dataset.decode`` and ``gpu_share``;
+    ``finish_ahead`` False: a batch's last leg onto the device (nvJPEG's decode and the
+    crops, or the copy of the workers' batch) runs when the batch is read rather than in the
+    finisher thread (the reference); ``stand_in``: the GPU route's code on a CPU device
+    (:class:`_GpuRouteOnCpu`)."""
+
+    decode: str = "gpu"
+    gpu_share: float = 1.0
+    finish_ahead: bool = True
+    stand_in: bool = False
+
+
+def _mocov2_stream(root: Path, workers: int, batch: int, device: torch.device, route: Route,
+                   prefetch: int) -> Any:
+    """The real BatchStream over the folder streamed the ``route`` way, one ``mocov2`` view
+    per image."""
     from models.augment import AUGMENT_PRESETS
     from orchestrator.data.batches import BatchStream
     from orchestrator.data.datasets import load_dataset
@@ -164,12 +178,12 @@ def _mocov2_stream(root: Path, workers: int, batch: int, device: torch.device, d
 
     bundle = load_dataset(DatasetConfig(name="imagefolder", root=str(root), image_size=SIZE,
                                         storage="stream", workers=workers, prefetch=prefetch,
-                                        decode=decode))
+                                        decode=route.decode, gpu_share=route.gpu_share))
     images: Any = bundle.training_images  # a FolderImages
-    if stand_in:
+    if route.stand_in:
         images = _GpuRouteOnCpu(images.files, images.decode, images.workers, images.depth,
-                                gpu_decode=True)
-    images.finish_ahead = finish_ahead
+                                gpu_decode=True, gpu_share=route.gpu_share)
+    images.finish_ahead = route.finish_ahead
     return BatchStream(images.to(device), None, bundle.mean, bundle.std,
                        AUGMENT_PRESETS["mocov2"], seed=0, batch_size=batch, num_views=1)
 
@@ -197,7 +211,7 @@ def ukd_stream(root: Path, workers: int, batch: int, epochs: int,
     from orchestrator.data.streams import generator
 
     cfg = AUGMENT_PRESETS["mocov2"]
-    stream = _mocov2_stream(root, workers, batch, device, decode="cpu", prefetch=4)
+    stream = _mocov2_stream(root, workers, batch, device, Route("cpu"), prefetch=4)
     for b in stream.epoch(0):  # warm up (workers forked, page cache)
         b.geometric(1)
     crops = []
@@ -244,19 +258,17 @@ def _rate(fn: Any, images: int, device: torch.device, repeat: int = 3) -> float:
 
 
 def whole_view(root: Path, batch: int, epochs: int, workers: int, device: torch.device,
-               decode: str, repeats: int = 3, profile: bool = False,
-               finish_ahead: bool = True, step: Any = None, stand_in: bool = False
+               route: Route, repeats: int = 3, profile: bool = False, step: Any = None
                ) -> list[float]:
     """Images/s of ukd's whole ``mocov2`` view on ``device`` through the real BatchStream
-    with ``dataset.decode: decode`` -- ``gpu``: files read ahead by a thread, one batched
-    nvJPEG decode, the batched crops; ``cpu``: ``workers`` processes decode and crop --, the
-    photometric half batched on the device, normalised: over ``epochs`` epochs after one
-    warm-up epoch, ``repeats`` times. ``profile``: one more epoch under torch's profiler,
-    its top ops printed (host time first: the view is host-bound). ``finish_ahead``: as
-    :func:`_mocov2_stream`, and ``stand_in``. ``step``: called on each view (a trial's work
-    on the batch, :func:`student_step`)."""
-    stream = _mocov2_stream(root, workers, batch, device, decode, prefetch=2,
-                            finish_ahead=finish_ahead, stand_in=stand_in)
+    read the ``route`` way -- ``gpu``: files read ahead by a thread, one batched nvJPEG
+    decode, the batched crops (``gpu_share`` of the images; the workers the others);
+    ``cpu``: ``workers`` processes decode and crop --, the photometric half batched on the
+    device, normalised: over ``epochs`` epochs after one warm-up epoch, ``repeats`` times.
+    ``profile``: one more epoch under torch's profiler, its top ops printed (host time
+    first: the view is host-bound). ``step``: called on each view (a trial's work on the
+    batch, :func:`student_step`)."""
+    stream = _mocov2_stream(root, workers, batch, device, route, prefetch=2)
     def use(x: torch.Tensor) -> None:
         if step is not None:
             step(x)
@@ -284,7 +296,7 @@ def whole_view(root: Path, batch: int, epochs: int, workers: int, device: torch.
                 b.view(0)
             sync(device)
         table = prof.key_averages()
-        print(f"profile of one epoch of the whole view (decode: {decode}, batch {batch}):")
+        print(f"profile of one epoch of the whole view ({route}, batch {batch}):")
         print(table.table(sort_by="self_cpu_time_total", row_limit=20,
                           max_name_column_width=48))
         if device.type == "cuda":
@@ -327,9 +339,9 @@ def finisher_overlap(root: Path, batch: int, epochs: int, workers: int, device: 
     prefix = "stand_in_" if stand_in else "gpu_decode_"
     out: dict[str, float] = {}
     for name, use in uses.items():
-        made = {ahead: whole_view(root, batch, epochs, workers, device, "gpu",
-                                  repeats=3 if not stand_in else 2, finish_ahead=ahead,
-                                  step=use, stand_in=stand_in)
+        made = {ahead: whole_view(root, batch, epochs, workers, device,
+                                  Route(finish_ahead=ahead, stand_in=stand_in),
+                                  repeats=3 if not stand_in else 2, step=use)
                 for ahead in (True, False)}
         print(f"(e) decode: gpu{' (its code on this CPU)' if stand_in else ''}, "
               f"{'a ResNet-18 step per view' if use else 'the view alone'} on {device} "
@@ -352,10 +364,10 @@ def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.
     from orchestrator.data.streams import generator
 
     cfg = AUGMENT_PRESETS["mocov2"]
-    rates = whole_view(root, batch, epochs, workers, device, "gpu", repeats, profile)
+    rates = whole_view(root, batch, epochs, workers, device, Route(), repeats, profile)
     out = {f"whole_{i}": rate for i, rate in enumerate(rates)}
-    inline = whole_view(root, batch, epochs, workers, device, "gpu", repeats,
-                        finish_ahead=False)
+    inline = whole_view(root, batch, epochs, workers, device, Route(finish_ahead=False),
+                        repeats)
     out.update({f"inline_{i}": rate for i, rate in enumerate(inline)})
     files = sorted(str(f) for f in (root / "train").rglob("*.jpg"))[:batch]
     n = len(files)
@@ -405,6 +417,8 @@ def main() -> None:
     parser.add_argument("--gpu-batch", type=int, nargs="+", default=[256, 1024],
                         help="batches of the GPU-decode path (CUDA only); the JSON's figure "
                              "is the last (experiments/imagenet.yaml's step: 4 devices x 256)")
+    parser.add_argument("--gpu-share", type=float, nargs="*", default=[0.5, 0.6, 0.7],
+                        help="(c) also with dataset.gpu_share at these shares (CUDA only)")
     parser.add_argument("--gpu-path-on-cpu", action="store_true",
                         help="run (c)'s code on the CPU too (a smoke test, not a figure)")
     parser.add_argument("--profile", action="store_true",
@@ -468,14 +482,29 @@ def main() -> None:
         # The other route on the same GPU: the workers decode and crop, the GPU does the
         # photometric half (decode: cpu); the faster one is the machine's figure.
         last = args.gpu_batch[-1]
-        cpu_route = sorted(whole_view(root, last, args.epochs, args.workers, device, "cpu"))
-        cpu_inline = sorted(whole_view(root, last, args.epochs, args.workers, device, "cpu",
-                                       finish_ahead=False))
+        cpu_route = sorted(whole_view(root, last, args.epochs, args.workers, device,
+                                      Route("cpu")))
+        cpu_inline = sorted(whole_view(root, last, args.epochs, args.workers, device,
+                                       Route("cpu", finish_ahead=False)))
         print(f"(c) ukd decode: cpu ({args.workers} workers), photometric half on {device}, "
               f"whole mocov2 view (batch {last}): {_runs(cpu_route)} img/s (each batch "
               f"copied over when read: {_runs(cpu_inline)})")
         out["cpu_decode_gpu_mocov2_img_s"] = _median(cpu_route)
         out["cpu_decode_gpu_inline_mocov2_img_s"] = _median(cpu_inline)
+        # Both routes at once (dataset.gpu_share): nvJPEG decodes each batch's first share,
+        # the workers (idle in the GPU route but for drawing the views) the rest.
+        routes = {"decode: gpu": out["gpu_decode_mocov2_img_s"],
+                  "decode: cpu": out["cpu_decode_gpu_mocov2_img_s"]}
+        for share in args.gpu_share:
+            shared = whole_view(root, last, args.epochs, args.workers, device,
+                                Route(gpu_share=share))
+            routes[f"decode: gpu, gpu_share: {share}"] = _median(shared)
+            print(f"(c) ukd decode: gpu, gpu_share {share} (nvJPEG {share:.0%} of each batch, "
+                  f"the {args.workers} workers the rest), whole mocov2 view (batch {last}): "
+                  f"{_runs(shared)} img/s")
+        out["mocov2_img_s_by_route"] = routes
+        out["best_route"] = max(routes, key=lambda r: routes[r])
+        out["best_mocov2_img_s"] = routes[out["best_route"]]
     # (e) before (d): (d)'s large crops on this thread leave its malloc heap grown, which
     # makes the stand-in's inline reference (its f64 crops on the CPU) about 2x faster here
     # than in the finisher thread -- the allocator's history, not the mechanism.

@@ -34,7 +34,8 @@ verdict ``pass``, ``fail`` or ``n/a`` (cannot run on this device):
   resize per view within one grey level, and its photometric half, drawn from one CPU
   generator, equals the CPU's to float rounding (2e-3);
 - ``stream_ahead`` (CUDA): a streamed folder's batches made ahead by the finisher thread on
-  a side stream (both ``dataset.decode`` routes) equal those made when read;
+  a side stream (both ``dataset.decode`` routes, and both at once with ``gpu_share``) equal
+  those made when read;
 - ``compile`` (not in ``--quick``: inductor's C++ compile takes minutes on a small CPU): a
   ``train.compile`` member (CUDA graphs on CUDA) steps with finite loss terms within bf16
   tolerance of the eager member.
@@ -448,8 +449,9 @@ def check_augment_devices(s: Settings, tmp: Path) -> dict[str, Any]:
 def check_stream_ahead(s: Settings, tmp: Path) -> dict[str, Any]:
     """A streamed folder's batches made ahead by the finisher thread on a side stream
     (orchestrator.data.folders ``_finish``: nvJPEG's decode and the crops for ``decode:
-    gpu``, the copy of the workers' batch for ``decode: cpu``) against the same batches made
-    when read, on the caller's stream: the crops equal, the normalised views equal to float
+    gpu``, the copy of the workers' batch for ``decode: cpu``, both for half of each batch
+    with ``gpu_share: 0.5``) against the same batches made when read, on the caller's
+    stream: the crops equal, the normalised views equal to float
     rounding (the blur's cuDNN algorithm may differ between calls)."""
     if s.torch_device.type != "cuda":
         return {"verdict": NA, "why": "the finisher thread runs for CUDA devices"}
@@ -466,12 +468,12 @@ def check_stream_ahead(s: Settings, tmp: Path) -> dict[str, Any]:
     zeros, ones = torch.zeros(3), torch.ones(3)
     out: dict[str, Any] = {}
     ok = True
-    for route in ("gpu", "cpu"):
+    for route, share in (("gpu", 1.0), ("cpu", 1.0), ("gpu_share_0.5", 0.5)):
         made = {}
         for ahead in (True, False):
             images = FolderImages(tuple(files), Decode(72, 64), depth=2,
-                                  device=s.torch_device, gpu_decode=route == "gpu",
-                                  finish_ahead=ahead)
+                                  device=s.torch_device, gpu_decode=route != "cpu",
+                                  gpu_share=share, finish_ahead=ahead)
             stream = BatchStream(as_tensor(images), None, zeros, ones,
                                  AUGMENT_PRESETS["mocov2"], seed=5, batch_size=16, num_views=2)
             made[ahead] = [(b.geometric(2).cpu(), b.view(0).cpu()) for b in stream.epoch(1)]

@@ -82,6 +82,8 @@ class DataSettings(Protocol):
     def prefetch(self) -> int: ...
     @property
     def decode(self) -> str: ...
+    @property
+    def gpu_share(self) -> float: ...
     def __hash__(self) -> int: ...
 
 
@@ -215,7 +217,7 @@ def _folder(settings: DataSettings) -> DatasetBundle:
     train_eval = lazy(index.train_files, evaluated)
     test_eval = lazy(index.val_files, evaluated)
     source = replace(lazy(index.train_files, fitted, settings.prefetch),
-                     gpu_decode=settings.decode == "gpu")
+                     gpu_decode=settings.decode == "gpu", gpu_share=settings.gpu_share)
     stream = storage_of(settings, len(index.train_files) + len(index.val_files)) == "stream"
     if stream:
         train_images, test_images, train_source = (as_tensor(train_eval),

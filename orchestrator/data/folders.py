@@ -415,6 +415,7 @@ class FolderImages:
     depth: int = 2
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     gpu_decode: bool = False  # decode-time views decoded on a CUDA device (decode_views_on)
+    gpu_share: float = 1.0  # of each batch's images (the first), the rest by the workers
     finish_ahead: bool = True  # False: a batch's last leg runs when it is read (a reference)
     _pending: dict[bytes, Any] = field(default_factory=dict, repr=False)
     peak_pending_images: int = 0  # the most images ever decoded ahead at once (tests read it)
@@ -554,16 +555,36 @@ class FolderImages:
         if key in self._pending or len(self._pending) >= self.depth:
             return
         positions = self._positions(indices)
-        if self._on_gpu:  # views drawn by the workers, files read by the reader thread
-            paths = [self.files[i] for i in positions]
-            plans = self._submit_plans(positions, seeds, cfg)
-            read = _reader().submit(read_files, paths)
-            self._add_pending(key, self._ahead(lambda: decode_views_on(
-                paths, seeds, cfg, self.decode.crop, self.device, read.result(), plans())),
-                len(positions))
+        if self._on_gpu:
+            self._add_pending(key, self._ahead(self._device_views(positions, seeds, cfg)),
+                              len(positions))
             return
         self._add_pending(key, self._to_device(self._submit_views(positions, seeds, cfg)),
                           len(positions))
+
+    def _device_views(self, positions: np.ndarray, seeds: list[list[int]],
+                      cfg: AugmentConfig) -> Callable[[], Tensor]:
+        """The GPU route's views of a batch, started now, made by the call: its first
+        ``gpu_share`` of images by :func:`decode_views_on` (their views drawn by the workers
+        from the files' headers, the files read by the reader thread), the others by the
+        workers (:func:`decode_views`), in batch order."""
+        count = len(positions)
+        on_gpu = count if self.gpu_share >= 1 else round(count * self.gpu_share)
+        head, tail = positions[:on_gpu], positions[on_gpu:]
+        paths = [self.files[i] for i in head]
+        plans = self._submit_plans(head, seeds[:on_gpu], cfg)
+        read = _reader().submit(read_files, paths)
+        rest = self._submit_views(tail, seeds[on_gpu:], cfg) if len(tail) else None
+
+        def make() -> Tensor:
+            parts = [decode_views_on(paths, seeds[:on_gpu], cfg, self.decode.crop,
+                                     self.device, read.result(), plans())
+                     ] if paths or rest is None else []
+            if rest is not None:
+                parts.append(torch.from_numpy(rest()).to(self.device))
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+        return make
 
     def views(self, key: Any, indices: Tensor, seeds: list[list[int]],
               cfg: AugmentConfig) -> Tensor:
@@ -575,8 +596,7 @@ class FolderImages:
         if hit is not None:
             return self._taken(hit)
         if self._on_gpu:
-            paths = [self.files[i] for i in self._positions(indices)]
-            return decode_views_on(paths, seeds, cfg, self.decode.crop, self.device)
+            return self._device_views(self._positions(indices), seeds, cfg)()
         result = self._submit_views(self._positions(indices), seeds, cfg)
         return torch.from_numpy(result()).to(self.device)
 

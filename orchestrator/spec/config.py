@@ -57,7 +57,8 @@ class DatasetConfig(Config):
     (orchestrator/data/datasets.py): the size images are read at, the evaluation transform's
     Resize, decoded into memory or streamed from disk (``auto``: by size), decode worker
     processes and batches decoded ahead (neither changes a batch), and ``decode: gpu``:
-    on CUDA, a streamed folder's ``mocov2`` views are decoded by batched nvJPEG.
+    on CUDA, a streamed folder's ``mocov2`` views are decoded by batched nvJPEG --
+    ``gpu_share`` of each batch's images (its first ones), the decode workers the rest.
     ``classes`` (image folders): a file naming the classes to use, one a line
     (orchestrator/data/class_subset.py; e.g. ImageNet-100)."""
 
@@ -71,7 +72,13 @@ class DatasetConfig(Config):
     workers: Annotated[int, Bounds(ge=0)] = 2
     prefetch: Annotated[int, Bounds(ge=1)] = 2
     decode: Annotated[str, Choice(DECODERS)] = "cpu"
+    gpu_share: Annotated[float, Bounds(gt=0, le=1)] = 1.0
     classes: str | None = None  # a file of class names: the subset to use (absolute path)
+
+    def check(self) -> None:
+        if self.gpu_share < 1 and self.decode != "gpu":
+            raise ValueError("gpu_share splits decode: gpu's batches between nvJPEG and the "
+                             "decode workers; set decode: gpu, or leave gpu_share out")
 
     def identity(self) -> dict[str, Any]:
         """What decides a trial's data: the settings less those that change no batch
@@ -80,7 +87,7 @@ class DatasetConfig(Config):
         out = {k: v for k, v in self.to_dict().items()
                if k not in ("storage", "workers", "prefetch") and
                not (k in ("image_size", "eval_resize", "classes") and v is None) and
-               not (k == "decode" and v == "cpu")}
+               not (k == "decode" and v == "cpu") and not (k == "gpu_share" and v == 1)}
         out["labels"] = uses_labels(self)
         return out
 

@@ -400,6 +400,38 @@ def test_gpu_decode_runs_ahead_in_the_finisher_thread(mixed_dir: Path,
     assert all(torch.equal(a, b) for a, b in zip(got[True], got[False], strict=True))
 
 
+def test_gpu_share_splits_each_batch_between_nvjpeg_and_the_workers(
+        mixed_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``gpu_share``: each batch's first images take the GPU route (one batched decode), the
+    others the workers' (the CPU route's decode), in batch order -- whatever the workers,
+    and made ahead or when read; run here on the CPU with the GPU route forced."""
+    from orchestrator.data.folders import decode_views_many, decode_views_on
+
+    monkeypatch.setattr(FolderImages, "_on_gpu", property(lambda self: True))
+    cfg = AUGMENT_PRESETS["mocov2"]
+    share, batch_size = 0.4, 10  # 4 images of each full batch on the GPU route
+    got: dict[tuple[int, bool], list[torch.Tensor]] = {}
+    for workers, ahead in ((0, True), (2, True), (2, False)):
+        streamed: Any = _data(mixed_dir, "stream", workers=workers).training_images
+        images = dataclasses.replace(streamed, gpu_share=share, finish_ahead=ahead)
+        stream = BatchStream(images, None, torch.zeros(3), torch.ones(3), cfg, seed=3,
+                             batch_size=batch_size, num_views=2)
+        got[workers, ahead] = []
+        for batch in stream.epoch(1):
+            views = batch.geometric(2)
+            paths = [images.files[i] for i in batch.indices.tolist()]
+            seeds = stream.view_seeds(1, batch.step, len(paths), 2)
+            k = round(len(paths) * share)
+            head = decode_views_on(paths[:k], seeds[:k], cfg, images.decode.crop, "cpu")
+            tail = decode_views_many(paths[k:], seeds[k:], cfg, images.decode.crop,
+                                     images.decode.draft)
+            assert torch.equal(views, torch.cat([head, torch.from_numpy(tail)]))
+            got[workers, ahead].append(views)
+    first, *others = got.values()
+    assert len(first) > 1 and all(
+        all(torch.equal(a, b) for a, b in zip(first, other, strict=True)) for other in others)
+
+
 def test_plan_views_finds_a_frame_header_behind_large_metadata(tmp_path: Path) -> None:
     """A JPEG whose frame header sits behind more metadata than the header read (a 100 KB
     ICC profile) is still routed to the batched decode, its crops drawn on its real size."""

@@ -52,6 +52,9 @@ def test_valid_spec_loads_with_absolute_paths(write_spec: Any) -> None:
         (lambda s: s["resources"] if False else s.update(resources={"cpu": 0}), "resources.cpu",
          "must be > 0"),
         (lambda s: s["train"].update(batch_size=True), "train.batch_size", "expected int"),
+        (lambda s: s["dataset"].update(gpu_share=0), "dataset.gpu_share", "must be > 0"),
+        (lambda s: s["dataset"].update(gpu_share=1.5), "dataset.gpu_share", "must be <= 1"),
+        (lambda s: s["dataset"].update(gpu_share=0.5), "dataset", "set decode: gpu"),
     ],
 )
 def test_bad_values_name_the_yaml_path(write_spec: Any, mutate: Any, yaml_path: str,
