@@ -109,6 +109,11 @@ def make_folder(root: Path, images: int) -> Path:
     return root
 
 
+def _jpegs(root: Path) -> list[str]:
+    """The generated training JPEGs, sorted."""
+    return sorted(str(f) for f in (root / "train").rglob("*.jpg"))
+
+
 def official(root: Path, workers: int, batch: int, epochs: int) -> float:
     """Images/s of CoSS's loader (see the module docstring)."""
     from PIL import ImageFilter
@@ -269,6 +274,7 @@ def whole_view(root: Path, batch: int, epochs: int, workers: int, device: torch.
     first: the view is host-bound). ``step``: called on each view (a trial's work on the
     batch, :func:`student_step`)."""
     stream = _mocov2_stream(root, workers, batch, device, route, prefetch=2)
+
     def use(x: torch.Tensor) -> None:
         if step is not None:
             step(x)
@@ -369,7 +375,7 @@ def gpu_decode(root: Path, batch: int, epochs: int, workers: int, device: torch.
     inline = whole_view(root, batch, epochs, workers, device, Route(finish_ahead=False),
                         repeats)
     out.update({f"inline_{i}": rate for i, rate in enumerate(inline)})
-    files = sorted(str(f) for f in (root / "train").rglob("*.jpg"))[:batch]
+    files = _jpegs(root)[:batch]
     n = len(files)
     datas, decoded, boxes, flips = _one_view_each(files, device)
     crops = resized_crops(decoded, list(range(n)), boxes, flips, SIZE)
@@ -397,7 +403,7 @@ def device_ops(root: Path, batch: int) -> dict[str, int]:
     )
 
     cfg = AUGMENT_PRESETS["mocov2"]
-    files = sorted(str(f) for f in (root / "train").rglob("*.jpg"))
+    files = _jpegs(root)
     _, decoded, boxes, flips = _one_view_each((files * -(-batch // len(files)))[:batch])
     with OpCount() as crops:
         views = resized_crops(decoded, list(range(batch)), boxes, flips, SIZE)
@@ -429,8 +435,8 @@ def main() -> None:
     torch.set_num_threads(1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = make_folder(args.dir, args.images)
-    files = sorted((root / "train").rglob("*.jpg"))
-    kb = np.mean([f.stat().st_size for f in files]) / 1000
+    files = _jpegs(root)
+    kb = np.mean([os.path.getsize(f) for f in files]) / 1000
     print(f"{len(files)} JPEGs 500x375 q90, mean {kb:.0f} KB; {args.workers} workers; "
           f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); "
           f"device {device}; torch {torch.__version__}")

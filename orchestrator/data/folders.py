@@ -512,11 +512,15 @@ class FolderImages:
         self.peak_pending_images = max(self.peak_pending_images,
                                        sum(n for _, n in self._pending.values()))
 
+    def _copied(self, result: Callable[[], np.ndarray]) -> Tensor:
+        """The workers' batch (``result``, when done) as a tensor on :attr:`device`."""
+        return torch.from_numpy(result()).to(self.device)
+
     def _to_device(self, result: Callable[[], np.ndarray]) -> Callable[[], Tensor]:
-        """The workers' batch (``result``) as a tensor on :attr:`device`; on CUDA copied
-        over by the finisher thread (:func:`_finish`) as soon as the workers are done."""
+        """:meth:`_copied`, on CUDA by the finisher thread (:func:`_finish`) as soon as the
+        workers are done."""
         def copied() -> Tensor:
-            return torch.from_numpy(result()).to(self.device)
+            return self._copied(result)
 
         return self._ahead(copied) if self.device.type == "cuda" else copied
 
@@ -570,19 +574,18 @@ class FolderImages:
         workers (:func:`decode_views`), in batch order."""
         count = len(positions)
         on_gpu = count if self.gpu_share >= 1 else round(count * self.gpu_share)
-        head, tail = positions[:on_gpu], positions[on_gpu:]
-        paths = [self.files[i] for i in head]
-        plans = self._submit_plans(head, seeds[:on_gpu], cfg)
+        paths = [self.files[i] for i in positions[:on_gpu]]
+        rest = self._submit_views(positions[on_gpu:], seeds[on_gpu:], cfg) \
+            if on_gpu < count else None
+        if rest is not None and not paths:
+            return lambda: self._copied(rest)
+        plans = self._submit_plans(positions[:on_gpu], seeds[:on_gpu], cfg)
         read = _reader().submit(read_files, paths)
-        rest = self._submit_views(tail, seeds[on_gpu:], cfg) if len(tail) else None
 
         def make() -> Tensor:
-            parts = [decode_views_on(paths, seeds[:on_gpu], cfg, self.decode.crop,
-                                     self.device, read.result(), plans())
-                     ] if paths or rest is None else []
-            if rest is not None:
-                parts.append(torch.from_numpy(rest()).to(self.device))
-            return parts[0] if len(parts) == 1 else torch.cat(parts)
+            head = decode_views_on(paths, seeds[:on_gpu], cfg, self.decode.crop, self.device,
+                                   read.result(), plans())
+            return head if rest is None else torch.cat([head, self._copied(rest)])
 
         return make
 
@@ -597,8 +600,7 @@ class FolderImages:
             return self._taken(hit)
         if self._on_gpu:
             return self._device_views(self._positions(indices), seeds, cfg)()
-        result = self._submit_views(self._positions(indices), seeds, cfg)
-        return torch.from_numpy(result()).to(self.device)
+        return self._copied(self._submit_views(self._positions(indices), seeds, cfg))
 
     def drop_pending(self) -> None:
         """Forget prefetched batches nobody took (an epoch that stopped early)."""
@@ -614,7 +616,7 @@ class FolderImages:
         hit = self._pending.pop(positions.tobytes(), None)  # a prefetched batch
         if hit is not None:
             return self._taken(hit)
-        return torch.from_numpy(self._submit(positions)()).to(self.device)
+        return self._copied(self._submit(positions))
 
 
 def as_tensor(images: FolderImages) -> Tensor:
