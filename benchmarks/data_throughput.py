@@ -58,6 +58,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,7 +243,7 @@ def ukd_stream(root: Path, workers: int, batch: int, epochs: int,
 
 
 def _median(rates: list[float]) -> float:
-    return round(sorted(rates)[len(rates) // 2], 1)
+    return round(statistics.median_high(rates), 1)
 
 
 def _runs(rates: list[float]) -> str:

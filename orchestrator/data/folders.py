@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cache, lru_cache
+from functools import cache, lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -519,9 +519,7 @@ class FolderImages:
     def _to_device(self, result: Callable[[], np.ndarray]) -> Callable[[], Tensor]:
         """:meth:`_copied`, on CUDA by the finisher thread (:func:`_finish`) as soon as the
         workers are done."""
-        def copied() -> Tensor:
-            return self._copied(result)
-
+        copied = partial(self._copied, result)
         return self._ahead(copied) if self.device.type == "cuda" else copied
 
     def _ahead(self, make: Callable[[], Tensor]) -> Callable[[], Tensor]:
@@ -573,7 +571,7 @@ class FolderImages:
         from the files' headers, the files read by the reader thread), the others by the
         workers (:func:`decode_views`), in batch order."""
         count = len(positions)
-        on_gpu = count if self.gpu_share >= 1 else round(count * self.gpu_share)
+        on_gpu = min(count, round(count * self.gpu_share))
         paths = [self.files[i] for i in positions[:on_gpu]]
         rest = self._submit_views(positions[on_gpu:], seeds[on_gpu:], cfg) \
             if on_gpu < count else None
